@@ -1,0 +1,1 @@
+"""Metrics and reports: dataset summaries now; fidelity, value quality and policy evaluation in later work."""

@@ -1,0 +1,30 @@
+"""Observation and dataset keys, in LeRobot naming, in one place.
+
+A lerobot policy reads an observation from either simulator, or a frame from a dataset, with
+these keys unchanged.
+"""
+
+IMAGE_PREFIX = "observation.images."
+STATE = "observation.state"  # (S,) end-effector position (3), axis-angle (3), gripper fingers (2)
+ENV_STATE = "observation.environment_state"  # (D,) ground-truth object poses, for probes and experts
+ACTION = "action"  # (A,) OSC_POSE delta action + gripper
+REWARD = "next.reward"
+SUCCESS = "next.success"  # the task is solved after this action
+DONE = "next.done"
+PROGRESS = "progress"  # progress label in [0, 1]: t/T on successes, stage/num_stages on failures
+STAGE = "stage"  # physics milestones reached at this frame (0..num_stages)
+EPISODE_SUCCESS = "episode.success"  # per-episode label, repeated on every frame
+FAILURE_MODE = "episode.failure_mode"  # per-episode injected failure mode (index into FAILURE_MODES)
+TASK = "task"
+
+STATE_DIM = 8
+
+
+def image_key(view: str) -> str:
+    return IMAGE_PREFIX + view
+
+
+def view_of(key: str) -> str:
+    if not key.startswith(IMAGE_PREFIX):
+        raise ValueError(f"{key!r} is not an image key (expected the prefix {IMAGE_PREFIX!r})")
+    return key[len(IMAGE_PREFIX):]

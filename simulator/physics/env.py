@@ -1,0 +1,261 @@
+"""A batched, torch-native physics environment with the interface of the imagined simulator.
+
+``PhysicsEnv`` runs ``num_envs`` robosuite environments of one task in this process and speaks
+the gymnasium 5-tuple over action chunks:
+
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(actions)  # actions (B, H, A)
+
+Dimension legend: B envs, H action-chunk length, A action dim (7), S state dim (8),
+D object-state dim, V views, C=3 channels, h x w image size.
+
+- ``obs``: ``observation.images.<view>`` (B, 3, h, w) float32 in [0, 1],
+  ``observation.state`` (B, S) float32, ``task`` list[str] — what a robot's policy sees.
+- ``reward`` (B,): 1.0 if the task was solved during the chunk (sparse; the imagined env uses
+  progress gains instead). ``terminated`` (B,): solved. ``truncated`` (B,): horizon reached.
+- ``info``: ``success`` (B,) bool, ``object_state`` (B, D), ``stage`` (B,) long,
+  ``frames`` {view: (B, H, 3, h, w) uint8} every frame rendered during the chunk (the first
+  frame after each action), ``frames_valid`` (B, H) bool (False after an env finished
+  mid-chunk), ``steps`` (B,) env steps since reset.
+
+Envs that finished stay finished (their observation is frozen) until reset; ``reset(options=
+{"reset_mask": mask})`` resets only some of them, and ``autoreset=True`` does it automatically
+(the last observation before the reset is then in ``info["final_observation"]``).
+Determinism: ``reset(seed=s)`` gives env b the seed s + b; the same seeds give the same frames.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering on a CPU (Mesa) or GPU
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import numpy as np
+import torch
+
+from simulator import keys
+from simulator.physics.experts import ACTION_DIM
+from simulator.physics.render import RENDER_QUALITIES, SceneRenderer
+from simulator.physics.tasks import TaskSpec, get_task, object_bodies
+
+
+@dataclass
+class PhysicsEnvConfig:
+    task: str = "lift"  # one of simulator.physics.tasks.TASKS
+    num_envs: int = 1
+    views: tuple[str, ...] = ("front", "wrist")  # names from the task's cameras
+    height: int = 64
+    width: int = 64
+    render_quality: str = "fast"  # "fast" (arm drawn with collision meshes) or "full"
+    max_steps: int | None = None  # horizon in env steps; None = the task's default
+    autoreset: bool = False
+
+    def __post_init__(self):
+        spec = get_task(self.task)
+        unknown = [v for v in self.views if v not in spec.cameras]
+        if unknown or not self.views:
+            raise ValueError(f"unknown camera view(s) {unknown} for task {self.task!r}; known: {sorted(spec.cameras)}")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"resolution must be positive, got {self.height=} {self.width=}")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs=}")
+        if self.render_quality not in RENDER_QUALITIES:
+            raise ValueError(f"unknown {self.render_quality=}; choose one of {RENDER_QUALITIES}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps=}")
+
+
+class TaskInstance:
+    """One robosuite env of a task with its renderer; numpy in, numpy out."""
+
+    def __init__(self, spec: TaskSpec, config: PhysicsEnvConfig):
+        import robosuite
+        from robosuite.controllers import load_controller_config
+
+        self.spec = spec
+        self.env = robosuite.make(
+            spec.robosuite_env,
+            robots="Panda",
+            controller_configs=load_controller_config(default_controller="OSC_POSE"),
+            has_renderer=False,
+            has_offscreen_renderer=False,  # we render with our own fast renderer
+            use_camera_obs=False,
+            hard_reset=False,  # keep one model: the moved cameras and render settings persist
+            control_freq=20,
+            horizon=10**9,  # horizons are ours
+            ignore_done=True,
+            reward_shaping=False,
+            **spec.make_kwargs,
+        )
+        self.env.reset()
+        self.bodies = object_bodies(self.env, spec)
+        sim = self.env.sim
+        cameras = {v: spec.cameras[v] for v in config.views}
+        self.renderer = SceneRenderer(
+            sim.model._model, sim.data._data, cameras, config.height, config.width, config.render_quality
+        )
+        self._obs = None
+
+    def reset(self, seed: int) -> None:
+        # robosuite 1.4 draws object placements and initial joint noise from numpy's global RNG.
+        np.random.seed(seed % 2**32)
+        self._obs = self.env.reset()
+
+    def step(self, action: np.ndarray) -> bool:
+        """One env step; returns whether the task is solved."""
+        self._obs, _, _, _ = self.env.step(action)
+        return bool(self.env._check_success())
+
+    def state(self) -> np.ndarray:
+        """Proprioception (S,): end-effector position, axis-angle, gripper finger positions."""
+        from robosuite.utils.transform_utils import quat2axisangle
+
+        o = self._obs
+        return np.concatenate(
+            [o["robot0_eef_pos"], quat2axisangle(o["robot0_eef_quat"]), o["robot0_gripper_qpos"]]
+        ).astype(np.float32)
+
+    def object_state(self) -> np.ndarray:
+        d = self.env.sim.data
+        return np.concatenate([np.concatenate([d.body_xpos[b], d.body_xquat[b]]) for b in self.bodies]).astype(
+            np.float32
+        )
+
+    def stage(self) -> int:
+        return self.spec.stage(self.env)
+
+    def render(self) -> dict[str, np.ndarray]:
+        return self.renderer.render()
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
+
+
+class PhysicsEnv:
+    """``num_envs`` physics envs of one task behind the imagined simulator's interface."""
+
+    def __init__(self, config: PhysicsEnvConfig):
+        self.config = config
+        self.spec = get_task(config.task)
+        self.num_envs = config.num_envs
+        self.views = tuple(config.views)
+        self.max_steps = config.max_steps or self.spec.max_steps
+        self.action_dim = ACTION_DIM
+        self.envs = [TaskInstance(self.spec, config) for _ in range(self.num_envs)]
+        self._steps = np.zeros(self.num_envs, dtype=np.int64)
+        self._done = np.ones(self.num_envs, dtype=bool)  # nothing is running before reset
+        self._success = np.zeros(self.num_envs, dtype=bool)
+        self._last = [None] * self.num_envs  # latest (images, state) per env
+        self._next_seed = 0
+        self._started = False
+
+    # ---- gymnasium-style API -------------------------------------------------------------
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        mask = np.ones(self.num_envs, dtype=bool)
+        if options and options.get("reset_mask") is not None:
+            mask = np.asarray(torch.as_tensor(options["reset_mask"]).cpu(), dtype=bool)
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
+        if seed is not None:
+            self._next_seed = seed
+        seeds = {}
+        for b in np.flatnonzero(mask):
+            seeds[b] = self._next_seed + b if seed is not None else self._next_seed
+            if seed is None:
+                self._next_seed += 1
+        if seed is not None:
+            self._next_seed = seed + self.num_envs
+        for b, s in seeds.items():
+            self._reset_one(b, s)
+        self._started = True
+        frames = {v: torch.from_numpy(np.stack([self._last[b][0][v] for b in range(self.num_envs)]))
+                  .permute(0, 3, 1, 2)[:, None] for v in self.views}
+        info = self._info(frames, torch.ones(self.num_envs, 1, dtype=torch.bool))
+        info["seeds"] = seeds
+        return self._observation(), info
+
+    def step(self, actions: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        actions = self._check_actions(actions)
+        B, H, _ = actions.shape
+        h, w = self.config.height, self.config.width
+        frames = {v: np.zeros((B, H, h, w, 3), dtype=np.uint8) for v in self.views}
+        valid = np.zeros((B, H), dtype=bool)
+        reward = np.zeros(B, dtype=np.float32)
+        act = actions.detach().cpu().double().numpy()
+        for b, env in enumerate(self.envs):
+            for t in range(H):
+                if self._done[b]:
+                    for v in self.views:  # pad with the frozen last frame
+                        frames[v][b, t] = self._last[b][0][v]
+                    continue
+                solved = env.step(act[b, t])
+                self._steps[b] += 1
+                images = env.render()
+                self._last[b] = (images, env.state())
+                for v in self.views:
+                    frames[v][b, t] = images[v]
+                valid[b, t] = True
+                if solved:
+                    self._success[b] = True
+                    reward[b] = 1.0
+                if solved or self._steps[b] >= self.max_steps:
+                    self._done[b] = True
+        terminated = torch.from_numpy(self._success.copy())
+        truncated = torch.from_numpy((self._steps >= self.max_steps) & ~self._success)
+        frames_t = {v: torch.from_numpy(f).permute(0, 1, 4, 2, 3) for v, f in frames.items()}
+        info = self._info(frames_t, torch.from_numpy(valid))
+        obs = self._observation()
+        if self.config.autoreset and self._done.any():
+            info["final_observation"] = obs
+            info["final_info"] = {k: info[k] for k in ("success", "object_state", "stage", "steps")}
+            obs, reset_info = self.reset(options={"reset_mask": self._done.copy()})
+            info["seeds"] = reset_info["seeds"]
+        return obs, torch.from_numpy(reward), terminated, truncated, info
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _reset_one(self, b: int, seed: int) -> None:
+        env = self.envs[b]
+        env.reset(seed)
+        self._last[b] = (env.render(), env.state())
+        self._steps[b] = 0
+        self._done[b] = False
+        self._success[b] = False
+
+    def _check_actions(self, actions) -> torch.Tensor:
+        actions = torch.as_tensor(actions)
+        if actions.ndim != 3 or actions.shape[0] != self.num_envs or actions.shape[2] != self.action_dim:
+            raise ValueError(
+                f"actions must be an action chunk of shape (num_envs={self.num_envs}, H, A={self.action_dim}), "
+                f"got {tuple(actions.shape)}"
+            )
+        if not actions.is_floating_point():
+            raise TypeError(f"actions must be a floating-point tensor, got {actions.dtype}")
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        return actions
+
+    def _observation(self) -> dict:
+        obs = {}
+        for v in self.views:
+            imgs = np.stack([self._last[b][0][v] for b in range(self.num_envs)])  # (B, h, w, 3)
+            obs[keys.image_key(v)] = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
+        obs[keys.STATE] = torch.from_numpy(np.stack([self._last[b][1] for b in range(self.num_envs)]))
+        obs[keys.TASK] = [self.spec.instruction] * self.num_envs
+        return obs
+
+    def _info(self, frames: dict, valid: torch.Tensor) -> dict:
+        return {
+            "success": torch.from_numpy(self._success.copy()),
+            "object_state": torch.from_numpy(np.stack([e.object_state() for e in self.envs])),
+            "stage": torch.tensor([e.stage() for e in self.envs], dtype=torch.long),
+            "steps": torch.from_numpy(self._steps.copy()),
+            "frames": frames,
+            "frames_valid": valid,
+        }

@@ -1,0 +1,162 @@
+"""Scripted pick(-and-place) experts with configurable failure modes.
+
+An expert reads the object state once, at the start of the episode (it is recorded in the
+dataset as ``observation.environment_state``), plans waypoints from it, and then acts on
+proprioception only (the end-effector position in ``observation.state``). So the same expert
+runs in the physics simulator and in the learned one.
+
+Failure modes are injected per episode, drawn from a mix, so a dataset has labelled failures:
+
+- ``early_release``: opens the gripper while lifting, below the success height;
+- ``wrong_target``: grasps 6-9 cm beside the object;
+- ``stall``: freezes (zero motion) from a random point before the lift;
+- on top of any mode, ``action_noise`` adds Gaussian noise to the translation actions.
+
+Actions are robosuite OSC_POSE deltas, A = 7: (dx, dy, dz, droll, dpitch, dyaw) in [-1, 1]
+(1 = 5 cm / 0.5 rad per step) and the gripper (-1 open, +1 closed). The experts never rotate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from simulator.physics.tasks import ExpertPlan, TaskSpec
+
+ACTION_DIM = 7
+FAILURE_MODES = ("none", "early_release", "wrong_target", "stall")
+OPEN, CLOSED = -1.0, 1.0
+
+
+class Phase(IntEnum):
+    APPROACH = 0
+    DESCEND = 1
+    CLOSE = 2
+    LIFT = 3
+    TRANSPORT = 4
+    LOWER = 5
+    RELEASE = 6
+    RETREAT = 7
+    HOLD = 8
+
+
+@dataclass
+class ExpertConfig:
+    """How the scripted expert behaves. Every field is per-episode randomness-free except noted."""
+
+    action_noise: float = 0.0  # std of Gaussian noise on translation actions, every step
+    failure_mix: dict[str, float] = field(default_factory=dict)  # mode -> probability per episode
+    gain: float = 12.0  # proportional gain from position error (m) to action units
+    approach_height: float = 0.08  # m above the grasp point before descending
+    close_steps: int = 10  # env steps spent closing (and opening) the gripper
+
+    def __post_init__(self):
+        if self.action_noise < 0:
+            raise ValueError(f"action_noise must be >= 0, got {self.action_noise=}")
+        unknown = set(self.failure_mix) - set(FAILURE_MODES[1:])
+        if unknown:
+            raise ValueError(f"unknown failure modes {sorted(unknown)}; known: {list(FAILURE_MODES[1:])}")
+        if any(p < 0 for p in self.failure_mix.values()) or sum(self.failure_mix.values()) > 1 + 1e-9:
+            raise ValueError(f"failure_mix must be probabilities summing to <= 1, got {self.failure_mix=}")
+
+    def sample_mode(self, rng: np.random.Generator) -> str:
+        modes = ["none", *self.failure_mix]
+        probs = [1.0 - sum(self.failure_mix.values()), *self.failure_mix.values()]
+        return modes[rng.choice(len(modes), p=np.clip(probs, 0, None) / sum(np.clip(probs, 0, None)))]
+
+
+class ScriptedExpert:
+    """A waypoint state machine for one episode of one task."""
+
+    def __init__(self, spec: TaskSpec, config: ExpertConfig | None = None):
+        self.spec = spec
+        self.config = config or ExpertConfig()
+        self.mode = "none"
+
+    def reset(self, object_state: np.ndarray, env, seed: int) -> str:
+        """Plans the episode from the start object state; returns the failure mode drawn."""
+        self.rng = np.random.default_rng(seed)
+        self.mode = self.config.sample_mode(self.rng)
+        plan = self.spec.plan(np.asarray(object_state, dtype=np.float64), env)
+        if self.mode == "wrong_target":
+            angle = self.rng.uniform(0, 2 * np.pi)
+            offset = self.rng.uniform(0.06, 0.09) * np.array([np.cos(angle), np.sin(angle), 0.0])
+            plan = ExpertPlan(grasp=plan.grasp + offset, place=plan.place, lift=plan.lift)
+        self.plan = plan
+        self.phase, self.phase_steps, self.gripper = Phase.APPROACH, 0, OPEN
+        self.stall_phase = Phase(self.rng.integers(Phase.APPROACH, Phase.LIFT + 1))
+        self.stall_delay = int(self.rng.integers(0, 8))
+        self.release_height = self.rng.uniform(0.0, 0.02)  # above the grasp point, below success
+        self.stalled = False
+        self.released = False
+        return self.mode
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        """One action (A,) from proprioception (S,) (end-effector position in state[:3])."""
+        eef = np.asarray(state[:3], dtype=np.float64)
+        target = self._step_phase(eef)
+        action = np.zeros(ACTION_DIM)
+        if self.mode == "stall" and (self.stalled or self._stall_now()):
+            self.stalled = True
+        else:
+            delta = self.config.gain * (target - eef)
+            norm = np.linalg.norm(delta)
+            action[:3] = delta / max(norm, 1.0)
+        if self.config.action_noise > 0:
+            action[:3] += self.rng.normal(0.0, self.config.action_noise, 3)
+        action[:3] = np.clip(action[:3], -1.0, 1.0)
+        action[6] = self.gripper
+        return action
+
+    def _stall_now(self) -> bool:
+        return self.phase == self.stall_phase and self.phase_steps >= self.stall_delay
+
+    def _step_phase(self, eef: np.ndarray) -> np.ndarray:
+        """Advances the state machine and returns the current position target."""
+        p, plan = self.phase, self.plan
+        above_grasp = plan.grasp + [0, 0, self.config.approach_height]
+        lifted = plan.grasp + [0, 0, plan.lift]
+        targets = {
+            Phase.APPROACH: above_grasp,
+            Phase.DESCEND: plan.grasp,
+            Phase.CLOSE: plan.grasp,
+            Phase.LIFT: lifted,
+            Phase.HOLD: lifted,
+        }
+        if plan.place is not None:
+            carry = np.array([plan.place[0], plan.place[1], max(lifted[2], plan.place[2] + 0.05)])
+            targets |= {
+                Phase.TRANSPORT: carry,
+                Phase.LOWER: plan.place,
+                Phase.RELEASE: plan.place,
+                Phase.RETREAT: plan.place + [0, 0, 0.1],
+            }
+        err = np.linalg.norm(targets[p] - eef)
+        done = {
+            Phase.APPROACH: err < 0.015,
+            Phase.DESCEND: err < 0.008 or self.phase_steps > 40,
+            Phase.CLOSE: self.phase_steps >= self.config.close_steps,
+            Phase.LIFT: err < 0.02,
+            # Loaded and far from the base the arm settles ~2-3 cm off; the bin is ~20 cm wide.
+            Phase.TRANSPORT: err < 0.03 or self.phase_steps > 80,
+            Phase.LOWER: err < 0.01 or self.phase_steps > 40,
+            Phase.RELEASE: self.phase_steps >= self.config.close_steps,
+            Phase.RETREAT: False,
+            Phase.HOLD: False,
+        }[p]
+        if p in (Phase.CLOSE, Phase.LIFT, Phase.TRANSPORT, Phase.LOWER):
+            self.gripper = CLOSED
+        if p == Phase.RELEASE:
+            self.gripper = OPEN
+        if self.mode == "early_release" and p == Phase.LIFT and eef[2] > plan.grasp[2] + self.release_height:
+            self.released = True
+        if self.released:
+            self.gripper = OPEN  # once released, it never grasps again
+        if done:
+            nxt = Phase.HOLD if (p == Phase.LIFT and plan.place is None) else Phase(p + 1)
+            self.phase, self.phase_steps = nxt, 0
+        else:
+            self.phase_steps += 1
+        return targets[p]
