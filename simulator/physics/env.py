@@ -51,6 +51,7 @@ class PhysicsEnvConfig:
     render_quality: str = "fast"  # "fast" (arm drawn with collision meshes) or "full"
     max_steps: int | None = None  # horizon in env steps; None = the task's default
     autoreset: bool = False
+    terminate_on_success: bool = True  # False: keep simulating after success until the horizon
 
     def __post_init__(self):
         spec = get_task(self.task)
@@ -201,9 +202,9 @@ class PhysicsEnv:
                 if solved:
                     self._success[b] = True
                     reward[b] = 1.0
-                if solved or self._steps[b] >= self.max_steps:
+                if (solved and self.config.terminate_on_success) or self._steps[b] >= self.max_steps:
                     self._done[b] = True
-        terminated = torch.from_numpy(self._success.copy())
+        terminated = torch.from_numpy(self._success & self._done)
         truncated = torch.from_numpy((self._steps >= self.max_steps) & ~self._success)
         frames_t = {v: torch.from_numpy(f).permute(0, 1, 4, 2, 3) for v, f in frames.items()}
         info = self._info(frames_t, torch.from_numpy(valid))

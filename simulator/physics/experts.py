@@ -9,7 +9,7 @@ Failure modes are injected per episode, drawn from a mix, so a dataset has label
 
 - ``early_release``: opens the gripper while lifting, below the success height;
 - ``wrong_target``: grasps 6-9 cm beside the object;
-- ``stall``: freezes (zero motion) from a random point before the lift;
+- ``stall``: freezes (zero motion) from a random point before the lift, for good;
 - on top of any mode, ``action_noise`` adds Gaussian noise to the translation actions.
 
 Actions are robosuite OSC_POSE deltas, A = 7: (dx, dy, dz, droll, dpitch, dyaw) in [-1, 1]
@@ -86,7 +86,8 @@ class ScriptedExpert:
             plan = ExpertPlan(grasp=plan.grasp + offset, place=plan.place, lift=plan.lift)
         self.plan = plan
         self.phase, self.phase_steps, self.gripper = Phase.APPROACH, 0, OPEN
-        self.stall_phase = Phase(self.rng.integers(Phase.APPROACH, Phase.LIFT + 1))
+        # Stall before the lift: stalling once the object is rising may still count as success.
+        self.stall_phase = Phase(self.rng.integers(Phase.APPROACH, Phase.CLOSE + 1))
         self.stall_delay = int(self.rng.integers(0, 8))
         self.release_height = self.rng.uniform(0.0, 0.02)  # above the grasp point, below success
         self.stalled = False

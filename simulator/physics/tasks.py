@@ -129,7 +129,7 @@ TASKS: dict[str, TaskSpec] = {
         objects=("cube",),
         num_stages=3,
         max_steps=120,
-        cameras={"front": _front((0.42, 0.0, 1.08), (-0.02, 0.0, 0.88)), "wrist": _WRIST},
+        cameras={"front": _front((0.42, 0.0, 1.12), (-0.03, 0.0, 0.91)), "wrist": _WRIST},
         plan=_lift_plan,
         stage=_lift_stage,
     ),

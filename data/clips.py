@@ -1,0 +1,202 @@
+"""Training windows over any LeRobotDataset (a local root or a hub repo id).
+
+A clip anchored at frame t of an episode holds, with frame stride s:
+
+    context frames   t-(C-1)s, ..., t-s, t        (C frames per view, padded at the episode start)
+    action chunk     a_t, ..., a_{t+H-1}           (H actions, padded at the episode end)
+    future frames    t+s, t+2s, ..., t+H           (F = H/s frames: the frames the chunk covers)
+
+Dimension legend: V views, C context frames, F future frames, H action horizon, A action dim,
+S state dim, D object-state dim, h x w image size.
+
+Item keys: ``context`` (V, C, 3, h, w) and ``future`` (V, F, 3, h, w) images in [0, 1];
+``context_mask`` (C,), ``future_mask`` (F,), ``action_mask`` (H,) (True = a real frame/action,
+False = padding past an episode boundary, which repeats the nearest real frame and has zero
+actions); ``action`` (H, A) and ``context_state`` (C, S), ``future_state`` (F, S) normalised
+with the dataset statistics; ``future_env_state`` (F, D) raw object state (for probes);
+``future_progress`` (F,); ``task`` str; ``episode_index``, ``frame_index``.
+
+Statistics (mean, std, min, max of action, state and object state over every frame) are
+computed once and stored beside the dataset in ``meta/reverie_stats.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.video import VIDEO_BACKENDS, decode_frames
+from simulator import keys
+
+STATS_FILE = "meta/reverie_stats.json"
+STATS_KEYS = (keys.ACTION, keys.STATE, keys.ENV_STATE)
+
+
+@dataclass
+class ClipConfig:
+    context: int = 4  # C context frames per view
+    horizon: int = 8  # H actions in a chunk
+    stride: int = 1  # s: frame stride of context and future frames; must divide horizon
+    views: tuple[str, ...] | None = None  # None = every video view of the dataset
+    video_backend: str = "pyav"  # pyav | torchcodec | decord
+    normalize: bool = True  # normalise action and state with the dataset statistics
+
+    def __post_init__(self):
+        if self.context < 1:
+            raise ValueError(f"context must be >= 1, got {self.context=}")
+        if self.horizon < 1 or self.stride < 1 or self.horizon % self.stride:
+            raise ValueError(f"stride must divide horizon (both >= 1), got {self.horizon=} {self.stride=}")
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise ValueError(f"unknown {self.video_backend=}; choose one of {VIDEO_BACKENDS}")
+
+    @property
+    def future(self) -> int:
+        return self.horizon // self.stride
+
+
+class Normalizer:
+    """Mean/std normalisation per feature, from ``meta/reverie_stats.json``."""
+
+    def __init__(self, stats: dict[str, dict[str, list[float]]], eps: float = 1e-3):
+        self.stats = stats
+        self.mean = {k: torch.tensor(v["mean"], dtype=torch.float32) for k, v in stats.items()}
+        self.std = {k: torch.tensor(v["std"], dtype=torch.float32).clamp_min(eps) for k, v in stats.items()}
+
+    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean[key]) / self.std[key]
+
+    def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std[key] + self.mean[key]
+
+
+def load_or_compute_stats(root: Path, columns: dict[str, torch.Tensor], total_frames: int) -> dict:
+    """Statistics stored beside the dataset; recomputed only when the dataset has changed size."""
+    path = Path(root) / STATS_FILE
+    if path.exists():
+        stats = json.loads(path.read_text())
+        if stats.get("total_frames") == total_frames:
+            return stats["features"]
+    features = {}
+    for key in STATS_KEYS:
+        if key in columns:
+            x = columns[key].double()
+            features[key] = {"mean": x.mean(0).tolist(), "std": x.std(0, correction=0).tolist(),
+                             "min": x.min(0).values.tolist(), "max": x.max(0).values.tolist()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"total_frames": total_frames, "features": features}, indent=1))
+    tmp.replace(path)
+    return features
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of every frame of the chosen episodes of a LeRobotDataset."""
+
+    def __init__(self, repo_id: str | None = None, root: str | Path | None = None,
+                 config: ClipConfig | None = None, episodes: list[int] | None = None):
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        self.config = config or ClipConfig()
+        cfg = self.config
+        if repo_id is None and root is None:
+            raise ValueError("give a hub repo_id, a local root, or both")
+        if root is not None and not (Path(root) / "meta" / "info.json").exists():
+            raise FileNotFoundError(f"{root} is not a LeRobot dataset (no meta/info.json)")
+        # lerobot reads the tables (downloading from the hub when root is not local); we decode videos.
+        self.lerobot = LeRobotDataset(repo_id or "local/dataset", root=root, episodes=episodes,
+                                      video_backend="pyav" if cfg.video_backend == "decord" else cfg.video_backend)
+        meta = self.meta = self.lerobot.meta
+        self.root = Path(self.lerobot.root)
+        self.fps = meta.fps
+        available = [keys.view_of(k) for k in meta.video_keys]
+        self.views = tuple(cfg.views) if cfg.views is not None else tuple(available)
+        missing = [v for v in self.views if v not in available]
+        if missing or not self.views:
+            raise KeyError(f"camera view(s) {missing} not in dataset {self.root}; it has {available}")
+        for key in (keys.ACTION, keys.STATE):
+            if key not in meta.features:
+                raise KeyError(f"dataset {self.root} has no {key!r} feature; it has {sorted(meta.features)}")
+
+        wanted = [k for k in (keys.ACTION, keys.STATE, keys.ENV_STATE, keys.PROGRESS) if k in meta.features]
+        table = self.lerobot.hf_dataset.select_columns([*wanted, "episode_index", "frame_index", "task_index"])
+        table = table.with_format("torch")[:]
+        self.columns = {k: _as_2d(table[k]).float() for k in wanted}
+        self.episode_of = table["episode_index"].long()
+        self.frame_of = table["frame_index"].long()
+        self.task_of = table["task_index"].long()
+        all_columns = self.columns
+        if episodes is not None:  # statistics always describe the whole dataset
+            full = LeRobotDataset(repo_id or "local/dataset", root=root).hf_dataset
+            all_columns = {k: _as_2d(full.select_columns([k]).with_format("torch")[:][k]).float()
+                           for k in STATS_KEYS if k in meta.features}
+        self.stats = load_or_compute_stats(self.root, all_columns, meta.total_frames)
+        self.normalizer = Normalizer(self.stats)
+        # Row range of each episode inside the loaded table (rows are grouped by episode).
+        self.episodes = sorted(set(self.episode_of.tolist()))
+        self._rows = {}
+        for ep in self.episodes:
+            rows = torch.nonzero(self.episode_of == ep).flatten()
+            self._rows[ep] = (int(rows[0]), int(rows[-1]) + 1)
+        self.tasks = {int(i): t for t, i in zip(meta.tasks.index, meta.tasks["task_index"])}
+
+    def __len__(self) -> int:
+        return len(self.episode_of)
+
+    def __getitem__(self, idx: int) -> dict:
+        cfg = self.config
+        C, F, H, s = cfg.context, cfg.future, cfg.horizon, cfg.stride
+        ep = int(self.episode_of[idx])
+        first, end = self._rows[ep]
+        length = end - first
+        t = int(self.frame_of[idx])
+        ctx_t = torch.arange(t - (C - 1) * s, t + 1, s)
+        fut_t = torch.arange(t + s, t + H + 1, s)
+        act_t = torch.arange(t, t + H)
+        ctx_mask, fut_mask, act_mask = ctx_t >= 0, fut_t < length, act_t < length
+        ctx_c, fut_c, act_c = ctx_t.clamp(0, length - 1), fut_t.clamp(0, length - 1), act_t.clamp(0, length - 1)
+
+        frames = self._frames(ep, torch.cat([ctx_c, fut_c]))  # (V, C+F, 3, h, w)
+        action = self.columns[keys.ACTION][first + act_c] * act_mask[:, None]
+        state = self.columns[keys.STATE][first + torch.cat([ctx_c, fut_c])]
+        if cfg.normalize:
+            action = self.normalizer.normalize(keys.ACTION, action) * act_mask[:, None]
+            state = self.normalizer.normalize(keys.STATE, state)
+        item = {
+            "context": frames[:, :C],
+            "future": frames[:, C:],
+            "context_mask": ctx_mask,
+            "future_mask": fut_mask,
+            "action": action,
+            "action_mask": act_mask,
+            "context_state": state[:C],
+            "future_state": state[C:],
+            "task": self.tasks[int(self.task_of[idx])],
+            "episode_index": ep,
+            "frame_index": t,
+        }
+        if keys.ENV_STATE in self.columns:
+            item["future_env_state"] = self.columns[keys.ENV_STATE][first + fut_c]
+        if keys.PROGRESS in self.columns:
+            item["future_progress"] = self.columns[keys.PROGRESS][first + fut_c].squeeze(-1)
+        return item
+
+    def _frames(self, ep: int, frame_idx: torch.Tensor) -> torch.Tensor:
+        """(V, N, 3, h, w) float frames in [0, 1] of episode ``ep`` at in-episode indices."""
+        unique, inverse = torch.unique(frame_idx, return_inverse=True)
+        meta_ep = self.meta.episodes[ep]
+        per_view = []
+        for view in self.views:
+            key = keys.image_key(view)
+            start = meta_ep[f"videos/{key}/from_timestamp"]
+            path = self.root / self.meta.get_video_file_path(ep, key)
+            ts = [start + i / self.fps for i in unique.tolist()]
+            per_view.append(decode_frames(path, ts, self.config.video_backend, self.lerobot.tolerance_s)[inverse])
+        return torch.stack(per_view).float().div_(255.0)
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    return x[:, None] if x.ndim == 1 else x

@@ -1,0 +1,338 @@
+"""``reverie-collect``: run scripted experts in physics and write a LeRobotDataset v3.
+
+Every frame holds the views as video (``observation.images.<view>``), proprioception, the
+ground-truth object state, the action, reward/success, a progress label, the physics stage,
+the task string, and the episode's success and injected failure mode.
+
+Resuming: the dataset is written in commit groups of ``commit_every`` episodes. A commit
+finalizes lerobot's writers (closing parquet and video files) and snapshots ``meta/``. Ctrl-C or
+SIGTERM commits what was saved; after a hard kill, the next run rolls back to the last commit.
+Re-running the same command continues from the episodes already there: episode i always uses
+seed ``seed + i``, so an interrupted and resumed collection equals an uninterrupted one.
+
+    reverie-collect --task lift --episodes 20 --root outputs/datasets/lift
+"""
+
+
+import json
+import logging
+import shutil
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import draccus
+import numpy as np
+from tqdm import tqdm
+
+from simulator import keys
+from simulator.physics.experts import ACTION_DIM, FAILURE_MODES, ExpertConfig, ScriptedExpert
+
+log = logging.getLogger(__name__)
+FPS = 20  # robosuite control frequency
+REVERIE_META = "meta/reverie.json"  # our collection config beside lerobot's metadata
+_STATE_DIR = ".reverie"  # commit snapshot and "writing" marker
+
+
+@dataclass
+class CollectConfig:
+    task: str = "lift"  # lift | stack | pick_place_can
+    episodes: int = 50  # total episodes wanted in the dataset (a resumed run adds the missing ones)
+    root: Path | None = None  # dataset folder; default outputs/datasets/<task>
+    repo_id: str | None = None  # default reverie/<task>
+    seed: int = 0  # episode i uses seed + i
+    views: tuple[str, ...] = ("front", "wrist")
+    height: int = 64
+    width: int = 64
+    render_quality: str = "fast"
+    expert: ExpertConfig = field(
+        default_factory=lambda: ExpertConfig(failure_mix={"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1})
+    )
+    hold_steps: int = 10  # steps recorded after the first success
+    max_steps: int | None = None  # episode horizon; None = the task's default
+    vcodec: str = "h264"  # h264 decodes with every backend (pyav, torchcodec, decord); libsvtav1 is smaller
+    crf: int = 18
+    commit_every: int = 5  # episodes per commit group
+    overwrite: bool = False  # delete an existing dataset at root first
+
+    def __post_init__(self):
+        from simulator.physics.tasks import get_task
+
+        spec = get_task(self.task)  # names the unknown task
+        unknown = [v for v in self.views if v not in spec.cameras]
+        if unknown:
+            raise ValueError(f"unknown camera view(s) {unknown} for task {self.task!r}; known: {sorted(spec.cameras)}")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"resolution must be positive, got {self.height=} {self.width=}")
+        if self.episodes < 0:
+            raise ValueError(f"episodes must be >= 0, got {self.episodes=}")
+        if self.commit_every < 1:
+            raise ValueError(f"commit_every must be >= 1, got {self.commit_every=}")
+        self.root = Path(self.root) if self.root is not None else Path("outputs/datasets") / self.task
+        self.repo_id = self.repo_id or f"reverie/{self.task}"
+
+
+def dataset_features(cfg: CollectConfig) -> dict:
+    from simulator.physics.tasks import get_task
+
+    spec = get_task(cfg.task)
+    obj_names = [f"{o}_{c}" for o in spec.objects for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+    scalar = lambda dtype: {"dtype": dtype, "shape": (1,), "names": None}  # noqa: E731
+    features = {
+        keys.image_key(v): {"dtype": "video", "shape": (cfg.height, cfg.width, 3), "names": ["height", "width", "channels"]}
+        for v in cfg.views
+    }
+    features |= {
+        keys.STATE: {"dtype": "float32", "shape": (keys.STATE_DIM,),
+                     "names": ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"]},
+        keys.ENV_STATE: {"dtype": "float32", "shape": (spec.object_state_dim,), "names": obj_names},
+        keys.ACTION: {"dtype": "float32", "shape": (ACTION_DIM,),
+                      "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]},
+        keys.REWARD: scalar("float32"),
+        keys.SUCCESS: scalar("bool"),
+        keys.DONE: scalar("bool"),
+        keys.PROGRESS: scalar("float32"),
+        keys.STAGE: scalar("int64"),
+        keys.EPISODE_SUCCESS: scalar("bool"),
+        keys.FAILURE_MODE: scalar("int64"),
+    }
+    return features
+
+
+# ---- one episode ----------------------------------------------------------------------------
+
+def run_episode(env, expert: ScriptedExpert, seed: int, hold_steps: int) -> tuple[list[dict], dict]:
+    """Runs one expert episode in a single-env PhysicsEnv; returns its frames and labels."""
+    import torch
+
+    obs, info = env.reset(seed=seed)
+    mode = expert.reset(info["object_state"][0].numpy(), env.envs[0].env, seed)
+    images = {v: f[0, 0].permute(1, 2, 0).numpy() for v, f in info["frames"].items()}
+    stage = int(info["stage"][0])
+    frames, first_success = [], None
+    while True:
+        state = obs[keys.STATE][0].numpy()
+        action = expert.act(state).astype(np.float32)
+        frame = {keys.image_key(v): img for v, img in images.items()}
+        frame |= {keys.STATE: state, keys.ENV_STATE: info["object_state"][0].numpy(), keys.ACTION: action,
+                  keys.STAGE: np.array([stage], dtype=np.int64)}
+        obs, reward, terminated, truncated, info = env.step(torch.from_numpy(action)[None, None])
+        solved_now = bool(info["stage"][0] == env.spec.num_stages)
+        if solved_now and first_success is None:
+            first_success = len(frames)
+        end = bool(truncated[0] or terminated[0]) or (first_success is not None and len(frames) - first_success >= hold_steps)
+        frame |= {keys.REWARD: np.array([solved_now], dtype=np.float32), keys.SUCCESS: np.array([solved_now]),
+                  keys.DONE: np.array([end])}
+        frames.append(frame)
+        if end:
+            break
+        images = {v: f[0, 0].permute(1, 2, 0).numpy() for v, f in info["frames"].items()}
+        stage = int(info["stage"][0])
+    success = first_success is not None
+    for t, f in enumerate(frames):
+        # Successes: the standard t/T label, 1 from the first solved frame on. Failures: the
+        # fraction of physics milestones reached at that frame (never 1).
+        progress = min(1.0, (t + 1) / (first_success + 1)) if success else f[keys.STAGE][0] / env.spec.num_stages
+        f[keys.PROGRESS] = np.array([progress], dtype=np.float32)
+        f[keys.EPISODE_SUCCESS] = np.array([success])
+        f[keys.FAILURE_MODE] = np.array([FAILURE_MODES.index(mode)], dtype=np.int64)
+    return frames, {"success": success, "failure_mode": mode, "length": len(frames), "seed": seed}
+
+
+# ---- commits and recovery -------------------------------------------------------------------
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and _STATE_DIR not in p.parts)
+
+
+def _commit(root: Path) -> None:
+    """Snapshot meta/ and the file list of a finalized dataset (call after ds.finalize())."""
+    state = root / _STATE_DIR
+    tmp = state / "committed.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root / "meta", tmp / "meta")
+    (tmp / "files.json").write_text(json.dumps(_files(root)))
+    shutil.rmtree(state / "committed", ignore_errors=True)
+    tmp.rename(state / "committed")
+    (state / "writing").unlink(missing_ok=True)
+
+
+def _recover(root: Path) -> int:
+    """After a hard kill mid-group, roll the dataset back to its last commit; returns files removed."""
+    state = root / _STATE_DIR
+    if not (state / "writing").exists():
+        return 0
+    committed = state / "committed"
+    if not committed.exists():  # killed before the first commit: nothing was ever complete
+        shutil.rmtree(root)
+        return -1
+    keep = set(json.loads((committed / "files.json").read_text()))
+    removed = 0
+    for rel in _files(root):
+        if rel not in keep:
+            (root / rel).unlink()
+            removed += 1
+    shutil.rmtree(root / "meta")
+    shutil.copytree(committed / "meta", root / "meta")
+    (state / "writing").unlink()
+    return removed
+
+
+def _open_dataset(cfg: CollectConfig, features: dict):
+    """Creates the dataset, or reopens an existing one after checking it is the same collection."""
+    from lerobot.configs.video import RGBEncoderConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    encoder = RGBEncoderConfig(vcodec=cfg.vcodec, crf=cfg.crf, g=2)
+    root = cfg.root
+    if cfg.overwrite and root.exists():
+        shutil.rmtree(root)
+    if root.exists() and _recover(root) == -1:
+        log.warning("%s: removed a collection killed before its first commit", root)
+    if root.exists() and any(root.iterdir()):
+        check_same_collection(root, cfg, features)
+        ds = LeRobotDataset.resume(cfg.repo_id, root=root, rgb_encoder=encoder)
+        return ds
+    ds = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=features, root=root, robot_type="panda",
+                               use_videos=True, rgb_encoder=encoder, metadata_buffer_size=1)
+    (root / REVERIE_META).write_text(json.dumps(_reverie_meta(cfg), indent=2, default=str))
+    return ds
+
+
+def _reverie_meta(cfg: CollectConfig) -> dict:
+    d = asdict(cfg)
+    for k in ("episodes", "root", "overwrite", "commit_every"):  # these may change between runs
+        d.pop(k)
+    return {"collect": d, "failure_modes": list(FAILURE_MODES)}
+
+
+def check_same_collection(root: Path, cfg: CollectConfig, features: dict) -> None:
+    """Raises a clear error, before touching anything, if ``root`` holds another collection."""
+    info_path = root / "meta" / "info.json"
+    if not info_path.exists():
+        raise FileExistsError(f"{root} exists and is not a LeRobot dataset (no meta/info.json); "
+                              "choose another --root or pass --overwrite true")
+    info = json.loads(info_path.read_text())
+    theirs = {k: (v["dtype"], tuple(v["shape"])) for k, v in info["features"].items()}
+    ours = {k: (v["dtype"], tuple(v["shape"])) for k, v in features.items()}
+    diff = sorted(k for k in set(theirs) | set(ours)
+                  if k not in {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+                  and theirs.get(k) != ours.get(k))
+    if diff:
+        detail = "; ".join(f"{k}: existing {theirs.get(k)} vs requested {ours.get(k)}" for k in diff)
+        raise ValueError(f"{root} holds a dataset with another schema ({detail}). Nothing was changed; "
+                         "choose another --root or pass --overwrite true")
+    meta_path = root / REVERIE_META
+    if meta_path.exists():
+        existing = json.loads(meta_path.read_text())["collect"]
+        requested = json.loads(json.dumps(_reverie_meta(cfg)["collect"], default=str))
+        changed = sorted(k for k in requested if existing.get(k) != requested[k])
+        if changed:
+            raise ValueError(f"{root} was collected with other settings ({', '.join(changed)} differ); a resumed "
+                             "collection must use the same ones. Nothing was changed.")
+
+
+# ---- the collection loop --------------------------------------------------------------------
+
+class _Interrupted(Exception):
+    pass
+
+
+class _GracefulStop:
+    """SIGINT/SIGTERM stop the collection at the next safe point: at once while an episode is
+    being simulated, after the save while one is being written (a half-saved episode must not
+    be committed). A second Ctrl-C during a save stops at once, and the next run rolls back."""
+
+    def __init__(self):
+        self.saving = False
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.saving and not self.requested:
+            self.requested = True
+            log.warning("stopping after this episode is saved (Ctrl-C again to abort it)")
+            return
+        raise _Interrupted()
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def collect(cfg: CollectConfig) -> Path:
+    """Collects until the dataset at ``cfg.root`` holds ``cfg.episodes`` episodes; returns the root."""
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    features = dataset_features(cfg)
+    ds = _open_dataset(cfg, features)
+    root = cfg.root
+    start = ds.meta.total_episodes
+    if start >= cfg.episodes:
+        ds.finalize()
+        log.info("%s already holds %d episodes (>= %d requested)", root, start, cfg.episodes)
+        return root
+    env = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, views=cfg.views, height=cfg.height, width=cfg.width,
+                                      render_quality=cfg.render_quality, max_steps=cfg.max_steps,
+                                      terminate_on_success=False))
+    expert = ScriptedExpert(env.spec, cfg.expert)
+    (root / _STATE_DIR).mkdir(exist_ok=True)
+    (root / _STATE_DIR / "writing").touch()
+    bar = tqdm(range(start, cfg.episodes), initial=start, total=cfg.episodes, desc=f"collect {cfg.task}", unit="ep")
+    stop = _GracefulStop()
+    clean = False  # True when no episode is half-written, so the dataset may be committed
+    try:
+        with stop:
+            for i in bar:
+                clean = True
+                frames, labels = run_episode(env, expert, cfg.seed + i, cfg.hold_steps)
+                clean, stop.saving = False, True
+                for f in frames:
+                    ds.add_frame(f | {keys.TASK: env.spec.instruction})
+                ds.save_episode(parallel_encoding=False)  # a process pool per episode costs more than it saves
+                clean, stop.saving = True, False
+                bar.set_postfix(success=labels["success"], mode=labels["failure_mode"], steps=labels["length"])
+                if stop.requested:
+                    raise _Interrupted()
+                if (i + 1 - start) % cfg.commit_every == 0 and i + 1 < cfg.episodes:
+                    ds.finalize()
+                    _commit(root)
+                    ds = _reopen(cfg)
+                    (root / _STATE_DIR / "writing").touch()
+            clean = True
+    except _Interrupted:
+        log.warning("interrupted: %s keeps its %d finished episodes; run the same command to resume",
+                    root, ds.meta.total_episodes)
+        raise KeyboardInterrupt from None
+    finally:
+        env.close()
+        if clean:
+            ds.finalize()
+            _commit(root)
+    return root
+
+
+def _reopen(cfg: CollectConfig):
+    from lerobot.configs.video import RGBEncoderConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    return LeRobotDataset.resume(cfg.repo_id, root=cfg.root, rgb_encoder=RGBEncoderConfig(vcodec=cfg.vcodec, crf=cfg.crf, g=2))
+
+
+@draccus.wrap()
+def main(cfg: CollectConfig) -> None:
+    import av
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    av.logging.set_level(av.logging.ERROR)  # libx264 prints statistics for every episode otherwise
+    root = collect(cfg)
+    from data.summary import summarize
+
+    print(summarize(root).to_text())
+
+
+if __name__ == "__main__":
+    main()
