@@ -15,7 +15,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/collect_throughput.py $(ARGS)
+	$(BIN)/python -m benchmarks.collect_throughput $(ARGS) && $(BIN)/python -m benchmarks.expert_success
 
 # Python 3.12 from the PATH, else from pyenv (PYENV_ROOT or ~/.pyenv), else a clear message.
 $(STAMP): pyproject.toml

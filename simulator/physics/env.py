@@ -45,7 +45,7 @@ from simulator.physics.tasks import TaskSpec, get_task, object_bodies
 class PhysicsEnvConfig:
     task: str = "lift"  # one of simulator.physics.tasks.TASKS
     num_envs: int = 1
-    views: tuple[str, ...] = ("front", "wrist")  # names from the task's cameras
+    views: tuple[str, ...] = ("front", "wrist")  # names from the task's cameras; () = physics only, no rendering
     height: int = 64
     width: int = 64
     render_quality: str = "fast"  # "fast" (arm drawn with collision meshes) or "full"
@@ -56,7 +56,7 @@ class PhysicsEnvConfig:
     def __post_init__(self):
         spec = get_task(self.task)
         unknown = [v for v in self.views if v not in spec.cameras]
-        if unknown or not self.views:
+        if unknown:
             raise ValueError(f"unknown camera view(s) {unknown} for task {self.task!r}; known: {sorted(spec.cameras)}")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"resolution must be positive, got {self.height=} {self.width=}")
@@ -94,15 +94,24 @@ class TaskInstance:
         self.bodies = object_bodies(self.env, spec)
         sim = self.env.sim
         cameras = {v: spec.cameras[v] for v in config.views}
-        self.renderer = SceneRenderer(
-            sim.model._model, sim.data._data, cameras, config.height, config.width, config.render_quality
-        )
+        self.renderer = None
+        if cameras:
+            self.renderer = SceneRenderer(
+                sim.model._model, sim.data._data, cameras, config.height, config.width, config.render_quality
+            )
         self._obs = None
 
     def reset(self, seed: int) -> None:
         # robosuite 1.4 draws object placements and initial joint noise from numpy's global RNG.
         np.random.seed(seed % 2**32)
         self._obs = self.env.reset()
+        # A soft reset (hard_reset=False) keeps the OSC controller's cached end-effector pose and
+        # goal and the gripper's rate-limited command from the last episode: clear them, or the
+        # same seed gives different motions depending on what ran before.
+        for robot in self.env.robots:
+            robot.controller.update(force=True)
+            robot.controller.reset_goal()
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
 
     def step(self, action: np.ndarray) -> bool:
         """One env step; returns whether the task is solved."""
@@ -128,10 +137,11 @@ class TaskInstance:
         return self.spec.stage(self.env)
 
     def render(self) -> dict[str, np.ndarray]:
-        return self.renderer.render()
+        return self.renderer.render() if self.renderer is not None else {}
 
     def close(self) -> None:
-        self.renderer.close()
+        if self.renderer is not None:
+            self.renderer.close()
         self.env.close()
 
 
@@ -213,7 +223,8 @@ class PhysicsEnv:
             info["final_observation"] = obs
             info["final_info"] = {k: info[k] for k in ("success", "object_state", "stage", "steps")}
             obs, reset_info = self.reset(options={"reset_mask": self._done.copy()})
-            info["seeds"] = reset_info["seeds"]
+            # info describes the envs as they are now; the finished episodes are in final_info
+            info |= {k: reset_info[k] for k in ("success", "object_state", "stage", "steps", "seeds")}
         return obs, torch.from_numpy(reward), terminated, truncated, info
 
     def close(self) -> None:

@@ -7,7 +7,8 @@ runs in the physics simulator and in the learned one.
 
 Failure modes are injected per episode, drawn from a mix, so a dataset has labelled failures:
 
-- ``early_release``: opens the gripper while lifting, below the success height;
+- ``early_release``: opens the gripper as the lift starts and stops where it is (Lift counts a
+  2 cm rise as success, and fingers take several steps to open, so it must stop rising);
 - ``wrong_target``: grasps 6-9 cm beside the object;
 - ``stall``: freezes (zero motion) from a random point before the lift, for good;
 - on top of any mode, ``action_noise`` adds Gaussian noise to the translation actions.
@@ -61,10 +62,20 @@ class ExpertConfig:
         if any(p < 0 for p in self.failure_mix.values()) or sum(self.failure_mix.values()) > 1 + 1e-9:
             raise ValueError(f"failure_mix must be probabilities summing to <= 1, got {self.failure_mix=}")
 
-    def sample_mode(self, rng: np.random.Generator) -> str:
-        modes = ["none", *self.failure_mix]
-        probs = [1.0 - sum(self.failure_mix.values()), *self.failure_mix.values()]
-        return modes[rng.choice(len(modes), p=np.clip(probs, 0, None) / sum(np.clip(probs, 0, None)))]
+    def sample_mode(self, seed: int) -> str:
+        """The failure mode of the episode with this seed.
+
+        Drawn from a golden-ratio (low-discrepancy) sequence over the seed rather than i.i.d.: any
+        run of n consecutive seeds holds each mode within about 1/n of its share (i.i.d. draws are
+        off by ~6 points at n = 50), so a dataset's failure fraction follows the configured mix.
+        """
+        u = (seed * _GOLDEN + 0.5) % 1.0
+        edges = np.cumsum(list(self.failure_mix.values()))
+        hit = int(np.searchsorted(edges, u, side="right"))
+        return list(self.failure_mix)[hit] if hit < len(edges) else "none"
+
+
+_GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
 
 class ScriptedExpert:
@@ -78,7 +89,7 @@ class ScriptedExpert:
     def reset(self, object_state: np.ndarray, env, seed: int) -> str:
         """Plans the episode from the start object state; returns the failure mode drawn."""
         self.rng = np.random.default_rng(seed)
-        self.mode = self.config.sample_mode(self.rng)
+        self.mode = self.config.sample_mode(seed)
         plan = self.spec.plan(np.asarray(object_state, dtype=np.float64), env)
         if self.mode == "wrong_target":
             angle = self.rng.uniform(0, 2 * np.pi)
@@ -89,9 +100,10 @@ class ScriptedExpert:
         # Stall before the lift: stalling once the object is rising may still count as success.
         self.stall_phase = Phase(self.rng.integers(Phase.APPROACH, Phase.CLOSE + 1))
         self.stall_delay = int(self.rng.integers(0, 8))
-        self.release_height = self.rng.uniform(0.0, 0.02)  # above the grasp point, below success
+        self.release_delay = int(self.rng.integers(0, 2))  # lift steps before an early release
         self.stalled = False
         self.released = False
+        self.hover = None
         return self.mode
 
     def act(self, state: np.ndarray) -> np.ndarray:
@@ -151,10 +163,12 @@ class ScriptedExpert:
             self.gripper = CLOSED
         if p == Phase.RELEASE:
             self.gripper = OPEN
-        if self.mode == "early_release" and p == Phase.LIFT and eef[2] > plan.grasp[2] + self.release_height:
+        if self.mode == "early_release" and p == Phase.LIFT and self.phase_steps >= self.release_delay:
             self.released = True
+            self.hover = eef.copy() if self.hover is None else self.hover
         if self.released:
-            self.gripper = OPEN  # once released, it never grasps again
+            self.gripper = OPEN  # once released, it never grasps again and stays where it let go
+            return self.hover
         if done:
             nxt = Phase.HOLD if (p == Phase.LIFT and plan.place is None) else Phase(p + 1)
             self.phase, self.phase_steps = nxt, 0

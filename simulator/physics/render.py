@@ -15,6 +15,7 @@ Cameras are MuJoCo cameras of the model; a :class:`CameraSpec` with a pose moves
 
 from __future__ import annotations
 
+import atexit
 import weakref
 from dataclasses import dataclass
 
@@ -84,8 +85,11 @@ class SceneRenderer:
         model.vis.global_.offwidth = max(width, 1)
         model.vis.global_.offheight = max(height, 1)
         self._renderer = mujoco.Renderer(model, height, width)
-        # Free the GL context while the interpreter is still whole (at exit EGL's module may be gone).
-        self._finalizer = weakref.finalize(self, self._renderer.close)
+        # Free the GL context while the interpreter is still whole: registered after mujoco.egl's own
+        # exit handlers, this runs before them (a weakref.finalize runs too late, EGL already gone).
+        ref = weakref.ref(self)
+        self._close_at_exit = lambda: ref() is not None and ref().close()
+        atexit.register(self._close_at_exit)
         flags = self._renderer.scene.flags
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
@@ -103,7 +107,8 @@ class SceneRenderer:
         return out
 
     def close(self) -> None:
-        self._finalizer()
+        self._renderer.close()  # idempotent
+        atexit.unregister(self._close_at_exit)
 
 
 def _swap_arm_meshes_for_collision_meshes(model: mujoco.MjModel) -> None:

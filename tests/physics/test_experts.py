@@ -1,0 +1,48 @@
+"""Scripted experts solve every task at zero noise; each injected failure mode makes Lift fail."""
+
+import pytest
+
+from data.collect import run_episode
+from simulator.physics import FAILURE_MODES, ExpertConfig, PhysicsEnv, PhysicsEnvConfig, ScriptedExpert
+
+
+def episodes(task, cfg, seeds):
+    env = PhysicsEnv(PhysicsEnvConfig(task=task, views=(), terminate_on_success=False))
+    expert = ScriptedExpert(env.spec, cfg)
+    out = [run_episode(env, expert, s, hold_steps=2)[1] for s in seeds]
+    env.close()
+    return out
+
+
+@pytest.mark.parametrize("task", ["lift", "stack", "pick_place_can"])
+def test_expert_solves_task(task):
+    labels = episodes(task, ExpertConfig(), seeds=[11, 12])
+    assert all(e["success"] and e["failure_mode"] == "none" for e in labels)
+
+
+@pytest.mark.parametrize("mode", FAILURE_MODES[1:])
+def test_each_failure_mode_fails_lift(mode):
+    labels = episodes("lift", ExpertConfig(failure_mix={mode: 1.0}), seeds=[21, 22])
+    assert all(not e["success"] and e["failure_mode"] == mode for e in labels)
+
+
+@pytest.mark.parametrize("start", [0, 1234, 10_000])
+def test_failure_modes_of_consecutive_seeds_follow_the_mix(start):
+    mix = {"stall": 0.2, "wrong_target": 0.1, "early_release": 0.05}
+    cfg = ExpertConfig(failure_mix=mix)
+    for n in (20, 50, 400):
+        draws = [cfg.sample_mode(s) for s in range(start, start + n)]
+        for mode, p in mix.items():
+            assert abs(draws.count(mode) / n - p) <= 2.5 / n + 1e-9, (mode, n)
+    assert {cfg.sample_mode(s) for s in range(100)} == {"none", *mix}
+    assert ExpertConfig().sample_mode(7) == "none"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"failure_mix": {"teleport": 0.1}}, "unknown failure modes"), ({"failure_mix": {"stall": 0.8, "wrong_target": 0.4}}, "summing to <= 1"),
+     ({"action_noise": -0.1}, "action_noise")],
+)
+def test_bad_expert_config_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExpertConfig(**kwargs)
