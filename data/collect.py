@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import signal
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -328,7 +329,10 @@ def main(cfg: CollectConfig) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     av.logging.set_level(av.logging.ERROR)  # libx264 prints statistics for every episode otherwise
-    root = collect(cfg)
+    try:
+        root = collect(cfg)
+    except KeyboardInterrupt:
+        sys.exit(130)
     from data.summary import summarize
 
     print(summarize(root).to_text())

@@ -76,6 +76,9 @@ class TaskInstance:
         from robosuite.controllers import load_controller_config
 
         self.spec = spec
+        # robosuite draws some model properties (Lift's cube size) from numpy's global RNG when it
+        # builds the model: fix them, so every instance (and process) simulates the same world.
+        np.random.seed(0)
         self.env = robosuite.make(
             spec.robosuite_env,
             robots="Panda",

@@ -1,0 +1,163 @@
+"""reverie-collect: a LeRobotDataset round trip, labels that agree with physics, resume after a
+kill, and clear refusals that change nothing."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data.collect import CollectConfig, collect
+from simulator import keys
+from simulator.physics import FAILURE_MODES, ExpertConfig, PhysicsEnv, PhysicsEnvConfig
+from tests.conftest import TINY
+
+
+def table(root: Path) -> pd.DataFrame:
+    return pd.concat(pd.read_parquet(p) for p in sorted((root / "data").rglob("*.parquet"))).reset_index(drop=True)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_lerobot_loads_the_dataset_with_every_feature(tiny_dataset):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("reverie/lift", root=tiny_dataset)
+    assert ds.num_episodes == 4 and ds.fps == 20
+    item = ds[5]
+    assert item[keys.image_key("front")].shape == (3, 32, 32) and item[keys.image_key("wrist")].shape == (3, 32, 32)
+    assert item[keys.STATE].shape == (8,) and item[keys.ENV_STATE].shape == (7,) and item[keys.ACTION].shape == (7,)
+    assert item[keys.TASK] == "pick up the red cube"
+    assert len(ds) == ds.meta.total_frames
+
+
+def test_labels_agree_with_physics(tiny_dataset):
+    df = table(tiny_dataset)
+    modes = json.loads((tiny_dataset / "meta" / "reverie.json").read_text())["failure_modes"]
+    assert modes == list(FAILURE_MODES)
+    seen = set()
+    for ep, rows in df.groupby("episode_index"):
+        success = rows[keys.EPISODE_SUCCESS].iloc[0]
+        mode = modes[rows[keys.FAILURE_MODE].iloc[0]]
+        seen.add((mode, bool(success)))
+        assert rows[keys.EPISODE_SUCCESS].nunique() == 1 and rows[keys.FAILURE_MODE].nunique() == 1
+        progress = rows[keys.PROGRESS].to_numpy()
+        assert rows[keys.DONE].to_numpy().nonzero()[0].tolist() == [len(rows) - 1]
+        if success:  # t/T up to the first success, then 1; the task is solved by the end
+            assert rows[keys.SUCCESS].iloc[-1] and rows[keys.STAGE].iloc[-1] == 3
+            assert np.all(np.diff(progress) >= 0) and progress[-1] == 1.0 and progress[0] < 0.1
+        else:  # a stalled expert never solves it; progress is the fraction of milestones reached
+            assert not rows[keys.SUCCESS].any() and progress.max() < 1.0
+            np.testing.assert_allclose(progress, rows[keys.STAGE].to_numpy() / 3)
+    assert seen == {("none", True), ("stall", False)}  # TINY's mix gives both with seeds 0-3
+
+
+def test_recorded_actions_replay_to_the_recorded_states(tiny_dataset):
+    """Frame t holds the state before action t: replaying actions from the episode's seed
+    reproduces every recorded object and robot state."""
+    df = table(tiny_dataset)
+    rows = df[df.episode_index == 0]
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", views=(), terminate_on_success=False))
+    obs, info = env.reset(seed=TINY.get("seed", 0) + 0)
+    for t in range(len(rows)):
+        np.testing.assert_allclose(info["object_state"][0].numpy(), rows[keys.ENV_STATE].iloc[t], atol=1e-6)
+        np.testing.assert_allclose(obs[keys.STATE][0].numpy(), rows[keys.STATE].iloc[t], atol=1e-6)
+        action = torch.tensor(np.asarray(rows[keys.ACTION].iloc[t]), dtype=torch.float64)
+        obs, _, _, _, info = env.step(action[None, None])
+    env.close()
+
+
+def _cli(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "data.collect", "--task", "lift", "--root", str(root), "--height", "32", "--width", "32",
+            "--max_steps", "40", *args]
+
+
+def _wait_for(predicate, proc, timeout=120):
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def test_hard_kill_then_resume_equals_an_uninterrupted_collection(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(_cli(killed, "--episodes", "4", "--commit_every", "1"), stderr=subprocess.PIPE, text=True)
+    files = killed / ".reverie" / "committed" / "files.json"
+    # kill -9 while the second episode is being collected, after the first one was committed
+    _wait_for(lambda: files.exists() and (killed / ".reverie" / "writing").exists(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cfg = dict(task="lift", height=32, width=32, max_steps=40, commit_every=1)
+    collect(CollectConfig(root=killed, episodes=4, **cfg))
+    collect(CollectConfig(root=clean, episodes=4, commit_every=4, **{k: v for k, v in cfg.items() if k != "commit_every"}))
+    a, b = table(killed), table(clean)
+    assert len(a) == len(b) and a["episode_index"].nunique() == 4
+    for col in (keys.ACTION, keys.STATE, keys.ENV_STATE, keys.PROGRESS, keys.FAILURE_MODE):
+        np.testing.assert_array_equal(np.stack(a[col].to_numpy()), np.stack(b[col].to_numpy()))
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    da, db = LeRobotDataset("r/a", root=killed), LeRobotDataset("r/b", root=clean)
+    for i in (0, len(da) // 2, len(da) - 1):
+        assert torch.equal(da[i][keys.image_key("front")], db[i][keys.image_key("front")])
+    assert not (killed / ".reverie" / "writing").exists()
+
+
+def test_sigterm_stops_cleanly_and_keeps_finished_episodes(tmp_path):
+    root = tmp_path / "ds"
+    proc = subprocess.Popen(_cli(root, "--episodes", "50", "--commit_every", "10"), stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(list((root / "meta" / "episodes").rglob("*.parquet"))) > 0 if (root / "meta").exists() else False, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command to resume" in err
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("r/a", root=root)
+    assert 1 <= ds.num_episodes < 50 and len(ds) == ds.meta.total_frames
+    ds[len(ds) - 1]  # the last episode's video decodes
+    assert not (root / ".reverie" / "writing").exists()
+
+
+def test_a_dataset_with_another_schema_is_refused_and_left_untouched(tiny_dataset):
+    before = tree_digest(tiny_dataset)
+    with pytest.raises(ValueError, match=r"another schema \(observation.images.front: existing \('video', \(32, 32, 3\)\)"):
+        collect(CollectConfig(**{**TINY, "root": tiny_dataset, "height": 64, "width": 64, "episodes": 6}))
+    with pytest.raises(ValueError, match="other settings \\(expert differ\\)"):
+        collect(CollectConfig(**{**TINY, "root": tiny_dataset, "expert": ExpertConfig(), "episodes": 6}))
+    assert tree_digest(tiny_dataset) == before
+
+
+def test_a_folder_that_is_not_a_dataset_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a LeRobot dataset"):
+        collect(CollectConfig(task="lift", episodes=1, root=tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"task": "juggle"}, "unknown task 'juggle'"), ({"views": ("front", "top")}, r"unknown camera view\(s\) \['top'\]"),
+     ({"height": 0}, "resolution must be positive"), ({"width": -1}, "resolution must be positive")],
+)
+def test_bad_collect_config_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CollectConfig(**kwargs)
+
+
+def test_cli_reports_an_unknown_task(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "data.collect", "--task", "juggle", "--root", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "unknown task 'juggle'" in out.stderr
+    assert not (tmp_path / "x").exists()
