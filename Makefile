@@ -7,15 +7,28 @@ STAMP := $(VENV)/.reverie-installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: demo test bench clean-venv
-demo: $(STAMP)
+.PHONY: demo test bench system-libs clean-venv
+demo: system-libs $(STAMP)
 	$(BIN)/reverie-demo $(ARGS)
 
-test: $(STAMP)
+test: system-libs $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-bench: $(STAMP)
+bench: system-libs $(STAMP)
 	$(BIN)/python -m benchmarks.collect_throughput $(ARGS) && $(BIN)/python -m benchmarks.expert_success
+
+# System libraries: EGL (Mesa) for headless MuJoCo rendering, FFmpeg's shared libraries for the
+# torchcodec video backend (pyav and decord bring their own). Installed with apt when missing and
+# running as root; otherwise a note says what to install.
+SYSTEM_LIBS := libegl1 libgl1-mesa-dri libavdevice59 libavfilter8 libavformat59 libavcodec59 libswscale6 libswresample4 libavutil57
+system-libs:
+	@if ! ldconfig -p | grep -q 'libEGL.so.1 ' || ! ldconfig -p | grep -q 'libavcodec.so.59 '; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system libraries: $(SYSTEM_LIBS)"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_LIBS) >/dev/null \
+	      || echo "warning: apt-get could not install $(SYSTEM_LIBS); rendering or the torchcodec backend may be unavailable"; \
+	  else echo "note: install $(SYSTEM_LIBS) (EGL for rendering, FFmpeg for torchcodec) with your package manager"; fi; \
+	fi
 
 # Python 3.12 from the PATH, else from pyenv (PYENV_ROOT or ~/.pyenv), else a clear message.
 $(STAMP): pyproject.toml

@@ -13,7 +13,9 @@ D object-state dim, V views, C=3 channels, h x w image size.
   ``observation.state`` (B, S) float32, ``task`` list[str] — what a robot's policy sees.
 - ``reward`` (B,): 1.0 if the task was solved during the chunk (sparse; the imagined env uses
   progress gains instead). ``terminated`` (B,): solved. ``truncated`` (B,): horizon reached.
-- ``info``: ``success`` (B,) bool, ``object_state`` (B, D), ``stage`` (B,) long,
+- ``info``: ``success`` (B,) bool, ``object_state`` (B, D), ``stage`` (B,) long, and the keys
+  the imagined env reports too: ``success_prob`` (B,) (0 or 1 here), ``progress`` (B,) (the
+  fraction of physics milestones reached), ``uncertainty`` (B,) (0: physics is the ground truth),
   ``frames`` {view: (B, H, 3, h, w) uint8} every frame rendered during the chunk (the first
   frame after each action), ``frames_valid`` (B, H) bool (False after an env finished
   mid-chunk), ``steps`` (B,) env steps since reset.
@@ -224,10 +226,10 @@ class PhysicsEnv:
         obs = self._observation()
         if self.config.autoreset and self._done.any():
             info["final_observation"] = obs
-            info["final_info"] = {k: info[k] for k in ("success", "object_state", "stage", "steps")}
+            info["final_info"] = {k: info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps")}
             obs, reset_info = self.reset(options={"reset_mask": self._done.copy()})
             # info describes the envs as they are now; the finished episodes are in final_info
-            info |= {k: reset_info[k] for k in ("success", "object_state", "stage", "steps", "seeds")}
+            info |= {k: reset_info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps", "seeds")}
         return obs, torch.from_numpy(reward), terminated, truncated, info
 
     def close(self) -> None:
@@ -266,10 +268,15 @@ class PhysicsEnv:
         return obs
 
     def _info(self, frames: dict, valid: torch.Tensor) -> dict:
+        stage = torch.tensor([e.stage() for e in self.envs], dtype=torch.long)
+        success = torch.from_numpy(self._success.copy())
         return {
-            "success": torch.from_numpy(self._success.copy()),
+            "success": success,
+            "success_prob": success.float(),
+            "progress": stage.float() / self.spec.num_stages,
+            "uncertainty": torch.zeros(self.num_envs),
             "object_state": torch.from_numpy(np.stack([e.object_state() for e in self.envs])),
-            "stage": torch.tensor([e.stage() for e in self.envs], dtype=torch.long),
+            "stage": stage,
             "steps": torch.from_numpy(self._steps.copy()),
             "frames": frames,
             "frames_valid": valid,
