@@ -73,13 +73,15 @@ class Normalizer:
         return x * self.std[key] + self.mean[key]
 
 
-def load_or_compute_stats(root: Path, columns: dict[str, torch.Tensor], total_frames: int) -> dict:
-    """Statistics stored beside the dataset; recomputed only when the dataset has changed size."""
+def load_or_compute_stats(root: Path, total_frames: int, load_columns) -> dict:
+    """Statistics stored beside the dataset; recomputed (``load_columns()`` -> {key: (N, d)}) only
+    when the dataset has changed size."""
     path = Path(root) / STATS_FILE
     if path.exists():
         stats = json.loads(path.read_text())
         if stats.get("total_frames") == total_frames:
             return stats["features"]
+    columns = load_columns()
     features = {}
     for key in STATS_KEYS:
         if key in columns:
@@ -128,12 +130,14 @@ class ClipDataset(torch.utils.data.Dataset):
         self.episode_of = table["episode_index"].long()
         self.frame_of = table["frame_index"].long()
         self.task_of = table["task_index"].long()
-        all_columns = self.columns
-        if episodes is not None:  # statistics always describe the whole dataset
+        def whole_dataset_columns():  # statistics always describe the whole dataset
+            if episodes is None:
+                return self.columns
             full = LeRobotDataset(repo_id or "local/dataset", root=root).hf_dataset
-            all_columns = {k: _as_2d(full.select_columns([k]).with_format("torch")[:][k]).float()
-                           for k in STATS_KEYS if k in meta.features}
-        self.stats = load_or_compute_stats(self.root, all_columns, meta.total_frames)
+            return {k: _as_2d(full.select_columns([k]).with_format("torch")[:][k]).float()
+                    for k in STATS_KEYS if k in meta.features}
+
+        self.stats = load_or_compute_stats(self.root, meta.total_frames, whole_dataset_columns)
         self.normalizer = Normalizer(self.stats)
         # Row range of each episode inside the loaded table (rows are grouped by episode).
         self.episodes = sorted(set(self.episode_of.tolist()))

@@ -179,12 +179,22 @@ def _recover(root: Path) -> int:
     return removed
 
 
-def _open_dataset(cfg: CollectConfig, features: dict):
-    """Creates the dataset, or reopens an existing one after checking it is the same collection."""
+def _encoder(cfg: CollectConfig):
     from lerobot.configs.video import RGBEncoderConfig
+
+    return RGBEncoderConfig(vcodec=cfg.vcodec, crf=cfg.crf, g=2)  # GOP 2: fast random access for clips
+
+
+def _reopen(cfg: CollectConfig):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    encoder = RGBEncoderConfig(vcodec=cfg.vcodec, crf=cfg.crf, g=2)
+    return LeRobotDataset.resume(cfg.repo_id, root=cfg.root, rgb_encoder=_encoder(cfg))
+
+
+def _open_dataset(cfg: CollectConfig, features: dict):
+    """Creates the dataset, or reopens an existing one after checking it is the same collection."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
     root = cfg.root
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)
@@ -192,10 +202,9 @@ def _open_dataset(cfg: CollectConfig, features: dict):
         log.warning("%s: removed a collection killed before its first commit", root)
     if root.exists() and any(root.iterdir()):
         check_same_collection(root, cfg, features)
-        ds = LeRobotDataset.resume(cfg.repo_id, root=root, rgb_encoder=encoder)
-        return ds
+        return _reopen(cfg)
     ds = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=features, root=root, robot_type="panda",
-                               use_videos=True, rgb_encoder=encoder, metadata_buffer_size=1)
+                               use_videos=True, rgb_encoder=_encoder(cfg), metadata_buffer_size=1)
     (root / REVERIE_META).write_text(json.dumps(_reverie_meta(cfg), indent=2, default=str))
     return ds
 
@@ -314,13 +323,6 @@ def collect(cfg: CollectConfig) -> Path:
             ds.finalize()
             _commit(root)
     return root
-
-
-def _reopen(cfg: CollectConfig):
-    from lerobot.configs.video import RGBEncoderConfig
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    return LeRobotDataset.resume(cfg.repo_id, root=cfg.root, rgb_encoder=RGBEncoderConfig(vcodec=cfg.vcodec, crf=cfg.crf, g=2))
 
 
 @draccus.wrap()

@@ -23,7 +23,8 @@ D object-state dim, V views, C=3 channels, h x w image size.
 Envs that finished stay finished (their observation is frozen) until reset; ``reset(options=
 {"reset_mask": mask})`` resets only some of them, and ``autoreset=True`` does it automatically
 (the last observation before the reset is then in ``info["final_observation"]``).
-Determinism: ``reset(seed=s)`` gives env b the seed s + b; the same seeds give the same frames.
+Determinism: ``reset(seed=s)`` gives env b the seed s + b, and later resets continue the count;
+the same seeds give the same frames.
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ class TaskInstance:
             horizon=10**9,  # horizons are ours
             ignore_done=True,
             reward_shaping=False,
-            **spec.make_kwargs,
         )
         self.env.reset()
         self.bodies = object_bodies(self.env, spec)
@@ -175,15 +175,13 @@ class PhysicsEnv:
             mask = np.asarray(torch.as_tensor(options["reset_mask"]).cpu(), dtype=bool)
             if mask.shape != (self.num_envs,):
                 raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
+        # Seeds are a counter: reset(seed=s) gives the envs s, s+1, ...; later resets continue it.
         if seed is not None:
             self._next_seed = seed
         seeds = {}
         for b in np.flatnonzero(mask):
-            seeds[b] = self._next_seed + b if seed is not None else self._next_seed
-            if seed is None:
-                self._next_seed += 1
-        if seed is not None:
-            self._next_seed = seed + self.num_envs
+            seeds[int(b)] = self._next_seed
+            self._next_seed += 1
         for b, s in seeds.items():
             self._reset_one(b, s)
         self._started = True

@@ -10,7 +10,7 @@ Dimension legend: D object-state dim (7 per object: position xyz + quaternion wx
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -40,7 +40,6 @@ class TaskSpec:
     cameras: dict[str, CameraSpec]
     plan: Callable[["np.ndarray", object], ExpertPlan]  # (object_state (D,), robosuite env) -> plan
     stage: Callable[[object], int]  # robosuite env -> milestones reached now
-    make_kwargs: dict = field(default_factory=dict)
 
     @property
     def object_state_dim(self) -> int:

@@ -139,3 +139,17 @@ def test_decode_frames_names_unknown_backend_and_missing_file(tmp_path):
         decode_frames(tmp_path / "a.mp4", [0.0], backend="gstreamer")
     with pytest.raises(FileNotFoundError, match="a.mp4 does not exist"):
         decode_frames(tmp_path / "a.mp4", [0.0])
+
+
+def test_statistics_are_recomputed_when_the_dataset_changed(tiny_dataset, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    path = root / STATS_FILE
+    ClipDataset(root=root, config=CFG)  # writes the statistics
+    stale = json.loads(path.read_text())
+    stale["total_frames"] -= 1  # as if the dataset had grown since
+    stale["features"][keys.ACTION]["mean"] = [9.0] * 7
+    path.write_text(json.dumps(stale))
+    ds = ClipDataset(root=root, config=CFG)
+    assert ds.stats[keys.ACTION]["mean"] != [9.0] * 7
+    assert json.loads(path.read_text())["total_frames"] == ds.meta.total_frames
