@@ -57,20 +57,20 @@ class CollectConfig:
     overwrite: bool = False  # delete an existing dataset at root first
 
     def __post_init__(self):
-        from simulator.physics.tasks import get_task
-
-        spec = get_task(self.task)  # names the unknown task
-        unknown = [v for v in self.views if v not in spec.cameras]
-        if unknown:
-            raise ValueError(f"unknown camera view(s) {unknown} for task {self.task!r}; known: {sorted(spec.cameras)}")
-        if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"resolution must be positive, got {self.height=} {self.width=}")
+        self.env_config()  # validates task, views, resolution and render quality, naming the bad one
         if self.episodes < 0:
             raise ValueError(f"episodes must be >= 0, got {self.episodes=}")
         if self.commit_every < 1:
             raise ValueError(f"commit_every must be >= 1, got {self.commit_every=}")
         self.root = Path(self.root) if self.root is not None else Path("outputs/datasets") / self.task
         self.repo_id = self.repo_id or f"reverie/{self.task}"
+
+    def env_config(self):
+        from simulator.physics.env import PhysicsEnvConfig
+
+        return PhysicsEnvConfig(task=self.task, views=self.views, height=self.height, width=self.width,
+                                render_quality=self.render_quality, max_steps=self.max_steps,
+                                terminate_on_success=False)  # the collector ends episodes itself
 
 
 def dataset_features(cfg: CollectConfig) -> dict:
@@ -275,7 +275,7 @@ class _GracefulStop:
 
 def collect(cfg: CollectConfig) -> Path:
     """Collects until the dataset at ``cfg.root`` holds ``cfg.episodes`` episodes; returns the root."""
-    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+    from simulator.physics.env import PhysicsEnv
 
     features = dataset_features(cfg)
     ds = _open_dataset(cfg, features)
@@ -285,9 +285,7 @@ def collect(cfg: CollectConfig) -> Path:
         ds.finalize()
         log.info("%s already holds %d episodes (>= %d requested)", root, start, cfg.episodes)
         return root
-    env = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, views=cfg.views, height=cfg.height, width=cfg.width,
-                                      render_quality=cfg.render_quality, max_steps=cfg.max_steps,
-                                      terminate_on_success=False))
+    env = PhysicsEnv(cfg.env_config())
     expert = ScriptedExpert(env.spec, cfg.expert)
     (root / _STATE_DIR).mkdir(exist_ok=True)
     (root / _STATE_DIR / "writing").touch()
