@@ -20,6 +20,12 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {sys.version.split()[0]}"
 
 
+def command() -> str:
+    """The command line that is running, as a reader would retype it."""
+    module = Path(sys.argv[0]).stem
+    return " ".join(["python -m benchmarks." + module, *sys.argv[1:]])
+
+
 def write_section(name: str, command: str, body: str) -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     text = DOC.read_text() if DOC.exists() else HEADER

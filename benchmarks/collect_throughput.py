@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._report import write_section
+from benchmarks._report import command, write_section
 from data.collect import CollectConfig, collect, run_episode
 from simulator.physics import ExpertConfig, PhysicsEnv, PhysicsEnvConfig, ScriptedExpert
 
@@ -53,7 +53,7 @@ def collect_steps_per_s(task: str, episodes: int, size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["lift"])
+    parser.add_argument("--tasks", nargs="+", default=["lift", "stack", "pick_place_can"])
     parser.add_argument("--episodes", type=int, default=5, help="episodes per env-throughput measurement")
     parser.add_argument("--collect-episodes", type=int, default=20, help="episodes of the end-to-end collection")
     parser.add_argument("--size", type=int, default=64)
@@ -82,7 +82,7 @@ def main() -> None:
             "staging of frames, H.264 encoding), which weighs most on short episodes (Lift: ~55 steps). "
             "lerobot's streaming encoder (no PNG staging) saved only ~5% here, so it is not used.")
     if not args.no_write:
-        write_section("Collection throughput", "python -m benchmarks.collect_throughput", body)
+        write_section("Collection throughput", command(), body)
 
 
 if __name__ == "__main__":

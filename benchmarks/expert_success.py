@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from benchmarks._report import write_section
+from benchmarks._report import command, write_section
 from data.collect import run_episode
 from simulator.physics import TASKS, ExpertConfig, PhysicsEnv, PhysicsEnvConfig, ScriptedExpert
 
@@ -58,7 +58,7 @@ def main() -> None:
         "\n\nA failure mode is injected per episode (early release, wrong target, stall: equal shares); "
         "'failed / injected' shows how reliably an injected mode makes the episode fail in physics.")
     if not args.no_write:
-        write_section("Scripted experts", f"python -m benchmarks.expert_success --seeds {args.seeds}", body)
+        write_section("Scripted experts", command(), body)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ meshes (~170k triangles for a Panda on its pedestal), so this module renders wit
 - no multisampling, no reflections, no skybox, an offscreen buffer sized to the camera;
 - ``quality="fast"`` (default): the arm and its mount drawn with their coarse collision meshes,
   recoloured to the visual palette, instead of the visual meshes; the gripper, the objects and
-  the table keep their visual meshes. About 6x faster than ``"full"`` at 64x64.
+  the table keep their visual meshes. With two 64x64 views the env steps about 2x faster than
+  with ``"full"`` (docs/benchmarks.md).
 
 Cameras are MuJoCo cameras of the model; a :class:`CameraSpec` with a pose moves one of them
 (the close third-person view is the model's ``agentview`` camera moved onto the workspace).

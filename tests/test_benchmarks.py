@@ -1,0 +1,23 @@
+"""The benchmark scripts run (tiny sizes, nothing written to docs/)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("benchmarks.expert_success", ["--seeds", "1", "--tasks", "lift"]),
+        ("benchmarks.collect_throughput", ["--tasks", "lift", "--episodes", "1", "--collect-episodes", "1", "--size", "16"]),
+    ],
+)
+def test_benchmark_runs_and_prints_its_table(module, args):
+    out = subprocess.run([sys.executable, "-m", module, *args, "--no-write"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| lift |")]
+    assert len(rows) == 1 and rows[0].count("|") >= 6
