@@ -252,6 +252,9 @@ class PhysicsEnv:
             )
         if not actions.is_floating_point():
             raise TypeError(f"actions must be a floating-point tensor, got {actions.dtype}")
+        if not torch.isfinite(actions).all():
+            bad = torch.nonzero(~torch.isfinite(actions))[0].tolist()
+            raise ValueError(f"actions must be finite; got {actions[tuple(bad)].item()} at (env, step, dim) = {tuple(bad)}")
         if not self._started:
             raise RuntimeError("call reset() before step()")
         return actions

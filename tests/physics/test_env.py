@@ -106,6 +106,10 @@ def test_bad_actions_are_named(env):
         env.step(torch.zeros(3, 7))
     with pytest.raises(TypeError, match="floating-point"):
         env.step(torch.zeros(2, 1, 7, dtype=torch.long))
+    nan = torch.zeros(2, 2, 7)
+    nan[1, 1, 6] = float("nan")
+    with pytest.raises(ValueError, match=r"finite; got nan at \(env, step, dim\) = \(1, 1, 6\)"):
+        env.step(nan)
 
 
 def test_step_before_reset_is_an_error():
