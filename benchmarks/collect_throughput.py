@@ -19,6 +19,7 @@ import torch
 
 from benchmarks._report import command, write_section
 from data.collect import CollectConfig, collect, run_episode
+from data.video import quiet_libav
 from simulator.physics import ExpertConfig, PhysicsEnv, PhysicsEnvConfig, ScriptedExpert
 
 
@@ -61,9 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     torch.set_num_threads(1)
-    import av
-
-    av.logging.set_level(av.logging.ERROR)
+    quiet_libav()
     rows = ["| task | physics only | + 2 views, fast render | + 2 views, full render | fast / full | "
             "reverie-collect end to end (fast, H.264, parquet) |", "|---|---|---|---|---|---|"]
     for task in args.tasks:

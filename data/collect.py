@@ -323,12 +323,20 @@ def collect(cfg: CollectConfig) -> Path:
     return root
 
 
+def quiet_writers() -> None:
+    """Our progress bar is the one to read: silence FFmpeg's statistics and datasets' bars."""
+    import datasets
+
+    from data.video import quiet_libav
+
+    quiet_libav()
+    datasets.disable_progress_bars()
+
+
 @draccus.wrap()
 def main(cfg: CollectConfig) -> None:
-    import av
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    av.logging.set_level(av.logging.ERROR)  # libx264 prints statistics for every episode otherwise
+    quiet_writers()
     try:
         root = collect(cfg)
     except KeyboardInterrupt:

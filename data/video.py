@@ -14,6 +14,15 @@ import torch
 VIDEO_BACKENDS = ("pyav", "torchcodec", "decord")
 
 
+def quiet_libav() -> None:
+    """Keep FFmpeg to errors. lerobot restores FFmpeg's own logging after each encode, and at its
+    default level libx264 prints ~20 lines of statistics for every episode written."""
+    import av
+
+    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_libav_level(av.logging.ERROR)  # the level FFmpeg's default callback uses
+
+
 class CorruptVideoError(RuntimeError):
     """A video file that cannot be decoded (truncated, not a video, missing frames)."""
 

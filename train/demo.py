@@ -16,7 +16,7 @@ from pathlib import Path
 
 import draccus
 
-from data.collect import CollectConfig, collect
+from data.collect import CollectConfig, collect, quiet_writers
 from data.summary import summarize
 
 PRESETS = {
@@ -61,10 +61,8 @@ def run(cfg: DemoConfig) -> dict:
 
 @draccus.wrap()
 def main(cfg: DemoConfig) -> None:
-    import av
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    av.logging.set_level(av.logging.ERROR)
+    quiet_writers()
     run(cfg)
 
 
