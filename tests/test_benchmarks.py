@@ -21,3 +21,13 @@ def test_benchmark_runs_and_prints_its_table(module, args):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| lift |")]
     assert len(rows) == 1 and rows[0].count("|") >= 6
+
+
+def test_clip_loading_benchmark_runs_on_a_dataset(tiny_dataset):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.clip_loading", "--root", str(tiny_dataset), "--clips", "5",
+                          "--no-write"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["pyav", "torchcodec", "decord"]
+    assert rows[0].rstrip().endswith("| yes |") and rows[2].rstrip().endswith("| yes |")
+    assert rows[1].rstrip().endswith("| yes |") or "unavailable" in rows[1]  # torchcodec needs FFmpeg
