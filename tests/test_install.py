@@ -4,7 +4,7 @@ import subprocess
 import sys
 from importlib.metadata import distribution
 
-PACKAGES = ["simulator", "simulator.physics", "policy", "data", "train", "eval"]
+PACKAGES = ["simulator", "simulator.physics", "simulator.world_model", "policy", "data", "train", "eval"]
 
 
 def test_every_package_imports_from_the_installed_distribution(tmp_path):
