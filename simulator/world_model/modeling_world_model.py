@@ -79,8 +79,9 @@ class WorldModel(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.state_head[-1].bias)
 
     def forward(self, noisy: Tensor, t: Tensor, context: Tensor, actions: Tensor, state: Tensor,
-                context_noise: Tensor | None = None, drop_actions: Tensor | None = None) -> Tensor:
-        """Predicts the clean future frames (B, V, F, 3, h, w) from noisy ones at noise level t (B,).
+                context_noise: Tensor | None = None, drop_actions: Tensor | None = None) -> Prediction:
+        """Predicts the clean future frames (B, V, F, 3, h, w) from noisy ones at noise level t (B,),
+        and the future states (B, F, S) (one call, so that DDP sees every parameter used).
 
         context (B, V, C, 3, h, w); actions (B, H, A); state (B, C, S); context_noise (B,): the
         noise level added to the context frames (default 0); drop_actions (B,) bool: replace the
@@ -91,6 +92,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         B = noisy.shape[0]
         if t.shape != (B,):
             raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
+        actions_in = actions
         if drop_actions is not None:
             actions = torch.where(drop_actions[:, None, None], self.null_actions.expand_as(actions), actions)
         if context_noise is None:
@@ -100,7 +102,9 @@ class WorldModel(ModelMixin, ConfigMixin):
         x = torch.cat([context.reshape(B, -1, h, w), noisy.reshape(B, -1, h, w)], dim=1)
         delta = self.unet(x, t * 1000.0, class_labels=cond).sample
         last = context[:, :, -1:].expand(-1, -1, cfg.future, -1, -1, -1)
-        return last + delta.reshape(B, cfg.views, cfg.future, 3, h, w)
+        frames = last + delta.reshape(B, cfg.views, cfg.future, 3, h, w)
+        # The state head sees the real actions: action dropout is for the frames' guidance only.
+        return Prediction(frames=frames, state=self.predict_state(state, actions_in))
 
     def predict_state(self, state: Tensor, actions: Tensor) -> Tensor:
         """Future proprioceptive states (B, F, S) from the context states (B, C, S) and actions (B, H, A)."""

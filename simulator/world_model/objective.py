@@ -56,9 +56,9 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     pred = model(noisy, t, context, actions, state, context_noise=context_noise, drop_actions=drop)
 
     frame_mask = batch["future_mask"].float().view(B, 1, -1, 1, 1, 1)  # (B, 1, F, 1, 1, 1)
-    per_pixel = (pred - x0).square() * frame_mask
+    per_pixel = (pred.frames - x0).square() * frame_mask
     frame_loss = per_pixel.sum() / (frame_mask.expand_as(per_pixel).sum()).clamp_min(1.0)
-    state_err = (model.predict_state(state, actions) - batch["future_state"]).square().mean(-1)
+    state_err = (pred.state - batch["future_state"]).square().mean(-1)
     state_loss = (state_err * batch["future_mask"].float()).sum() / batch["future_mask"].float().sum().clamp_min(1.0)
     loss = frame_loss + cfg.state_loss_weight * state_loss
     return loss, {"loss": loss.detach(), "frame_mse": frame_loss.detach(), "state_mse": state_loss.detach()}

@@ -32,10 +32,10 @@ class WorldModelSampler:
         self.scheduler.set_timesteps(self.num_steps, device=context.device)
         for t in self.scheduler.timesteps:
             sigma = (t / 1000.0).to(context.dtype)
-            x0 = self.model(x, sigma.expand(B), context, actions, state)
-            velocity = (x - x0) / sigma  # d x_t / d t for x_t = (1 - t) x0 + t eps
+            pred = self.model(x, sigma.expand(B), context, actions, state)
+            velocity = (x - pred.frames) / sigma  # d x_t / d t for x_t = (1 - t) x0 + t eps
             x = self.scheduler.step(velocity, t, x).prev_sample
-        return Prediction(frames=x.clamp(-1.0, 1.0), state=self.model.predict_state(state, actions))
+        return Prediction(frames=x.clamp(-1.0, 1.0), state=pred.state)
 
     @torch.no_grad()
     def rollout(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None) -> Prediction:

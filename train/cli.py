@@ -1,0 +1,36 @@
+"""``reverie-train KIND [options]``: one entry point, one training stage per kind.
+
+    reverie-train world_model --dataset.root outputs/demo/dataset --steps 2000
+    accelerate launch -m train.cli world_model --dataset.root ... --mixed_precision bf16
+
+Options are the fields of the kind's config (draccus): ``reverie-train world_model --help``.
+"""
+
+import importlib
+import logging
+import sys
+
+import draccus
+
+# kind -> (module, config class, train function)
+KINDS = {"world_model": ("train.world_model", "TrainWorldModelConfig", "train")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in KINDS:
+        got = repr(argv[0]) if argv else "nothing"
+        sys.exit(f"usage: reverie-train KIND [options]; KIND is one of {sorted(KINDS)}, got {got}")
+    module_name, config_name, fn_name = KINDS[argv[0]]
+    module = importlib.import_module(module_name)
+    cfg = draccus.parse(getattr(module, config_name), args=argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        result = getattr(module, fn_name)(cfg)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(f"done: {result}")
+
+
+if __name__ == "__main__":
+    main()

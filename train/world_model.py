@@ -1,0 +1,258 @@
+"""Training the world model: a flat loop on accelerate primitives.
+
+    reverie-train world_model --dataset.root outputs/demo/dataset --steps 2000 --output_dir outputs/wm
+    accelerate launch -m train.cli world_model ...      # the same code on several GPUs
+
+bf16 autocast (``--mixed_precision bf16``), gradient accumulation, gradient clipping, an EMA of
+the weights (used for inference), a checkpoint every N steps and on Ctrl-C/SIGTERM, TensorBoard
+logs and a progress bar. Re-running the same command resumes from the last checkpoint: the
+data order and the diffusion noise of step k are functions of (seed, k), so a resumed run
+computes exactly the losses an uninterrupted one would.
+"""
+
+import json
+import logging
+import math
+import shutil
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.clips import ClipConfig, ClipDataset
+from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetConfig:
+    root: Path | None = None  # a local LeRobotDataset
+    repo_id: str | None = None  # or a hub dataset
+    views: tuple[str, ...] | None = None  # None = every view
+    val_episodes: int = 2  # the last N episodes are held out (never trained on)
+    video_backend: str = "pyav"
+
+
+@dataclass
+class TrainWorldModelConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Shapes the data decides (views, image size, action/state dims) are filled in from the dataset.
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    objective: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    frame_stride: int = 2  # frames per predicted frame: horizon / stride frames are predicted per chunk
+    output_dir: Path = Path("outputs/world_model")
+    steps: int = 2000
+    batch_size: int = 32
+    grad_accumulation: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"  # no | bf16
+    checkpoint_every: int = 500
+    log_every: int = 25
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dataset.root is None and self.dataset.repo_id is None:
+            raise ValueError("give a dataset: --dataset.root PATH or --dataset.repo_id USER/NAME")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision=}")
+        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        self.output_dir = Path(self.output_dir)
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+def make_datasets(cfg: TrainWorldModelConfig) -> tuple[ClipDataset, ClipDataset]:
+    """Training and held-out clips: the last ``val_episodes`` episodes are held out."""
+    from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
+
+    d = cfg.dataset
+    meta = LeRobotDatasetMetadata(d.repo_id or "local/dataset", root=d.root)
+    n = meta.total_episodes
+    if n <= d.val_episodes:
+        raise ValueError(f"the dataset has {n} episodes; hold out fewer than that (--dataset.val_episodes)")
+    clip_cfg = ClipConfig(context=cfg.model.context, horizon=cfg.model.horizon, stride=cfg.frame_stride,
+                          views=d.views, video_backend=d.video_backend)
+    train = ClipDataset(d.repo_id, d.root, clip_cfg, episodes=list(range(n - d.val_episodes)))
+    val = ClipDataset(d.repo_id, d.root, clip_cfg, episodes=list(range(n - d.val_episodes, n)))
+    return train, val
+
+
+def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldModelConfig:
+    """The model config with the shapes that the dataset decides."""
+    item = data[0]
+    V, C, _, h, w = item["context"].shape
+    if h != w:
+        raise ValueError(f"the world model expects square frames, the dataset has {h}x{w}")
+    return WorldModelConfig(**{**asdict(cfg.model), "views": V, "image_size": h, "context": C,
+                               "future": cfg.model.horizon // cfg.frame_stride,
+                               "action_dim": item["action"].shape[-1], "state_dim": item["context_state"].shape[-1]})
+
+
+def batches_from(dataset, cfg: TrainWorldModelConfig, step: int):
+    """Batches from global step ``step`` on: epoch e is a permutation seeded by (seed, e)."""
+    per_epoch = len(dataset) // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(dataset)} clips)")
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        sampler = order[offset * cfg.batch_size:per_epoch * cfg.batch_size].tolist()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                             num_workers=cfg.num_workers, drop_last=True)
+        for batch in loader:
+            yield batch
+            step += 1
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+def train(cfg: TrainWorldModelConfig) -> Path:
+    """Trains (or resumes) until ``cfg.steps``; returns the folder of the final EMA model."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    out = cfg.output_dir
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accumulation, mixed_precision=cfg.mixed_precision,
+                              log_with="tensorboard", project_dir=str(out))
+    set_seed(cfg.seed)
+    train_set, val_set = make_datasets(cfg)
+    model_cfg = model_config_for(cfg, train_set)
+    model = WorldModel(**asdict(model_cfg))
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=WorldModel, model_config=model.config)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    accelerator.register_for_checkpointing(ema)
+    step = resume(accelerator, out, sched)
+    if step == 0 and accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    accelerator.init_trackers("world_model")  # TensorBoard events in <output_dir>/world_model
+    log.info("world model: %.2fM parameters, %d train clips, %d held-out clips, from step %d",
+             sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), len(val_set), step)
+    stop = _StopRequest()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not accelerator.is_main_process)
+    data = batches_from(train_set, cfg, step * cfg.grad_accumulation)
+    with stop:
+        while step < cfg.steps and not stop.requested:
+            metrics = update(model, opt, sched, accelerator, cfg, data, step)
+            ema.step(accelerator.unwrap_model(model).parameters())
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                _append_jsonl(out / "metrics.jsonl", {"step": step, **metrics}, accelerator)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
+                save_checkpoint(accelerator, model, ema, out, step)
+    bar.close()
+    accelerator.end_training()
+    if stop.requested:
+        log.warning("stopped at step %d; run the same command to resume", step)
+        raise KeyboardInterrupt
+    return out / "model"
+
+
+def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, step: int) -> dict:
+    """One optimiser step (``grad_accumulation`` micro-batches); returns float metrics."""
+    totals: dict[str, float] = {}
+    for micro in range(cfg.grad_accumulation):
+        batch = _to_device(next(data), accelerator.device)
+        # The diffusion noise of a micro-batch depends only on (seed, step, micro): resumable.
+        gen = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * 97 + micro)
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss, metrics = flow_matching_loss(model, batch, cfg.objective, gen)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                metrics["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accumulation
+    return totals
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def save_checkpoint(accelerator, model, ema, out: Path, step: int) -> None:
+    """accelerate state (model, optimiser, schedule, EMA, RNG) + the EMA model ready for inference."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    ckpt = out / "checkpoints" / f"step_{step:07d}"
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp / "state"))
+    model = accelerator.unwrap_model(model)
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    model.save_pretrained(tmp / "model")
+    ema.restore(model.parameters())
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    tmp.rename(ckpt)  # a checkpoint exists only once it is complete
+    final = out / "model"
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(ckpt / "model", final)
+
+
+def resume(accelerator, out: Path, sched) -> int:
+    """Loads the newest complete checkpoint in ``out``; returns its step (0 if none).
+
+    The optimiser's learning rate is re-derived from this run's schedule: a run resumed with more
+    ``steps`` than it was started with would otherwise take one step at the old schedule's rate.
+    """
+    ckpts = sorted((out / "checkpoints").glob("step_???????")) if (out / "checkpoints").exists() else []
+    if not ckpts:
+        return 0
+    accelerator.load_state(str(ckpts[-1] / "state"))
+    step = json.loads((ckpts[-1] / "step.json").read_text())["step"]
+    lambda_lr = sched.scheduler  # accelerate wraps the LambdaLR
+    for group, base, fn in zip(lambda_lr.optimizer.param_groups, lambda_lr.base_lrs, lambda_lr.lr_lambdas):
+        group["lr"] = base * fn(lambda_lr.last_epoch)
+    log.info("resumed from %s", ckpts[-1])
+    return step
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM finish the current step, checkpoint and stop."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _append_jsonl(path: Path, record: dict, accelerator) -> None:
+    if accelerator.is_main_process:
+        with path.open("a") as f:
+            f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+                                for k, v in record.items()}) + "\n")
