@@ -1,6 +1,6 @@
 """Training the world model: a flat loop on accelerate primitives.
 
-    reverie-train world_model --dataset.root outputs/demo/dataset --steps 2000 --output_dir outputs/wm
+    reverie-train world_model --dataset.root outputs/demo/dataset --output_dir outputs/world_model
     accelerate launch -m train.cli world_model ...      # the same code on several GPUs
 
 bf16 autocast (``--mixed_precision bf16``), gradient accumulation, gradient clipping, an EMA of
@@ -44,7 +44,7 @@ class TrainWorldModelConfig:
     objective: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     frame_stride: int = 2  # frames per predicted frame: horizon / stride frames are predicted per chunk
     output_dir: Path = Path("outputs/world_model")
-    steps: int = 2000
+    steps: int = 1200  # ~1 hour on 2 CPU cores with the default model and batch
     batch_size: int = 32
     grad_accumulation: int = 1
     lr: float = 3e-4

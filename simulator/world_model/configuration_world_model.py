@@ -21,8 +21,10 @@ class WorldModelConfig:
     horizon: int = 8  # H actions per chunk
     action_dim: int = 7  # A
     state_dim: int = 8  # S
-    block_out_channels: tuple[int, ...] = (64, 128, 256)  # U-Net widths, one per resolution
-    layers_per_block: int = 2
+    # U-Net widths, one per resolution. The default is the CPU size (4.5M parameters, ~2.5 s per
+    # step of 32 clips on 2 cores); (64, 128, 256) x 2 layers is 15M and ~8x slower, a GPU size.
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
+    layers_per_block: int = 1
     norm_num_groups: int = 32
     cond_dim: int = 256  # width of the action/state/noise-level conditioning MLP
 

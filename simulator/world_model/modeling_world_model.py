@@ -44,7 +44,7 @@ class WorldModel(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, backbone: str = "unet", views: int = 2, image_size: int = 64, context: int = 4,
                  future: int = 4, horizon: int = 8, action_dim: int = 7, state_dim: int = 8,
-                 block_out_channels: tuple[int, ...] = (64, 128, 256), layers_per_block: int = 2,
+                 block_out_channels: tuple[int, ...] = (32, 64, 128, 128), layers_per_block: int = 1,
                  norm_num_groups: int = 32, cond_dim: int = 256):
         super().__init__()
         from diffusers import UNet2DModel
