@@ -1,6 +1,6 @@
 """``reverie-train KIND [options]``: one entry point, one training stage per kind.
 
-    reverie-train world_model --dataset.root outputs/demo/dataset --steps 2000
+    reverie-train world_model --dataset.root outputs/demo/dataset
     accelerate launch -m train.cli world_model --dataset.root ... --mixed_precision bf16
 
 Options are the fields of the kind's config (draccus): ``reverie-train world_model --help``.
@@ -12,16 +12,17 @@ import sys
 
 import draccus
 
-# kind -> (module, config class, train function)
+# kind -> (module, config class, function that runs it)
 KINDS = {"world_model": ("train.world_model", "TrainWorldModelConfig", "train")}
 
 
-def main(argv: list[str] | None = None) -> None:
+def dispatch(kinds: dict, prog: str, argv: list[str] | None = None) -> None:
+    """Runs ``prog KIND [options]``: parses the kind's config with draccus and calls its function."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in KINDS:
+    if not argv or argv[0] not in kinds:
         got = repr(argv[0]) if argv else "nothing"
-        sys.exit(f"usage: reverie-train KIND [options]; KIND is one of {sorted(KINDS)}, got {got}")
-    module_name, config_name, fn_name = KINDS[argv[0]]
+        sys.exit(f"usage: {prog} KIND [options]; KIND is one of {sorted(kinds)}, got {got}")
+    module_name, config_name, fn_name = kinds[argv[0]]
     module = importlib.import_module(module_name)
     cfg = draccus.parse(getattr(module, config_name), args=argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     print(f"done: {result}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    dispatch(KINDS, "reverie-train", argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,16 @@
+"""``reverie-eval KIND [options]``: evaluations, one per kind.
+
+    reverie-eval world_model --model outputs/world_model/model --dataset.root outputs/demo/dataset
+"""
+
+from train.cli import dispatch
+
+KINDS = {"world_model": ("eval.fidelity", "EvalWorldModelConfig", "main")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    dispatch(KINDS, "reverie-eval", argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""World-model fidelity on held-out episodes: open-loop rollouts driven by the recorded actions,
+PSNR and SSIM at every horizon step against the copy-last-frame baseline, a per-horizon plot and
+strips of real vs imagined frames.
+
+    reverie-eval world_model --model outputs/world_model/model --dataset.root outputs/demo/dataset
+
+Dimension legend: B starts, V views, N chunks, F frames per chunk, T = N*F horizon frames.
+Frames past an episode's end are not scored (the count per horizon is reported).
+"""
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.clips import ClipConfig, ClipDataset
+from simulator.world_model import WorldModel, WorldModelSampler
+from simulator.world_model.objective import to_model_range
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalDatasetConfig:
+    root: Path | None = None
+    repo_id: str | None = None
+    val_episodes: int = 2  # the last N episodes: the ones training held out
+    video_backend: str = "pyav"
+
+
+@dataclass
+class EvalWorldModelConfig:
+    model: Path = Path("outputs/world_model/model")
+    dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
+    frame_stride: int = 2  # must match training
+    horizon_frames: int = 32  # T predicted frames per rollout (rounded up to whole chunks)
+    starts: int = 32  # rollouts, from start frames spread over the held-out episodes
+    sampling_steps: int = 4
+    batch_size: int = 16
+    output_dir: Path = Path("outputs/world_model_eval")
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dataset.root is None and self.dataset.repo_id is None:
+            raise ValueError("give a dataset: --dataset.root PATH or --dataset.repo_id USER/NAME")
+        self.output_dir, self.model = Path(self.output_dir), Path(self.model)
+
+
+@dataclass
+class FidelityResult:
+    horizon: list[int]  # 1..T
+    count: list[int]  # scored rollouts per horizon step
+    psnr: list[float]
+    psnr_copy_last: list[float]
+    ssim: list[float]
+    ssim_copy_last: list[float]
+
+    def to_markdown(self, every: int = 4) -> str:
+        rows = ["| horizon (frames) | PSNR model | PSNR copy-last | SSIM model | SSIM copy-last | rollouts |",
+                "|---|---|---|---|---|---|"]
+        for i, h in enumerate(self.horizon):
+            if h == 1 or h % every == 0:
+                rows.append(f"| {h} | {self.psnr[i]:.2f} | {self.psnr_copy_last[i]:.2f} | {self.ssim[i]:.3f} | "
+                            f"{self.ssim_copy_last[i]:.3f} | {self.count[i]} |")
+        return "\n".join(rows)
+
+
+PSNR_CAP = 60.0  # dB: identical frames (infinite PSNR) score this, so means stay finite
+
+
+def per_frame_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PSNR (capped at PSNR_CAP) and SSIM of (..., 3, h, w) frames in [0, 1], one value per frame."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    p, t = pred.reshape(-1, *pred.shape[-3:]).float(), target.reshape(-1, *target.shape[-3:]).float()
+    psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+    return psnr.clamp(max=PSNR_CAP).reshape(pred.shape[:-3]), ssim.reshape(pred.shape[:-3])
+
+
+def rollout_starts(clips: ClipDataset, n: int) -> list[int]:
+    """``n`` clip indices spread evenly over the held-out frames."""
+    return np.linspace(0, len(clips) - 1, n).round().astype(int).tolist() if n < len(clips) else list(range(len(clips)))
+
+
+def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
+    """Open-loop rollouts of the recorded actions from held-out start frames."""
+    from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
+
+    model = WorldModel.from_pretrained(cfg.model).eval()
+    spec = model.spec
+    chunk_frames = spec.horizon // cfg.frame_stride
+    if chunk_frames != spec.future:
+        raise ValueError(f"frame_stride {cfg.frame_stride} gives {chunk_frames} frames per chunk, the model predicts "
+                         f"{spec.future}: use the stride it was trained with")
+    chunks = -(-cfg.horizon_frames // spec.future)
+    d = cfg.dataset
+    n_ep = LeRobotDatasetMetadata(d.repo_id or "local/dataset", root=d.root).total_episodes
+    clips = ClipDataset(d.repo_id, d.root, ClipConfig(context=spec.context, horizon=chunks * spec.horizon,
+                                                      stride=cfg.frame_stride, video_backend=d.video_backend),
+                        episodes=list(range(n_ep - d.val_episodes, n_ep)))
+    if len(clips.views) != spec.views:
+        raise ValueError(f"the model was trained on {spec.views} views, the dataset gives {len(clips.views)}: {clips.views}")
+    sampler = WorldModelSampler(model, num_steps=cfg.sampling_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    T = chunks * spec.future
+    sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last")}
+    count = torch.zeros(T)
+    examples = None
+    starts = rollout_starts(clips, cfg.starts)
+    for i in tqdm(range(0, len(starts), cfg.batch_size), desc="world-model rollouts"):
+        batch = torch.utils.data.default_collate([clips[j] for j in starts[i:i + cfg.batch_size]])
+        actions = batch["action"].reshape(-1, chunks, spec.horizon, spec.action_dim)
+        pred = sampler.rollout(to_model_range(batch["context"]), actions, batch["context_state"], generator=gen)
+        imagined = (pred.frames + 1) / 2  # (B, V, T, 3, h, w)
+        real, mask = batch["future"], batch["future_mask"]  # (B, V, T, ...), (B, T)
+        copy_last = batch["context"][:, :, -1:].expand_as(real)
+        for name, guess in (("", imagined), ("_copy_last", copy_last)):
+            psnr, ssim = per_frame_scores(guess, real)  # (B, V, T)
+            sums["psnr" + name] += torch.where(mask, psnr.mean(1), 0.0).sum(0)
+            sums["ssim" + name] += torch.where(mask, ssim.mean(1), 0.0).sum(0)
+        count += mask.float().sum(0)
+        if examples is None:
+            examples = {"real": real[:4], "imagined": imagined[:4]}
+    mean = {k: (v / count.clamp_min(1)).tolist() for k, v in sums.items()}
+    result = FidelityResult(horizon=list(range(1, T + 1)), count=count.int().tolist(), **mean)
+    return result, examples
+
+
+def save_report(result: FidelityResult, examples: dict, cfg: EvalWorldModelConfig) -> Path:
+    """fidelity.json, fidelity.md, fidelity.png (per-horizon curves), strips.png (real over imagined)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fidelity.json").write_text(json.dumps({"config": asdict(cfg), "result": asdict(result)}, indent=1, default=str))
+    (out / "fidelity.md").write_text(result.to_markdown() + "\n")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+        ax.plot(result.horizon, getattr(result, key), label="world model")
+        ax.plot(result.horizon, getattr(result, key + "_copy_last"), "--", label="copy last frame")
+        ax.set_xlabel("horizon (predicted frames)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "fidelity.png", dpi=120)
+    plt.close(fig)
+    # Strips: per example and view, a row of real frames above a row of imagined ones.
+    real, imagined = examples["real"], examples["imagined"]
+    T = real.shape[2]
+    cols = list(range(0, T, max(1, T // 8)))[:8]
+    rows = []
+    for b in range(real.shape[0]):
+        for v in range(real.shape[1]):
+            for frames in (real, imagined):
+                rows.append(torch.cat([frames[b, v, t] for t in cols], dim=-1))
+    grid = (torch.cat(rows, dim=-2).permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(out / "strips.png")
+    return out
+
+
+def main(cfg: EvalWorldModelConfig) -> Path:
+    result, examples = evaluate(cfg)
+    out = save_report(result, examples, cfg)
+    print(result.to_markdown())
+    log.info("report in %s", out)
+    return out

@@ -1,0 +1,64 @@
+"""World-model fidelity evaluation: metrics against hand-computed values, and the whole rollout
+pipeline against the one model whose answer is known (an untrained model is copy-last-frame)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from eval.fidelity import EvalDatasetConfig, EvalWorldModelConfig, evaluate, per_frame_scores, save_report
+from simulator.world_model import WorldModel
+
+TINY = dict(views=2, image_size=32, context=2, future=2, horizon=4, block_out_channels=(16, 32), layers_per_block=1,
+            norm_num_groups=8, cond_dim=32)
+
+
+def test_scores_match_hand_computed_values():
+    target = torch.rand(2, 3, 3, 16, 16) * 0.8
+    psnr, ssim = per_frame_scores(target + 0.1, target)  # MSE 0.01 -> 10 log10(1 / 0.01) = 20 dB
+    torch.testing.assert_close(psnr, torch.full((2, 3), 20.0), atol=1e-3, rtol=0)
+    psnr_same, ssim_same = per_frame_scores(target, target)
+    torch.testing.assert_close(ssim_same, torch.ones(2, 3), atol=1e-5, rtol=0)
+    assert (psnr_same == 60.0).all()  # identical frames score the cap, not infinity
+    assert (ssim < 1).all()
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    path = tmp_path_factory.mktemp("wm") / "model"
+    WorldModel(**TINY).save_pretrained(path)
+    return path
+
+
+def config(model, root, out, **kw):
+    return EvalWorldModelConfig(model=model, dataset=EvalDatasetConfig(root=root, val_episodes=2), frame_stride=2,
+                                horizon_frames=6, starts=6, batch_size=4, output_dir=out, **kw)
+
+
+def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, tmp_path):
+    result, examples = evaluate(config(untrained, tiny_dataset, tmp_path))
+    assert result.horizon == [1, 2, 3, 4, 5, 6]
+    # identical up to float round-off of the [0,1] -> [-1,1] -> [0,1] trip
+    torch.testing.assert_close(torch.tensor(result.psnr), torch.tensor(result.psnr_copy_last), atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.tensor(result.ssim), torch.tensor(result.ssim_copy_last), atol=1e-4, rtol=0)
+    # frames past an episode's end are not scored, so fewer rollouts count at longer horizons
+    assert 0 < result.count[-1] <= result.count[0] <= 6 and all(a >= b for a, b in zip(result.count, result.count[1:]))
+    assert result.psnr[0] > result.psnr[-1]  # the scene moves away from the last context frame
+    out = save_report(result, examples, config(untrained, tiny_dataset, tmp_path))
+    assert json.loads((out / "fidelity.json").read_text())["result"]["count"] == result.count
+    assert (out / "fidelity.png").stat().st_size > 5000 and (out / "strips.png").stat().st_size > 1000
+
+
+def test_mismatched_stride_is_named(untrained, tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="frame_stride 1 gives 4 frames per chunk, the model predicts 2"):
+        evaluate(EvalWorldModelConfig(model=untrained, dataset=EvalDatasetConfig(root=tiny_dataset), frame_stride=1))
+
+
+def test_console_script_writes_the_report(untrained, tiny_dataset, tmp_path):
+    cmd = [sys.executable, "-m", "eval.cli", "world_model", "--model", str(untrained), "--dataset.root", str(tiny_dataset),
+           "--frame_stride", "2", "--horizon_frames", "4", "--starts", "3", "--output_dir", str(tmp_path / "r")]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| horizon (frames) | PSNR model |" in run.stdout and (tmp_path / "r" / "fidelity.md").exists()
