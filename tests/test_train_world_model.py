@@ -54,3 +54,15 @@ def test_unknown_kind_and_missing_dataset_are_named(tmp_path):
     assert run.returncode != 0 and "KIND is one of ['world_model'], got 'painting'" in run.stderr
     run = subprocess.run([sys.executable, "-m", "train.cli", "world_model", "--steps", "1"], capture_output=True, text=True)
     assert run.returncode != 0 and "give a dataset: --dataset.root PATH" in run.stderr
+
+
+def test_processes_get_disjoint_batches_in_a_fixed_order():
+    from train.world_model import batches_from
+
+    data = list(range(40))
+    cfg = TrainWorldModelConfig(dataset=DatasetConfig(root="unused"), batch_size=4, seed=3)
+    take = lambda it, n: [next(it).tolist() for _ in range(n)]  # noqa: E731
+    r0, r1 = take(batches_from(data, cfg, 0, rank=0, world=2), 7), take(batches_from(data, cfg, 0, rank=1, world=2), 7)
+    assert not set(sum(r0[:5], [])) & set(sum(r1[:5], []))  # one epoch: 5 steps x 2 processes x 4 = 40 clips
+    assert sorted(sum(r0[:5] + r1[:5], [])) == data
+    assert take(batches_from(data, cfg, 3, rank=1, world=2), 4) == r1[3:7]  # resuming at step 3, across the epoch edge

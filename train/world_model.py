@@ -98,17 +98,22 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
                                "action_dim": item["action"].shape[-1], "state_dim": item["context_state"].shape[-1]})
 
 
-def batches_from(dataset, cfg: TrainWorldModelConfig, step: int):
-    """Batches from global step ``step`` on: epoch e is a permutation seeded by (seed, e)."""
-    per_epoch = len(dataset) // cfg.batch_size
+def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, world: int = 1):
+    """This process's batches from global micro-step ``step`` on.
+
+    Epoch e is a permutation seeded by (seed, e); micro-step k of process r takes the slice
+    (k * world + r) of it, so processes see disjoint clips and the order depends only on the step.
+    """
+    B = cfg.batch_size
+    per_epoch = len(dataset) // (B * world)
     if per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset ({len(dataset)} clips)")
+        raise ValueError(f"batch_size {B} x {world} processes is larger than the dataset ({len(dataset)} clips)")
     while True:
         epoch, offset = divmod(step, per_epoch)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        sampler = order[offset * cfg.batch_size:per_epoch * cfg.batch_size].tolist()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                             num_workers=cfg.num_workers, drop_last=True)
+        mine = order[: per_epoch * B * world].reshape(per_epoch, world, B)[offset:, rank].flatten().tolist()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=B, sampler=mine, num_workers=cfg.num_workers,
+                                             drop_last=True)
         for batch in loader:
             yield batch
             step += 1
@@ -134,6 +139,7 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     model, opt, sched = accelerator.prepare(model, opt, sched)
+    ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     step = resume(accelerator, out, sched)
     if step == 0 and accelerator.is_main_process:
@@ -144,7 +150,7 @@ def train(cfg: TrainWorldModelConfig) -> Path:
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), len(val_set), step)
     stop = _StopRequest()
     bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not accelerator.is_main_process)
-    data = batches_from(train_set, cfg, step * cfg.grad_accumulation)
+    data = batches_from(train_set, cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)
     with stop:
         while step < cfg.steps and not stop.requested:
             metrics = update(model, opt, sched, accelerator, cfg, data, step)
@@ -170,8 +176,9 @@ def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, ste
     totals: dict[str, float] = {}
     for micro in range(cfg.grad_accumulation):
         batch = _to_device(next(data), accelerator.device)
-        # The diffusion noise of a micro-batch depends only on (seed, step, micro): resumable.
-        gen = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * 97 + micro)
+        # The diffusion noise of a micro-batch depends only on (seed, step, micro, process): resumable.
+        seed = cfg.seed * 1_000_003 + (step * cfg.grad_accumulation + micro) * 131 + accelerator.process_index
+        gen = torch.Generator(accelerator.device).manual_seed(seed)
         with accelerator.accumulate(model), accelerator.autocast():
             loss, metrics = flow_matching_loss(model, batch, cfg.objective, gen)
             accelerator.backward(loss)
