@@ -4,7 +4,12 @@ strips of real vs imagined frames.
 
     reverie-eval world_model --model outputs/world_model/model --dataset.root outputs/demo/dataset
 
-Dimension legend: B starts, V views, N chunks, F frames per chunk, T = N*F horizon frames.
+A state probe (eval.probe), trained on real frames of training episodes, reads the end effector
+from imagined and from real frames: its error on imagined frames against its error on real ones
+measures whether the model moved the arm where the actions said.
+
+Dimension legend: B starts, V views, N chunks, F frames per chunk, T = N*F horizon frames,
+K probed values.
 Frames past an episode's end are not scored (the count per horizon is reported).
 """
 
@@ -18,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from data.clips import ClipConfig, ClipDataset
+from simulator import keys
 from simulator.world_model import WorldModel, WorldModelSampler
 from simulator.world_model.objective import to_model_range
 
@@ -41,6 +47,9 @@ class EvalWorldModelConfig:
     starts: int = 32  # rollouts, from start frames spread over the held-out episodes
     sampling_steps: int = 4
     batch_size: int = 16
+    probe: Path | None = None  # a saved StateProbe; None = train one on episodes before the held-out ones
+    probe_steps: int = 1500
+    probe_train_episodes: int = 60
     output_dir: Path = Path("outputs/world_model_eval")
     seed: int = 0
 
@@ -48,6 +57,7 @@ class EvalWorldModelConfig:
         if self.dataset.root is None and self.dataset.repo_id is None:
             raise ValueError("give a dataset: --dataset.root PATH or --dataset.repo_id USER/NAME")
         self.output_dir, self.model = Path(self.output_dir), Path(self.model)
+        self.probe = Path(self.probe) if self.probe is not None else None
 
 
 @dataclass
@@ -58,14 +68,19 @@ class FidelityResult:
     psnr_copy_last: list[float]
     ssim: list[float]
     ssim_copy_last: list[float]
+    eef_error: list[float] | None = None  # probe's end-effector error (m) on imagined frames
+    eef_error_real: list[float] | None = None  # ... on the real frames at the same steps (the probe's own error)
 
     def to_markdown(self, every: int = 4) -> str:
-        rows = ["| horizon (frames) | PSNR model | PSNR copy-last | SSIM model | SSIM copy-last | rollouts |",
-                "|---|---|---|---|---|---|"]
+        probe = self.eef_error is not None
+        rows = ["| horizon (frames) | PSNR model | PSNR copy-last | SSIM model | SSIM copy-last |"
+                + (" probe eef error imagined / real (mm) |" if probe else "") + " rollouts |",
+                "|---|---|---|---|---|" + ("---|" if probe else "") + "---|"]
         for i, h in enumerate(self.horizon):
             if h == 1 or h % every == 0:
+                eef = f" {1000 * self.eef_error[i]:.1f} / {1000 * self.eef_error_real[i]:.1f} |" if probe else ""
                 rows.append(f"| {h} | {self.psnr[i]:.2f} | {self.psnr_copy_last[i]:.2f} | {self.ssim[i]:.3f} | "
-                            f"{self.ssim_copy_last[i]:.3f} | {self.count[i]} |")
+                            f"{self.ssim_copy_last[i]:.3f} |{eef} {self.count[i]} |")
         return "\n".join(rows)
 
 
@@ -105,10 +120,11 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
                         episodes=list(range(n_ep - d.val_episodes, n_ep)))
     if len(clips.views) != spec.views:
         raise ValueError(f"the model was trained on {spec.views} views, the dataset gives {len(clips.views)}: {clips.views}")
+    probe = get_probe(cfg, n_ep)
     sampler = WorldModelSampler(model, num_steps=cfg.sampling_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     T = chunks * spec.future
-    sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last")}
+    sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real")}
     count = torch.zeros(T)
     examples = None
     starts = rollout_starts(clips, cfg.starts)
@@ -124,11 +140,44 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
             sums["psnr" + name] += torch.where(mask, psnr.mean(1), 0.0).sum(0)
             sums["ssim" + name] += torch.where(mask, ssim.mean(1), 0.0).sum(0)
         count += mask.float().sum(0)
+        if probe is not None:
+            truth = torch.cat([clips.normalizer.unnormalize(keys.STATE, batch["future_state"]), batch["future_env_state"]], -1)
+            for name, frames in (("eef_error", imagined), ("eef_error_real", real)):
+                err = (probe_frames(probe, frames) - truth)[..., :3].abs().mean(-1)  # (B, T) metres
+                sums[name] += torch.where(mask, err, 0.0).sum(0)
         if examples is None:
             examples = {"real": real[:4], "imagined": imagined[:4]}
     mean = {k: (v / count.clamp_min(1)).tolist() for k, v in sums.items()}
+    if probe is None:
+        mean["eef_error"] = mean["eef_error_real"] = None
     result = FidelityResult(horizon=list(range(1, T + 1)), count=count.int().tolist(), **mean)
     return result, examples
+
+
+def get_probe(cfg: EvalWorldModelConfig, n_episodes: int):
+    """The state probe: loaded, or trained on real frames of episodes before the held-out ones."""
+    from eval.probe import ProbeConfig, StateProbe, load_frames, train_probe
+
+    if cfg.probe is not None:
+        return StateProbe.from_pretrained(cfg.probe).eval()
+    if cfg.probe_steps <= 0:
+        return None
+    d = cfg.dataset
+    first_val = n_episodes - d.val_episodes
+    episodes = list(range(max(0, first_val - cfg.probe_train_episodes), first_val))
+    clips = ClipDataset(d.repo_id, d.root, ClipConfig(context=1, horizon=1, video_backend=d.video_backend),
+                        episodes=episodes)
+    frames, targets = load_frames(clips, episodes, every=2)
+    probe = train_probe(frames, targets, ProbeConfig(steps=cfg.probe_steps))
+    probe.save_pretrained(cfg.output_dir / "probe")
+    return probe
+
+
+@torch.no_grad()
+def probe_frames(probe, frames: torch.Tensor) -> torch.Tensor:
+    """(B, V, T, 3, h, w) frames in [0, 1] -> (B, T, K) probed values."""
+    B, V, T = frames.shape[:3]
+    return probe(frames.transpose(1, 2).reshape(B * T, V, *frames.shape[3:])).reshape(B, T, -1)
 
 
 def save_report(result: FidelityResult, examples: dict, cfg: EvalWorldModelConfig) -> Path:
@@ -143,10 +192,13 @@ def save_report(result: FidelityResult, examples: dict, cfg: EvalWorldModelConfi
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps({"config": asdict(cfg), "result": asdict(result)}, indent=1, default=str))
     (out / "fidelity.md").write_text(result.to_markdown() + "\n")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, key, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+    panels = [("psnr", "PSNR (dB)", "_copy_last", "copy last frame"), ("ssim", "SSIM", "_copy_last", "copy last frame")]
+    if result.eef_error is not None:
+        panels.append(("eef_error", "probe end-effector error (m)", "_real", "probe on real frames"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
+    for ax, (key, label, other, other_label) in zip(axes, panels):
         ax.plot(result.horizon, getattr(result, key), label="world model")
-        ax.plot(result.horizon, getattr(result, key + "_copy_last"), "--", label="copy last frame")
+        ax.plot(result.horizon, getattr(result, key + other), "--", label=other_label)
         ax.set_xlabel("horizon (predicted frames)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -33,6 +33,7 @@ def untrained(tmp_path_factory):
 
 
 def config(model, root, out, **kw):
+    kw = {"probe_steps": 0, **kw}
     return EvalWorldModelConfig(model=model, dataset=EvalDatasetConfig(root=root, val_episodes=2), frame_stride=2,
                                 horizon_frames=6, starts=6, batch_size=4, output_dir=out, **kw)
 
@@ -49,6 +50,15 @@ def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, 
     out = save_report(result, examples, config(untrained, tiny_dataset, tmp_path))
     assert json.loads((out / "fidelity.json").read_text())["result"]["count"] == result.count
     assert (out / "fidelity.png").stat().st_size > 5000 and (out / "strips.png").stat().st_size > 1000
+    assert result.eef_error is None
+
+
+def test_probe_reads_imagined_and_real_frames(untrained, tiny_dataset, tmp_path):
+    result, _ = evaluate(config(untrained, tiny_dataset, tmp_path, probe_steps=30, probe_train_episodes=2))
+    assert len(result.eef_error) == len(result.eef_error_real) == 6
+    assert all(0 < e < 1 for e in result.eef_error + result.eef_error_real)  # metres, finite
+    assert (tmp_path / "probe" / "config.json").exists()
+    assert "probe eef error imagined / real (mm)" in result.to_markdown()
 
 
 def test_mismatched_stride_is_named(untrained, tiny_dataset, tmp_path):
@@ -58,7 +68,7 @@ def test_mismatched_stride_is_named(untrained, tiny_dataset, tmp_path):
 
 def test_console_script_writes_the_report(untrained, tiny_dataset, tmp_path):
     cmd = [sys.executable, "-m", "eval.cli", "world_model", "--model", str(untrained), "--dataset.root", str(tiny_dataset),
-           "--frame_stride", "2", "--horizon_frames", "4", "--starts", "3", "--output_dir", str(tmp_path / "r")]
+           "--frame_stride", "2", "--horizon_frames", "4", "--starts", "3", "--probe_steps", "0", "--output_dir", str(tmp_path / "r")]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| horizon (frames) | PSNR model |" in run.stdout and (tmp_path / "r" / "fidelity.md").exists()
