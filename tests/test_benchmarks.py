@@ -31,3 +31,10 @@ def test_clip_loading_benchmark_runs_on_a_dataset(tiny_dataset):
     assert [r.split("|")[1].strip() for r in rows] == ["pyav", "torchcodec", "decord"]
     assert rows[0].rstrip().endswith("| yes |") and rows[2].rstrip().endswith("| yes |")
     assert rows[1].rstrip().endswith("| yes |") or "unavailable" in rows[1]  # torchcodec needs FFmpeg
+
+
+def test_world_model_speed_benchmark_runs():
+    out = subprocess.run([sys.executable, "-m", "benchmarks.world_model_speed", "--batch", "2", "--repeats", "1",
+                          "--physics-steps", "16", "--sampling-steps", "1", "--no-write"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| physics, 1 env, 2 views rendered |" in out.stdout and "| world model on cpu, batch 2, 1 sampling steps |" in out.stdout

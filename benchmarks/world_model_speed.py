@@ -1,0 +1,80 @@
+"""Imagined frames per second beside physics frames per second, measured in the same run.
+
+    python -m benchmarks.world_model_speed [--model outputs/world_model/model]
+
+A "frame" is one time step with every view (two 64x64 views on Lift). Physics: PhysicsEnv steps
+with both views rendered (fast render). Imagination: WorldModelSampler.sample on a batch, each
+chunk giving F frames per rollout. Speed does not depend on the weights, so without --model a
+freshly initialised model of the default (CPU) configuration is timed.
+"""
+
+import argparse
+import time
+
+import torch
+
+from benchmarks._report import command, write_section
+from simulator.physics import PhysicsEnv, PhysicsEnvConfig
+from simulator.world_model import WorldModel, WorldModelSampler
+
+
+def physics_fps(steps: int) -> float:
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", views=("front", "wrist")))
+    env.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    env.step(torch.zeros(1, 1, 7))  # warm-up
+    t0 = time.perf_counter()
+    done = 0
+    while done < steps:
+        _, _, term, trunc, _ = env.step(torch.rand(1, 8, 7, generator=gen) * 2 - 1)
+        done += 8
+        if term.any() or trunc.any():
+            env.reset()
+    fps = done / (time.perf_counter() - t0)
+    env.close()
+    return fps
+
+
+def imagined_fps(model: WorldModel, batch: int, steps: int, repeats: int) -> float:
+    s = model.spec
+    sampler = WorldModelSampler(model.eval(), num_steps=steps)
+    context = torch.rand(batch, s.views, s.context, 3, s.image_size, s.image_size) * 2 - 1
+    actions, state = torch.randn(batch, s.horizon, s.action_dim), torch.randn(batch, s.context, s.state_dim)
+    sampler.sample(context, actions, state)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        sampler.sample(context, actions, state)
+    return repeats * batch * s.future / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--batch", type=int, nargs="+", default=[32])
+    parser.add_argument("--sampling-steps", type=int, nargs="+", default=[4])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--physics-steps", type=int, default=400)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    model = WorldModel.from_pretrained(args.model) if args.model else WorldModel()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    phys = physics_fps(args.physics_steps)
+    rows = ["| what | frames/s | vs physics |", "|---|---|---|", f"| physics, 1 env, 2 views rendered | {phys:.0f} | 1.0x |"]
+    print(rows[-1], flush=True)
+    for b in args.batch:
+        for k in args.sampling_steps:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                fps = imagined_fps(model, b, k, args.repeats)
+            rows.append(f"| world model on {device}, batch {b}, {k} sampling steps | {fps:.0f} | {fps / phys:.1f}x |")
+            print(rows[-1], flush=True)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    s = model.spec
+    body = (f"World model: {params:.1f}M parameters, {s.views} views at {s.image_size}x{s.image_size}, {s.future} frames "
+            f"per chunk. Target on the CPU: at least 2x physics.\n\n" + "\n".join(rows))
+    if not args.no_write:
+        write_section("Imagined vs physics frames per second", command(), body)
+
+
+if __name__ == "__main__":
+    main()
