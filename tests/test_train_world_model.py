@@ -38,7 +38,8 @@ def test_a_stopped_and_resumed_run_gives_the_same_losses(tiny_dataset, tmp_path)
 def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):
     out = tmp_path / "wm"
     cmd = [sys.executable, "-m", "train.cli", "world_model", "--dataset.root", str(tiny_dataset), "--dataset.val_episodes", "1",
-           "--output_dir", str(out), "--steps", "2", "--batch_size", "4", "--checkpoint_every", "1", "--frame_stride", "2",
+           "--output_dir", str(out), "--steps", "3", "--batch_size", "4", "--checkpoint_every", "1", "--keep_checkpoints", "2",
+           "--frame_stride", "2",
            "--model.context", "2", "--model.horizon", "4", "--model.block_out_channels", "[16, 32]",
            "--model.norm_num_groups", "8", "--model.cond_dim", "32", "--model.layers_per_block", "1"]
     run = subprocess.run(cmd, capture_output=True, text=True)
@@ -46,7 +47,7 @@ def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):
     model = WorldModel.from_pretrained(out / "model")
     assert model.spec.views == 2 and model.spec.image_size == 32 and model.spec.future == 2
     assert list((out / "world_model").rglob("events.out.tfevents.*"))  # TensorBoard
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000001", "step_0000002"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000003"]  # newest 2 kept
 
 
 def test_unknown_kind_and_missing_dataset_are_named(tmp_path):

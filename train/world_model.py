@@ -54,6 +54,7 @@ class TrainWorldModelConfig:
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # no | bf16
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # older checkpoints are deleted (each holds weights, Adam state and EMA)
     log_every: int = 25
     num_workers: int = 0
     seed: int = 0
@@ -63,7 +64,7 @@ class TrainWorldModelConfig:
             raise ValueError("give a dataset: --dataset.root PATH or --dataset.repo_id USER/NAME")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision=}")
-        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
         self.output_dir = Path(self.output_dir)
@@ -162,7 +163,7 @@ def train(cfg: TrainWorldModelConfig) -> Path:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 _append_jsonl(out / "metrics.jsonl", {"step": step, **metrics}, accelerator)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                save_checkpoint(accelerator, model, ema, out, step)
+                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
     bar.close()
     accelerator.end_training()
     if stop.requested:
@@ -194,7 +195,7 @@ def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, ste
 
 # ---- checkpoints ----------------------------------------------------------------------------
 
-def save_checkpoint(accelerator, model, ema, out: Path, step: int) -> None:
+def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3) -> None:
     """accelerate state (model, optimiser, schedule, EMA, RNG) + the EMA model ready for inference."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -214,6 +215,8 @@ def save_checkpoint(accelerator, model, ema, out: Path, step: int) -> None:
     final = out / "model"
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(ckpt / "model", final)
+    for old in sorted((out / "checkpoints").glob("step_???????"))[:-keep]:
+        shutil.rmtree(old)
 
 
 def resume(accelerator, out: Path, sched) -> int:
