@@ -26,7 +26,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data.video import VIDEO_BACKENDS, decode_frames
@@ -56,6 +55,35 @@ class ClipConfig:
     @property
     def future(self) -> int:
         return self.horizon // self.stride
+
+
+@dataclass
+class DatasetConfig:
+    """Which dataset, which views, and which episodes are held out (the last ``val_episodes``):
+    the one split that training, evaluation and probes share."""
+
+    root: Path | None = None  # a local LeRobotDataset
+    repo_id: str | None = None  # or a hub dataset
+    views: tuple[str, ...] | None = None  # None = every view
+    val_episodes: int = 2
+    video_backend: str = "pyav"
+
+    def require(self) -> None:
+        if self.root is None and self.repo_id is None:
+            raise ValueError("give a dataset: --dataset.root PATH or --dataset.repo_id USER/NAME")
+
+    def split(self) -> tuple[list[int], list[int]]:
+        """(training episodes, held-out episodes)."""
+        from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
+
+        n = LeRobotDatasetMetadata(self.repo_id or "local/dataset", root=self.root).total_episodes
+        if n <= self.val_episodes:
+            raise ValueError(f"the dataset has {n} episodes; hold out fewer than that (--dataset.val_episodes)")
+        return list(range(n - self.val_episodes)), list(range(n - self.val_episodes, n))
+
+    def clips(self, episodes: list[int], **clip_config) -> "ClipDataset":
+        config = ClipConfig(views=self.views, video_backend=self.video_backend, **clip_config)
+        return ClipDataset(self.repo_id, self.root, config, episodes=episodes)
 
 
 class Normalizer:
@@ -140,11 +168,10 @@ class ClipDataset(torch.utils.data.Dataset):
         self.stats = load_or_compute_stats(self.root, meta.total_frames, whole_dataset_columns)
         self.normalizer = Normalizer(self.stats)
         # Row range of each episode inside the loaded table (rows are grouped by episode).
-        self.episodes = sorted(set(self.episode_of.tolist()))
-        self._rows = {}
-        for ep in self.episodes:
-            rows = torch.nonzero(self.episode_of == ep).flatten()
-            self._rows[ep] = (int(rows[0]), int(rows[-1]) + 1)
+        eps, counts = torch.unique_consecutive(self.episode_of, return_counts=True)
+        ends = counts.cumsum(0)
+        self.episodes = eps.tolist()
+        self._rows = {ep: (int(end - n), int(end)) for ep, n, end in zip(self.episodes, counts, ends)}
         self.tasks = {int(i): t for t, i in zip(meta.tasks.index, meta.tasks["task_index"])}
 
     def __len__(self) -> int:
@@ -152,7 +179,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         cfg = self.config
-        C, F, H, s = cfg.context, cfg.future, cfg.horizon, cfg.stride
+        C, H, s = cfg.context, cfg.horizon, cfg.stride
         ep = int(self.episode_of[idx])
         first, end = self._rows[ep]
         length = end - first
@@ -191,15 +218,19 @@ class ClipDataset(torch.utils.data.Dataset):
     def _frames(self, ep: int, frame_idx: torch.Tensor) -> torch.Tensor:
         """(V, N, 3, h, w) float frames in [0, 1] of episode ``ep`` at in-episode indices."""
         unique, inverse = torch.unique(frame_idx, return_inverse=True)
+        return self.decode(ep, unique.tolist())[:, inverse].float().div_(255.0)
+
+    def decode(self, ep: int, frame_idx: list[int]) -> torch.Tensor:
+        """(V, N, 3, h, w) uint8 frames of every view of episode ``ep`` at in-episode indices."""
         meta_ep = self.meta.episodes[ep]
         per_view = []
         for view in self.views:
             key = keys.image_key(view)
             start = meta_ep[f"videos/{key}/from_timestamp"]
             path = self.root / self.meta.get_video_file_path(ep, key)
-            ts = [start + i / self.fps for i in unique.tolist()]
-            per_view.append(decode_frames(path, ts, self.config.video_backend, self.lerobot.tolerance_s)[inverse])
-        return torch.stack(per_view).float().div_(255.0)
+            ts = [start + i / self.fps for i in frame_idx]
+            per_view.append(decode_frames(path, ts, self.config.video_backend, self.lerobot.tolerance_s))
+        return torch.stack(per_view)
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:

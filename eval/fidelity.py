@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.clips import ClipConfig, ClipDataset
+from data.clips import ClipDataset, DatasetConfig
 from simulator import keys
 from simulator.world_model import WorldModel, WorldModelSampler
 from simulator.world_model.objective import to_model_range
@@ -31,17 +31,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalDatasetConfig:
-    root: Path | None = None
-    repo_id: str | None = None
-    val_episodes: int = 2  # the last N episodes: the ones training held out
-    video_backend: str = "pyav"
-
-
-@dataclass
 class EvalWorldModelConfig:
     model: Path = Path("outputs/world_model/model")
-    dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the split training used
     frame_stride: int = 2  # must match training
     horizon_frames: int = 32  # T predicted frames per rollout (rounded up to whole chunks)
     starts: int = 32  # rollouts, from start frames spread over the held-out episodes
@@ -54,8 +46,7 @@ class EvalWorldModelConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.dataset.root is None and self.dataset.repo_id is None:
-            raise ValueError("give a dataset: --dataset.root PATH or --dataset.repo_id USER/NAME")
+        self.dataset.require()
         self.output_dir, self.model = Path(self.output_dir), Path(self.model)
         self.probe = Path(self.probe) if self.probe is not None else None
 
@@ -104,8 +95,6 @@ def rollout_starts(clips: ClipDataset, n: int) -> list[int]:
 
 def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     """Open-loop rollouts of the recorded actions from held-out start frames."""
-    from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
-
     model = WorldModel.from_pretrained(cfg.model).eval()
     spec = model.spec
     chunk_frames = spec.horizon // cfg.frame_stride
@@ -113,14 +102,11 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
         raise ValueError(f"frame_stride {cfg.frame_stride} gives {chunk_frames} frames per chunk, the model predicts "
                          f"{spec.future}: use the stride it was trained with")
     chunks = -(-cfg.horizon_frames // spec.future)
-    d = cfg.dataset
-    n_ep = LeRobotDatasetMetadata(d.repo_id or "local/dataset", root=d.root).total_episodes
-    clips = ClipDataset(d.repo_id, d.root, ClipConfig(context=spec.context, horizon=chunks * spec.horizon,
-                                                      stride=cfg.frame_stride, video_backend=d.video_backend),
-                        episodes=list(range(n_ep - d.val_episodes, n_ep)))
+    train_episodes, held_out = cfg.dataset.split()
+    clips = cfg.dataset.clips(held_out, context=spec.context, horizon=chunks * spec.horizon, stride=cfg.frame_stride)
     if len(clips.views) != spec.views:
         raise ValueError(f"the model was trained on {spec.views} views, the dataset gives {len(clips.views)}: {clips.views}")
-    probe = get_probe(cfg, n_ep)
+    probe = get_probe(cfg, train_episodes)
     sampler = WorldModelSampler(model, num_steps=cfg.sampling_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     T = chunks * spec.future
@@ -154,21 +140,18 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     return result, examples
 
 
-def get_probe(cfg: EvalWorldModelConfig, n_episodes: int):
-    """The state probe: loaded, or trained on real frames of episodes before the held-out ones."""
+def get_probe(cfg: EvalWorldModelConfig, train_episodes: list[int]):
+    """The state probe: loaded, or trained on real frames of the last training episodes."""
     from eval.probe import ProbeConfig, StateProbe, load_frames, train_probe
 
     if cfg.probe is not None:
         return StateProbe.from_pretrained(cfg.probe).eval()
     if cfg.probe_steps <= 0:
         return None
-    d = cfg.dataset
-    first_val = n_episodes - d.val_episodes
-    episodes = list(range(max(0, first_val - cfg.probe_train_episodes), first_val))
-    clips = ClipDataset(d.repo_id, d.root, ClipConfig(context=1, horizon=1, video_backend=d.video_backend),
-                        episodes=episodes)
-    frames, targets = load_frames(clips, episodes, every=2)
-    probe = train_probe(frames, targets, ProbeConfig(steps=cfg.probe_steps))
+    episodes = train_episodes[-cfg.probe_train_episodes:]
+    probe_cfg = ProbeConfig(steps=cfg.probe_steps)
+    frames, targets = load_frames(cfg.dataset.clips(episodes, context=1, horizon=1), episodes, every=probe_cfg.frame_every)
+    probe = train_probe(frames, targets, probe_cfg)
     probe.save_pretrained(cfg.output_dir / "probe")
     return probe
 

@@ -15,7 +15,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from data.video import decode_frames
 from simulator import keys
 
 
@@ -58,14 +57,7 @@ def load_frames(clips, episodes: list[int], every: int = 1) -> tuple[Tensor, Ten
     for ep in episodes:
         first, end = clips._rows[ep]
         idx = list(range(0, end - first, every))
-        meta_ep = clips.meta.episodes[ep]
-        views = []
-        for view in clips.views:
-            key = keys.image_key(view)
-            path = clips.root / clips.meta.get_video_file_path(ep, key)
-            ts = [meta_ep[f"videos/{key}/from_timestamp"] + i / clips.fps for i in idx]
-            views.append(decode_frames(path, ts, clips.config.video_backend, clips.lerobot.tolerance_s))
-        frames.append(torch.stack(views, dim=1))
+        frames.append(clips.decode(ep, idx).transpose(0, 1))
         rows = torch.tensor(idx) + first
         targets.append(torch.cat([clips.columns[keys.STATE][rows], clips.columns[keys.ENV_STATE][rows]], dim=-1))
     return torch.cat(frames), torch.cat(targets)

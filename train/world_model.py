@@ -21,19 +21,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.clips import ClipConfig, ClipDataset
+from data.clips import ClipDataset, DatasetConfig  # noqa: F401  (DatasetConfig is part of this CLI)
+from simulator import keys
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DatasetConfig:
-    root: Path | None = None  # a local LeRobotDataset
-    repo_id: str | None = None  # or a hub dataset
-    views: tuple[str, ...] | None = None  # None = every view
-    val_episodes: int = 2  # the last N episodes are held out (never trained on)
-    video_backend: str = "pyav"
 
 
 @dataclass
@@ -60,8 +52,7 @@ class TrainWorldModelConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.dataset.root is None and self.dataset.repo_id is None:
-            raise ValueError("give a dataset: --dataset.root PATH or --dataset.repo_id USER/NAME")
+        self.dataset.require()
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision=}")
         for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -72,31 +63,24 @@ class TrainWorldModelConfig:
 
 # ---- data ---------------------------------------------------------------------------------
 
-def make_datasets(cfg: TrainWorldModelConfig) -> tuple[ClipDataset, ClipDataset]:
-    """Training and held-out clips: the last ``val_episodes`` episodes are held out."""
-    from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
-
-    d = cfg.dataset
-    meta = LeRobotDatasetMetadata(d.repo_id or "local/dataset", root=d.root)
-    n = meta.total_episodes
-    if n <= d.val_episodes:
-        raise ValueError(f"the dataset has {n} episodes; hold out fewer than that (--dataset.val_episodes)")
-    clip_cfg = ClipConfig(context=cfg.model.context, horizon=cfg.model.horizon, stride=cfg.frame_stride,
-                          views=d.views, video_backend=d.video_backend)
-    train = ClipDataset(d.repo_id, d.root, clip_cfg, episodes=list(range(n - d.val_episodes)))
-    val = ClipDataset(d.repo_id, d.root, clip_cfg, episodes=list(range(n - d.val_episodes, n)))
-    return train, val
+def make_train_set(cfg: TrainWorldModelConfig) -> tuple[ClipDataset, int]:
+    """Training clips, and how many episodes are held out (never trained on)."""
+    train_episodes, held_out = cfg.dataset.split()
+    clips = cfg.dataset.clips(train_episodes, context=cfg.model.context, horizon=cfg.model.horizon,
+                              stride=cfg.frame_stride)
+    return clips, len(held_out)
 
 
 def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldModelConfig:
-    """The model config with the shapes that the dataset decides."""
-    item = data[0]
-    V, C, _, h, w = item["context"].shape
+    """The model config with the shapes that the dataset's metadata decides."""
+    features = data.meta.features
+    h, w, _ = features[keys.image_key(data.views[0])]["shape"]
     if h != w:
         raise ValueError(f"the world model expects square frames, the dataset has {h}x{w}")
-    return WorldModelConfig(**{**asdict(cfg.model), "views": V, "image_size": h, "context": C,
+    return WorldModelConfig(**{**asdict(cfg.model), "views": len(data.views), "image_size": h,
                                "future": cfg.model.horizon // cfg.frame_stride,
-                               "action_dim": item["action"].shape[-1], "state_dim": item["context_state"].shape[-1]})
+                               "action_dim": features[keys.ACTION]["shape"][0],
+                               "state_dim": features[keys.STATE]["shape"][0]})
 
 
 def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, world: int = 1):
@@ -133,7 +117,7 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accumulation, mixed_precision=cfg.mixed_precision,
                               log_with="tensorboard", project_dir=str(out))
     set_seed(cfg.seed)
-    train_set, val_set = make_datasets(cfg)
+    train_set, held_out = make_train_set(cfg)
     model_cfg = model_config_for(cfg, train_set)
     model = WorldModel(**asdict(model_cfg))
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=WorldModel, model_config=model.config)
@@ -147,8 +131,8 @@ def train(cfg: TrainWorldModelConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     accelerator.init_trackers("world_model")  # TensorBoard events in <output_dir>/world_model
-    log.info("world model: %.2fM parameters, %d train clips, %d held-out clips, from step %d",
-             sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), len(val_set), step)
+    log.info("world model: %.2fM parameters, %d train clips, %d held-out episodes, from step %d",
+             sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), held_out, step)
     stop = _StopRequest()
     bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not accelerator.is_main_process)
     data = batches_from(train_set, cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)

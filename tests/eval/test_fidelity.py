@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from eval.fidelity import EvalDatasetConfig, EvalWorldModelConfig, evaluate, per_frame_scores, save_report
+from data.clips import DatasetConfig
+from eval.fidelity import EvalWorldModelConfig, evaluate, per_frame_scores, save_report
 from simulator.world_model import WorldModel
 
 TINY = dict(views=2, image_size=32, context=2, future=2, horizon=4, block_out_channels=(16, 32), layers_per_block=1,
@@ -34,7 +35,7 @@ def untrained(tmp_path_factory):
 
 def config(model, root, out, **kw):
     kw = {"probe_steps": 0, **kw}
-    return EvalWorldModelConfig(model=model, dataset=EvalDatasetConfig(root=root, val_episodes=2), frame_stride=2,
+    return EvalWorldModelConfig(model=model, dataset=DatasetConfig(root=root, val_episodes=2), frame_stride=2,
                                 horizon_frames=6, starts=6, batch_size=4, output_dir=out, **kw)
 
 
@@ -63,7 +64,7 @@ def test_probe_reads_imagined_and_real_frames(untrained, tiny_dataset, tmp_path)
 
 def test_mismatched_stride_is_named(untrained, tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="frame_stride 1 gives 4 frames per chunk, the model predicts 2"):
-        evaluate(EvalWorldModelConfig(model=untrained, dataset=EvalDatasetConfig(root=tiny_dataset), frame_stride=1))
+        evaluate(EvalWorldModelConfig(model=untrained, dataset=DatasetConfig(root=tiny_dataset), frame_stride=1))
 
 
 def test_console_script_writes_the_report(untrained, tiny_dataset, tmp_path):
