@@ -108,7 +108,7 @@ def run_episode(env, expert: ScriptedExpert, seed: int, hold_steps: int) -> tupl
 
     obs, info = env.reset(seed=seed)
     mode = expert.reset(info["object_state"][0].numpy(), env.envs[0].env, seed)
-    images = {v: f[0, 0].permute(1, 2, 0).numpy() for v, f in info["frames"].items()}
+    images = _hwc_frames(info)
     stage = int(info["stage"][0])
     frames, first_success = [], None
     while True:
@@ -127,7 +127,7 @@ def run_episode(env, expert: ScriptedExpert, seed: int, hold_steps: int) -> tupl
         frames.append(frame)
         if end:
             break
-        images = {v: f[0, 0].permute(1, 2, 0).numpy() for v, f in info["frames"].items()}
+        images = _hwc_frames(info)
         stage = int(info["stage"][0])
     success = first_success is not None
     for t, f in enumerate(frames):
@@ -138,6 +138,11 @@ def run_episode(env, expert: ScriptedExpert, seed: int, hold_steps: int) -> tupl
         f[keys.EPISODE_SUCCESS] = np.array([success])
         f[keys.FAILURE_MODE] = np.array([FAILURE_MODES.index(mode)], dtype=np.int64)
     return frames, {"success": success, "failure_mode": mode, "length": len(frames), "seed": seed}
+
+
+def _hwc_frames(info: dict) -> dict:
+    """The first frame of env 0 of every view, as (h, w, 3) uint8 arrays (what lerobot writes)."""
+    return {v: f[0, 0].permute(1, 2, 0).numpy() for v, f in info["frames"].items()}
 
 
 # ---- commits and recovery -------------------------------------------------------------------

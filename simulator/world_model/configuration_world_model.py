@@ -1,6 +1,6 @@
 """Configuration of the action-conditioned world model (saved in config.json beside the weights)."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 BACKBONES = ("unet",)
 
@@ -43,6 +43,3 @@ class WorldModelConfig:
             raise ValueError(f"image_size must be divisible by 2**(levels-1), got {self.image_size=} "
                              f"with {len(self.block_out_channels)} levels")
         self.block_out_channels = tuple(self.block_out_channels)
-
-    def to_dict(self) -> dict:
-        return asdict(self)

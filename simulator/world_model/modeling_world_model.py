@@ -104,14 +104,16 @@ class WorldModel(ModelMixin, ConfigMixin):
         last = context[:, :, -1:].expand(-1, -1, cfg.future, -1, -1, -1)
         frames = last + delta.reshape(B, cfg.views, cfg.future, 3, h, w)
         # The state head sees the real actions: action dropout is for the frames' guidance only.
-        return Prediction(frames=frames, state=self.predict_state(state, actions_in))
+        return Prediction(frames=frames, state=self._future_state(state, actions_in))
 
     def predict_state(self, state: Tensor, actions: Tensor) -> Tensor:
         """Future proprioceptive states (B, F, S) from the context states (B, C, S) and actions (B, H, A)."""
         self._check(actions=actions, state=state)
-        B = state.shape[0]
-        delta = self.state_head(torch.cat([state.flatten(1), actions.flatten(1)], -1)).reshape(B, self.spec.future, -1)
-        return state[:, -1:] + delta
+        return self._future_state(state, actions)
+
+    def _future_state(self, state: Tensor, actions: Tensor) -> Tensor:
+        delta = self.state_head(torch.cat([state.flatten(1), actions.flatten(1)], -1))
+        return state[:, -1:] + delta.reshape(state.shape[0], self.spec.future, -1)
 
     def _check(self, **tensors: Tensor) -> None:
         """Clear errors for inputs that do not fit the model, naming the input and the dimension."""

@@ -3,8 +3,6 @@ kill, and clear refusals that change nothing."""
 
 import hashlib
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
