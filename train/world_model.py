@@ -66,8 +66,8 @@ class TrainWorldModelConfig:
 def make_train_set(cfg: TrainWorldModelConfig) -> tuple[ClipDataset, int]:
     """Training clips, and how many episodes are held out (never trained on)."""
     train_episodes, held_out = cfg.dataset.split()
-    clips = cfg.dataset.clips(train_episodes, context=cfg.model.context, horizon=cfg.model.horizon,
-                              stride=cfg.frame_stride)
+    clips = cfg.dataset.clips(train_episodes, context=cfg.model.context,
+                              horizon=cfg.model.horizon * cfg.objective.unroll_chunks, stride=cfg.frame_stride)
     return clips, len(held_out)
 
 

@@ -26,8 +26,9 @@ from simulator.world_model.configuration_world_model import WorldModelConfig
 
 @dataclass
 class Prediction:
-    frames: Tensor  # (B, V, F, 3, h, w) in [-1, 1]
+    frames: Tensor  # (B, V, F, 3, h, w) in [-1, 1] (the model's sample space: latents for a latent backbone)
     state: Tensor  # (B, F, S) normalised
+    uncertainty: Tensor | None = None  # (B,) spread of several samples (WorldModelSampler.sample(num_samples=...))
 
 
 def _sinusoid(x: Tensor, dim: int) -> Tensor:
@@ -105,6 +106,21 @@ class WorldModel(ModelMixin, ConfigMixin):
         frames = last + delta.reshape(B, cfg.views, cfg.future, 3, h, w)
         # The state head sees the real actions: action dropout is for the frames' guidance only.
         return Prediction(frames=frames, state=self._future_state(state, actions_in))
+
+    # The sample space the diffusion runs in. Pixels for the U-Net; a latent backbone overrides
+    # these three with its autoencoder, and the objective and sampler go through them.
+    def encode(self, frames: Tensor) -> Tensor:
+        """(B, V, N, 3, h, w) frames in [-1, 1] -> the model's sample space."""
+        return frames
+
+    def decode(self, samples: Tensor) -> Tensor:
+        """The model's sample space -> (B, V, N, 3, h, w) frames in [-1, 1]."""
+        return samples
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one frame in the sample space."""
+        return (3, self.spec.image_size, self.spec.image_size)
 
     def predict_state(self, state: Tensor, actions: Tensor) -> Tensor:
         """Future proprioceptive states (B, F, S) from the context states (B, C, S) and actions (B, H, A)."""

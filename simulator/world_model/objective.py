@@ -6,6 +6,11 @@ sampler turns that into the flow velocity (x_t - x0) / t. Against compounding er
 autoregressive rollouts, the context frames are noised too, at a level the model is told
 (GameNGen/Oasis); and the action chunk is sometimes replaced by a learned null chunk.
 
+Unrolled training (``unroll_chunks`` U > 1): clips cover U action chunks; each sample trains on
+chunk d ~ U{0, ..., U-1}, and the d chunks before it are imagined by the model itself (no
+gradient, the sampler's own steps), so the model learns to continue from its own predictions as
+it must in a rollout, not only from real frames.
+
 Dimension legend as in modeling_world_model.
 """
 
@@ -26,8 +31,13 @@ class FlowMatchingConfig:
     weighting_scheme: str = "logit_normal"  # noise-level density (diffusers.training_utils)
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    unroll_chunks: int = 1  # U: chunks per training clip; the model imagines the ones before the trained one
+    unroll_sampling_steps: int = 2  # sampling steps for the imagined chunks
 
     def __post_init__(self):
+        if self.unroll_chunks < 1 or self.unroll_sampling_steps < 1:
+            raise ValueError(f"unroll_chunks and unroll_sampling_steps must be >= 1, got "
+                             f"{self.unroll_chunks=} {self.unroll_sampling_steps=}")
         if not 0 <= self.action_dropout < 1:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout=}")
         if self.context_noise_max < 0:
@@ -42,8 +52,9 @@ def to_model_range(frames: Tensor) -> Tensor:
 def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
                        generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
     """Loss on a ClipDataset batch: frames (masked past episode ends) plus future states."""
-    context, x0 = to_model_range(batch["context"]), to_model_range(batch["future"])
-    actions, state = batch["action"], batch["context_state"]
+    core = getattr(model, "module", model)  # the WorldModel under a DDP wrapper
+    with torch.no_grad():
+        context, x0, actions, state, future_state, future_mask = unrolled_inputs(core, batch, cfg, generator)
     B, device = x0.shape[0], x0.device
     t = compute_density_for_timestep_sampling(cfg.weighting_scheme, B, cfg.logit_mean, cfg.logit_std,
                                               device=device, generator=generator).clamp(1e-3, 1.0)
@@ -55,10 +66,44 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     drop = torch.rand(B, generator=generator, device=device) < cfg.action_dropout
     pred = model(noisy, t, context, actions, state, context_noise=context_noise, drop_actions=drop)
 
-    frame_mask = batch["future_mask"].float().view(B, 1, -1, 1, 1, 1)  # (B, 1, F, 1, 1, 1)
+    frame_mask = future_mask.float().view(B, 1, -1, 1, 1, 1)  # (B, 1, F, 1, 1, 1)
     per_pixel = (pred.frames - x0).square() * frame_mask
     frame_loss = per_pixel.sum() / (frame_mask.expand_as(per_pixel).sum()).clamp_min(1.0)
-    state_err = (pred.state - batch["future_state"]).square().mean(-1)
-    state_loss = (state_err * batch["future_mask"].float()).sum() / batch["future_mask"].float().sum().clamp_min(1.0)
+    state_err = (pred.state - future_state).square().mean(-1)
+    state_loss = (state_err * future_mask.float()).sum() / future_mask.float().sum().clamp_min(1.0)
     loss = frame_loss + cfg.state_loss_weight * state_loss
     return loss, {"loss": loss.detach(), "frame_mse": frame_loss.detach(), "state_mse": state_loss.detach()}
+
+
+def unrolled_inputs(model: WorldModel, batch: dict, cfg: FlowMatchingConfig, generator: torch.Generator | None = None):
+    """(context, x0, actions, context state, future state, future mask) of the chunk each sample
+    trains on, in the model's sample space. With U = 1 that is the clip itself; with U > 1 a
+    random chunk, its context imagined by the model (chunks past an episode's end are not drawn)."""
+    from simulator.world_model.sampler import WorldModelSampler
+
+    spec = model.spec
+    F, H, U = spec.future, spec.horizon, cfg.unroll_chunks
+    context, future = model.encode(to_model_range(batch["context"])), model.encode(to_model_range(batch["future"]))
+    actions, state = batch["action"], batch["context_state"]
+    future_state, future_mask = batch["future_state"], batch["future_mask"]
+    if actions.shape[1] != U * H or future.shape[2] != U * F:
+        raise ValueError(f"unroll_chunks={U} needs clips of {U * H} actions and {U * F} future frames, got "
+                         f"{actions.shape[1]} and {future.shape[2]} (make the clips' horizon {U} x the model's)")
+    if U == 1:
+        return context, future, actions, state, future_state, future_mask
+    B = actions.shape[0]
+    real_chunks = future_mask.view(B, U, F).any(-1).sum(-1)  # chunks that hold at least one real frame
+    depth = torch.randint(U, (B,), generator=generator, device=actions.device)
+    depth = torch.minimum(depth, (real_chunks - 1).clamp_min(0))
+    sampler = WorldModelSampler(model, num_steps=cfg.unroll_sampling_steps)
+    context, state = context.clone(), state.clone()
+    for k in range(int(depth.max())):
+        live = depth > k
+        pred = sampler.sample_latent(context[live], actions[live, k * H:(k + 1) * H], state[live], generator)
+        context[live], state[live] = sampler.slide(context[live], state[live], pred)
+    d = depth.tolist()
+    x0 = torch.stack([future[i, :, k * F:(k + 1) * F] for i, k in enumerate(d)])
+    actions = torch.stack([actions[i, k * H:(k + 1) * H] for i, k in enumerate(d)])
+    future_state = torch.stack([future_state[i, k * F:(k + 1) * F] for i, k in enumerate(d)])
+    future_mask = torch.stack([future_mask[i, k * F:(k + 1) * F] for i, k in enumerate(d)])
+    return context, x0, actions, state, future_state, future_mask

@@ -1,7 +1,10 @@
-"""Sampling the world model: a few Euler steps of the flow ODE, and autoregressive rollouts.
+"""Sampling the world model: a few Euler steps of the flow ODE, autoregressive rollouts, and
+several samples per chunk for an uncertainty estimate.
 
 The scheduler (diffusers FlowMatchEulerDiscreteScheduler) owns the noise levels; the loop that
-calls the model is written out here. Dimension legend as in modeling_world_model; N chunks.
+calls the model is written out here. It runs in the model's sample space (pixels for the U-Net,
+latents for a latent backbone) and decodes to frames at the end of each chunk. Dimension legend
+as in modeling_world_model; N chunks, K samples.
 """
 
 import torch
@@ -12,7 +15,7 @@ from simulator.world_model.modeling_world_model import Prediction, WorldModel
 
 
 class WorldModelSampler:
-    def __init__(self, model: WorldModel, num_steps: int = 4, shift: float = 1.0):
+    def __init__(self, model: WorldModel, num_steps: int = 2, shift: float = 1.0):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps=}")
         self.model = model
@@ -20,35 +23,63 @@ class WorldModelSampler:
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
     @torch.no_grad()
-    def sample(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None) -> Prediction:
+    def sample(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
+               num_samples: int = 1) -> Prediction:
         """One chunk: frames (B, V, F, 3, h, w) in [-1, 1] and states (B, F, S).
 
         context (B, V, C, 3, h, w) in [-1, 1]; actions (B, H, A) and state (B, C, S) normalised.
+        With ``num_samples`` K > 1 the chunk is sampled K times: the first sample is returned, and
+        ``uncertainty`` (B,) is the per-pixel standard deviation across the K, averaged over pixels.
         """
-        cfg = self.model.spec
-        B = context.shape[0]
-        shape = (B, cfg.views, cfg.future, 3, cfg.image_size, cfg.image_size)
+        pred = self.sample_latent(self.model.encode(context), actions, state, generator, num_samples)
+        return Prediction(frames=self.model.decode(pred.frames).clamp(-1.0, 1.0), state=pred.state,
+                          uncertainty=pred.uncertainty)
+
+    @torch.no_grad()
+    def sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
+                      num_samples: int = 1) -> Prediction:
+        """``sample`` in the model's sample space: context and the returned frames are encoded."""
+        model = self.model
+        K, B = num_samples, context.shape[0]
+        if K < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples=}")
+        if K > 1:  # the K samples of an input are adjacent rows: (B*K, ...)
+            context, actions, state = (x.repeat_interleave(K, dim=0) for x in (context, actions, state))
+        spec = model.spec
+        shape = (B * K, spec.views, spec.future, *model.sample_shape)
         x = torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
         self.scheduler.set_timesteps(self.num_steps, device=context.device)
         for t in self.scheduler.timesteps:
             sigma = (t / 1000.0).to(context.dtype)
-            pred = self.model(x, sigma.expand(B), context, actions, state)
+            pred = model(x, sigma.expand(B * K), context, actions, state)
             velocity = (x - pred.frames) / sigma  # d x_t / d t for x_t = (1 - t) x0 + t eps
             x = self.scheduler.step(velocity, t, x).prev_sample
-        return Prediction(frames=x.clamp(-1.0, 1.0), state=pred.state)
+        x, states = x.unflatten(0, (B, K)), pred.state.unflatten(0, (B, K))
+        uncertainty = x.std(1).flatten(1).mean(1) if K > 1 else None
+        return Prediction(frames=x[:, 0], state=states[:, 0], uncertainty=uncertainty)
 
     @torch.no_grad()
-    def rollout(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None) -> Prediction:
+    def rollout(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
+                num_samples: int = 1) -> Prediction:
         """N chunks autoregressively, the context sliding over its own predictions.
 
-        actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w) and states (B, N*F, S).
+        actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w), states (B, N*F, S) and, with
+        ``num_samples`` > 1, the uncertainty of every chunk (B, N).
         """
-        C = self.model.spec.context
-        frames, states = [], []
+        latent = self.model.encode(context)
+        frames, states, spread = [], [], []
         for n in range(actions.shape[1]):
-            pred = self.sample(context, actions[:, n], state, generator)
-            frames.append(pred.frames)
+            pred = self.sample_latent(latent, actions[:, n], state, generator, num_samples)
+            frames.append(self.model.decode(pred.frames).clamp(-1.0, 1.0))
             states.append(pred.state)
-            context = torch.cat([context, pred.frames], dim=2)[:, :, -C:]
-            state = torch.cat([state, pred.state], dim=1)[:, -C:]
-        return Prediction(frames=torch.cat(frames, dim=2), state=torch.cat(states, dim=1))
+            spread.append(pred.uncertainty)
+            latent, state = self.slide(latent, state, pred)
+        return Prediction(frames=torch.cat(frames, dim=2), state=torch.cat(states, dim=1),
+                          uncertainty=torch.stack(spread, dim=1) if num_samples > 1 else None)
+
+    def slide(self, context: Tensor, state: Tensor, pred: Prediction) -> tuple[Tensor, Tensor]:
+        """The next chunk's context (sample space) and context states: the last C of old + predicted.
+        Predicted frames go through decode, clamp and encode, as a user of the frames would see them."""
+        C = self.model.spec.context
+        frames = self.model.encode(self.model.decode(pred.frames).clamp(-1.0, 1.0))
+        return torch.cat([context, frames], dim=2)[:, :, -C:], torch.cat([state, pred.state], dim=1)[:, -C:]

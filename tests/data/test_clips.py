@@ -153,3 +153,10 @@ def test_statistics_are_recomputed_when_the_dataset_changed(tiny_dataset, tmp_pa
     ds = ClipDataset(root=root, config=CFG)
     assert ds.stats[keys.ACTION]["mean"] != [9.0] * 7
     assert json.loads(path.read_text())["total_frames"] == ds.meta.total_frames
+
+
+def test_frames_cached_in_memory_equal_decoded_frames(tiny_dataset, clips):
+    cached = ClipDataset(root=tiny_dataset, config=ClipConfig(context=3, horizon=4, stride=2, cache_frames=True))
+    for i in (0, 7, len(clips) - 1):
+        a, b = clips[i], cached[i]
+        assert torch.equal(a["context"], b["context"]) and torch.equal(a["future"], b["future"])

@@ -103,3 +103,45 @@ def test_inputs_that_do_not_fit_are_named(batch):
         model(noisy, t, context, actions, state[:4])
     with pytest.raises(ValueError, match="unknown backbone 'dit'"):
         WorldModel(**{**TINY, "backbone": "dit"})
+
+
+def test_several_samples_give_an_uncertainty(batch):
+    model = WorldModel(**TINY).eval()
+    context, actions, state = inputs(batch)
+    sampler = WorldModelSampler(model, num_steps=2)
+    copy_last = sampler.sample(context, actions, state, num_samples=3)
+    assert copy_last.uncertainty.shape == (8,) and torch.all(copy_last.uncertainty == 0)  # noise is ignored
+    for p in model.unet.conv_out.parameters():
+        p.data.normal_(0, 0.1)  # now the sampled noise reaches the frames
+    one = sampler.sample(context, actions, state, generator=torch.Generator().manual_seed(1))
+    three = sampler.sample(context, actions, state, generator=torch.Generator().manual_seed(1), num_samples=3)
+    assert one.uncertainty is None and torch.all(three.uncertainty > 0)
+    assert three.frames.shape == one.frames.shape
+    roll = sampler.rollout(context, torch.stack([actions] * 2, dim=1), state, num_samples=2)
+    assert roll.uncertainty.shape == (8, 2) and torch.all(roll.uncertainty > 0)
+
+
+def test_unrolled_training_continues_from_the_models_own_chunks(tiny_dataset):
+    from simulator.world_model.objective import unrolled_inputs
+
+    clips = ClipDataset(root=tiny_dataset, config=ClipConfig(context=2, horizon=8, stride=2))  # 2 chunks of 4
+    batch = torch.utils.data.default_collate([clips[i] for i in range(0, 40, 5)])
+    model = WorldModel(**TINY)  # untrained: predicts copy-last and an unchanged state
+    cfg = FlowMatchingConfig(unroll_chunks=2)
+    gen = torch.Generator().manual_seed(0)
+    context, x0, actions, state, future_state, mask = unrolled_inputs(model, batch, cfg, gen)
+    real_context = to_model_range(batch["context"])
+    imagined = [i for i in range(8) if not torch.equal(context[i], real_context[i])]
+    assert 0 < len(imagined) < 8  # some samples train on chunk 2 from an imagined chunk 1
+    for i in range(8):
+        k = 1 if i in imagined else 0
+        assert torch.equal(x0[i], to_model_range(batch["future"][i, :, 2 * k:2 * k + 2]))
+        assert torch.equal(actions[i], batch["action"][i, 4 * k:4 * k + 4])
+        assert torch.equal(future_state[i], batch["future_state"][i, 2 * k:2 * k + 2])
+    for i in imagined:  # copy-last imagined chunk 1 = the last real frame, held
+        assert torch.equal(context[i], real_context[i, :, -1:].expand_as(context[i]))
+        assert torch.equal(state[i], batch["context_state"][i, -1:].expand_as(state[i]))
+    loss, _ = flow_matching_loss(model, batch, cfg, gen)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="unroll_chunks=3 needs clips of 12 actions"):
+        unrolled_inputs(model, batch, FlowMatchingConfig(unroll_chunks=3), gen)
