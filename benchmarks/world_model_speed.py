@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
-    parser.add_argument("--sampling-steps", type=int, nargs="+", default=[4])
+    parser.add_argument("--sampling-steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--physics-steps", type=int, default=400)
     parser.add_argument("--no-write", action="store_true")

@@ -1,11 +1,15 @@
 """``reverie-eval KIND [options]``: evaluations, one per kind.
 
     reverie-eval world_model --model outputs/world_model/model --dataset.root outputs/demo/dataset
+    reverie-eval progress --model outputs/progress/model --dataset.root outputs/demo/dataset
 """
 
 from train.cli import dispatch
 
-KINDS = {"world_model": ("eval.fidelity", "EvalWorldModelConfig", "main")}
+KINDS = {
+    "world_model": ("eval.fidelity", "EvalWorldModelConfig", "main"),
+    "progress": ("eval.value", "EvalProgressConfig", "main"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:

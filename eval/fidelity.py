@@ -34,10 +34,9 @@ log = logging.getLogger(__name__)
 class EvalWorldModelConfig:
     model: Path = Path("outputs/world_model/model")
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the split training used
-    frame_stride: int = 2  # must match training
     horizon_frames: int = 32  # T predicted frames per rollout (rounded up to whole chunks)
-    starts: int = 32  # rollouts, from start frames spread over the held-out episodes
-    sampling_steps: int = 4
+    starts: int = 64  # rollouts, from start frames spread over the held-out episodes
+    sampling_steps: int = 2
     batch_size: int = 16
     probe: Path | None = None  # a saved StateProbe; None = train one on episodes before the held-out ones
     probe_steps: int = 1500
@@ -61,6 +60,13 @@ class FidelityResult:
     ssim_copy_last: list[float]
     eef_error: list[float] | None = None  # probe's end-effector error (m) on imagined frames
     eef_error_real: list[float] | None = None  # ... on the real frames at the same steps (the probe's own error)
+    # Action sensitivity: Pearson correlation, per axis x, y, z, between the commanded end-effector
+    # displacement of the first chunks (sum of the position actions) and the displacement the probe
+    # reads: on imagined frames (recorded and other episodes' action chunks from the same context),
+    # and on real frames (recorded actions: the reference physics gives).
+    sensitivity: list[float] | None = None
+    sensitivity_real: list[float] | None = None
+    sensitivity_frames: int | None = None  # frames after the start at which displacement is read
 
     def to_markdown(self, every: int = 4) -> str:
         probe = self.eef_error is not None
@@ -72,6 +78,11 @@ class FidelityResult:
                 eef = f" {1000 * self.eef_error[i]:.1f} / {1000 * self.eef_error_real[i]:.1f} |" if probe else ""
                 rows.append(f"| {h} | {self.psnr[i]:.2f} | {self.psnr_copy_last[i]:.2f} | {self.ssim[i]:.3f} | "
                             f"{self.ssim_copy_last[i]:.3f} |{eef} {self.count[i]} |")
+        if self.sensitivity is not None:
+            axes = lambda c: " / ".join(f"{x:.2f}" for x in c)  # noqa: E731
+            rows += ["", f"Action sensitivity (correlation of commanded and probed end-effector displacement "
+                         f"x / y / z after {self.sensitivity_frames} frames): imagined {axes(self.sensitivity)}, "
+                         f"real {axes(self.sensitivity_real)}"]
         return "\n".join(rows)
 
 
@@ -89,21 +100,25 @@ def per_frame_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
 
 
 def rollout_starts(clips: ClipDataset, n: int) -> list[int]:
-    """``n`` clip indices spread evenly over the held-out frames."""
-    return np.linspace(0, len(clips) - 1, n).round().astype(int).tolist() if n < len(clips) else list(range(len(clips)))
+    """``n`` clip indices spread evenly over the held-out frames whose whole horizon lies inside
+    their episode, so that every horizon step scores the same rollouts."""
+    cfg = clips.config
+    length = {ep: end - first for ep, (first, end) in clips._rows.items()}
+    full = [i for i in range(len(clips)) if int(clips.frame_of[i]) + cfg.horizon < length[int(clips.episode_of[i])]]
+    if not full:
+        raise ValueError(f"no held-out episode is longer than the horizon ({cfg.horizon} steps): "
+                         f"evaluate a shorter --horizon_frames")
+    return [full[i] for i in np.linspace(0, len(full) - 1, n).round().astype(int)] if n < len(full) else full
 
 
 def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     """Open-loop rollouts of the recorded actions from held-out start frames."""
     model = WorldModel.from_pretrained(cfg.model).eval()
     spec = model.spec
-    chunk_frames = spec.horizon // cfg.frame_stride
-    if chunk_frames != spec.future:
-        raise ValueError(f"frame_stride {cfg.frame_stride} gives {chunk_frames} frames per chunk, the model predicts "
-                         f"{spec.future}: use the stride it was trained with")
+    stride = spec.horizon // spec.future  # the frame stride the model was trained with
     chunks = -(-cfg.horizon_frames // spec.future)
     train_episodes, held_out = cfg.dataset.split()
-    clips = cfg.dataset.clips(held_out, context=spec.context, horizon=chunks * spec.horizon, stride=cfg.frame_stride)
+    clips = cfg.dataset.clips(held_out, context=spec.context, horizon=chunks * spec.horizon, stride=stride)
     if len(clips.views) != spec.views:
         raise ValueError(f"the model was trained on {spec.views} views, the dataset gives {len(clips.views)}: {clips.views}")
     probe = get_probe(cfg, train_episodes)
@@ -112,7 +127,8 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     T = chunks * spec.future
     sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real")}
     count = torch.zeros(T)
-    examples = None
+    examples, moves = None, []
+    sens_chunks = min(2, chunks)  # action sensitivity is read over the first (up to) 2 chunks
     starts = rollout_starts(clips, cfg.starts)
     for i in tqdm(range(0, len(starts), cfg.batch_size), desc="world-model rollouts"):
         batch = torch.utils.data.default_collate([clips[j] for j in starts[i:i + cfg.batch_size]])
@@ -128,16 +144,59 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
         count += mask.float().sum(0)
         if probe is not None:
             truth = torch.cat([clips.normalizer.unnormalize(keys.STATE, batch["future_state"]), batch["future_env_state"]], -1)
-            for name, frames in (("eef_error", imagined), ("eef_error_real", real)):
-                err = (probe_frames(probe, frames) - truth)[..., :3].abs().mean(-1)  # (B, T) metres
+            probed = {"imagined": probe_frames(probe, imagined), "real": probe_frames(probe, real)}
+            for name, values in (("eef_error", probed["imagined"]), ("eef_error_real", probed["real"])):
+                err = (values - truth)[..., :3].abs().mean(-1)  # (B, T) metres
                 sums[name] += torch.where(mask, err, 0.0).sum(0)
+            moves.append(displacements(probe, clips, sampler, batch, probed, gen, sens_chunks))
         if examples is None:
             examples = {"real": real[:4], "imagined": imagined[:4]}
     mean = {k: (v / count.clamp_min(1)).tolist() for k, v in sums.items()}
     if probe is None:
         mean["eef_error"] = mean["eef_error_real"] = None
     result = FidelityResult(horizon=list(range(1, T + 1)), count=count.int().tolist(), **mean)
+    if moves:
+        commanded, imagined_moves, real_moves = (torch.cat(m) for m in zip(*moves))
+        recorded = commanded[:, 0]  # (N, 3): the recorded chunks, the ones real frames exist for
+        result.sensitivity = correlation(commanded.flatten(0, 1), imagined_moves.flatten(0, 1)).tolist()
+        result.sensitivity_real = correlation(recorded, real_moves).tolist()
+        result.sensitivity_frames = sens_chunks * spec.future
     return result, examples
+
+
+def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the columns of x and y, (N, D) each -> (D,). A column that does not
+    vary (standard deviation under 1e-6: a micrometre of displacement, float round-off) has none: 0."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    sx, sy = x.square().mean(0).sqrt(), y.square().mean(0).sqrt()
+    r = (x * y).mean(0) / (sx * sy).clamp_min(1e-30)
+    return torch.where((sx > 1e-6) & (sy > 1e-6), r, 0.0)
+
+
+def displacements(probe, clips: ClipDataset, sampler: WorldModelSampler, batch: dict, probed: dict,
+                  gen: torch.Generator, chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """End-effector displacements (metres, x/y/z) over the first ``chunks`` chunks from each start.
+
+    Returns commanded (B, 2, 3): the sum of the position actions, of the recorded chunks [:, 0]
+    and of chunks taken from the previous start in the batch [:, 1] (other motions from the same
+    context); imagined (B, 2, 3): what the probe reads on the imagined frames for both; real
+    (B, 3): what it reads on the real frames (recorded actions only). Displacement = probed
+    position at the end minus probed position on the last real context frame.
+    """
+    spec = sampler.model.spec
+    H, F = spec.horizon, spec.future
+    B = batch["action"].shape[0]
+    start = probe_frames(probe, batch["context"][:, :, -1:])[:, 0, :3]  # (B, 3)
+    recorded = batch["action"][:, :chunks * H]
+    other = recorded.roll(1, dims=0)  # another start's chunk: a different motion, still in-distribution
+    pred = sampler.rollout(to_model_range(batch["context"]), other.reshape(B, chunks, H, -1), batch["context_state"],
+                           generator=gen)
+    moved_other = probe_frames(probe, (pred.frames[:, :, -1:] + 1) / 2)[:, 0, :3]
+    end = chunks * F - 1
+    commanded = clips.normalizer.unnormalize(keys.ACTION, torch.stack([recorded, other], 1))[..., :3].sum(2)
+    imagined = torch.stack([probed["imagined"][:, end, :3], moved_other], 1) - start[:, None]
+    real = probed["real"][:, end, :3] - start
+    return commanded, imagined, real
 
 
 def get_probe(cfg: EvalWorldModelConfig, train_episodes: list[int]):

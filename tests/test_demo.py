@@ -6,16 +6,25 @@ import sys
 from train.demo import DemoConfig, run
 
 
-def test_demo_collects_summarises_and_resumes(tmp_path, capsys):
-    cfg = DemoConfig(preset="quick", output_dir=tmp_path, episodes=2)
+def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
+    cfg = DemoConfig(preset="quick", output_dir=tmp_path, episodes=3)
     results = run(cfg)
     out = capsys.readouterr().out
-    assert "=== stage: collect ===" in out and "episodes  2" in out
+    assert "=== stage: collect ===" in out and "episodes  3" in out
     assert (tmp_path / "dataset_strip.png").stat().st_size > 1000
-    data_files = sorted((results["collect"] / "data").rglob("*.parquet"))
-    mtimes = [p.stat().st_mtime_ns for p in data_files]
-    run(DemoConfig(preset="quick", output_dir=tmp_path, episodes=2))  # nothing left to do
-    assert [p.stat().st_mtime_ns for p in sorted((results["collect"] / "data").rglob("*.parquet"))] == mtimes
+    assert "=== stage: world_model ===" in out and "| horizon (frames) | PSNR model |" in out
+    assert (results["world_model"] / "config.json").exists()
+    assert (tmp_path / "world_model_eval" / "strips.png").stat().st_size > 1000
+
+    def written():
+        files = [*(results["collect"] / "data").rglob("*.parquet"), *results["world_model"].parent.rglob("*.safetensors"),
+                 tmp_path / "world_model_eval" / "fidelity.json"]
+        return {p: p.stat().st_mtime_ns for p in files}
+
+    before = written()
+    run(DemoConfig(preset="quick", output_dir=tmp_path, episodes=3))  # nothing left to do
+    assert written() == before
+    assert "world model already trained for 30 steps" in capsys.readouterr().out
 
 
 def test_demo_cli_rejects_unknown_preset(tmp_path):

@@ -1,6 +1,8 @@
 """``reverie-train KIND [options]``: one entry point, one training stage per kind.
 
     reverie-train world_model --dataset.root outputs/demo/dataset
+    reverie-train autoencoder --dataset.root outputs/demo/dataset   # for the latent backbone
+    reverie-train progress --dataset.root outputs/demo/dataset      # the progress value model
     accelerate launch -m train.cli world_model --dataset.root ... --mixed_precision bf16
 
 Options are the fields of the kind's config (draccus): ``reverie-train world_model --help``.
@@ -13,7 +15,11 @@ import sys
 import draccus
 
 # kind -> (module, config class, function that runs it)
-KINDS = {"world_model": ("train.world_model", "TrainWorldModelConfig", "train")}
+KINDS = {
+    "world_model": ("train.world_model", "TrainWorldModelConfig", "train"),
+    "autoencoder": ("train.autoencoder", "TrainAutoencoderConfig", "train"),
+    "progress": ("train.progress", "TrainProgressConfig", "train"),
+}
 
 
 def dispatch(kinds: dict, prog: str, argv: list[str] | None = None) -> None:

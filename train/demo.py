@@ -1,7 +1,8 @@
 """``reverie-demo``: the whole loop on the embedded default task (Lift), one stage after another.
 
-Stages so far: collect (physics dataset + summary). Later work adds world-model training,
-progress-model training, behaviour cloning, evaluation in imagination and in physics, and RL.
+Stages so far: collect (physics dataset + summary), world_model (train it, then its fidelity
+report on held-out episodes). Later work adds progress-model training, behaviour cloning,
+evaluation in imagination and in physics, and RL.
 Every stage reuses what an earlier run produced, so an interrupted demo continues where it
 stopped:
 
@@ -9,6 +10,7 @@ stopped:
     reverie-demo --preset quick    # a few minutes on two cores
 """
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -16,13 +18,15 @@ from pathlib import Path
 
 import draccus
 
+from data.clips import DatasetConfig
 from data.collect import CollectConfig, collect, quiet_writers
 from data.summary import summarize
 
 PRESETS = {
-    # episodes of physics data to collect
-    "quick": {"episodes": 12},
-    "full": {"episodes": 200},
+    # episodes: physics episodes to collect; wm_*: world-model training steps and batch;
+    # eval_*: fidelity rollouts, their horizon in frames, and the state probe's training steps
+    "quick": {"episodes": 12, "wm_steps": 30, "wm_batch": 8, "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100},
+    "full": {"episodes": 200, "wm_steps": 1300, "wm_batch": 16, "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000},
 }
 
 
@@ -48,10 +52,42 @@ def stage_collect(cfg: DemoConfig) -> Path:
     return root
 
 
+def dataset_config(cfg: DemoConfig) -> DatasetConfig:
+    """The demo dataset with its held-out episodes (a tenth, at least one): the split every stage shares."""
+    episodes = cfg.episodes if cfg.episodes is not None else PRESETS[cfg.preset]["episodes"]
+    return DatasetConfig(root=cfg.output_dir / "dataset", val_episodes=max(1, episodes // 10), cache_frames=True)
+
+
+def stage_world_model(cfg: DemoConfig) -> Path:
+    """Trains the world model (resuming an interrupted run) and writes its fidelity report."""
+    from eval.fidelity import EvalWorldModelConfig, evaluate, save_report
+    from train.world_model import TrainWorldModelConfig, train
+
+    preset = PRESETS[cfg.preset]
+    out = cfg.output_dir / "world_model"
+    steps = preset["wm_steps"]
+    if (out / "checkpoints" / f"step_{steps:07d}").exists():
+        print(f"world model already trained for {steps} steps: {out / 'model'}")
+    else:
+        train(TrainWorldModelConfig(dataset=dataset_config(cfg), steps=steps, batch_size=preset["wm_batch"],
+                                    output_dir=out, seed=cfg.seed))
+    report = cfg.output_dir / "world_model_eval"
+    if not (report / "fidelity.json").exists():
+        held_out = dataclasses.replace(dataset_config(cfg), cache_frames=False)  # a few rollouts: decode on demand
+        eval_cfg = EvalWorldModelConfig(model=out / "model", dataset=held_out, starts=preset["eval_starts"],
+                                        horizon_frames=preset["eval_horizon"], probe_steps=preset["probe_steps"],
+                                        output_dir=report, seed=cfg.seed)
+        result, examples = evaluate(eval_cfg)
+        save_report(result, examples, eval_cfg)
+    print((report / "fidelity.md").read_text())
+    print(f"fidelity report: {report} (fidelity.png, strips.png)")
+    return out / "model"
+
+
 def run(cfg: DemoConfig) -> dict:
     """Runs every stage that exists; returns what each produced."""
     results = {}
-    for name, stage in [("collect", stage_collect)]:
+    for name, stage in [("collect", stage_collect), ("world_model", stage_world_model)]:
         t0 = time.perf_counter()
         print(f"\n=== stage: {name} ===")
         results[name] = stage(cfg)

@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,14 +31,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainWorldModelConfig:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Frames are decoded into memory once (--dataset.cache_frames false for datasets larger than memory).
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(cache_frames=True))
     # Shapes the data decides (views, image size, action/state dims) are filled in from the dataset.
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
-    objective: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
-    frame_stride: int = 2  # frames per predicted frame: horizon / stride frames are predicted per chunk
+    # The CPU recipe (docs/benchmarks.md): noise levels leaning high, 2-chunk unrolls.
+    objective: FlowMatchingConfig = field(default_factory=lambda: FlowMatchingConfig(logit_mean=0.5, unroll_chunks=2))
+    frame_stride: int = 1  # frames per predicted frame: horizon / stride frames are predicted per chunk
     output_dir: Path = Path("outputs/world_model")
-    steps: int = 1200  # ~1 hour on 2 CPU cores with the default model and batch
-    batch_size: int = 32
+    steps: int = 1300  # ~50 min on 2 CPU cores with the default model, batch and unroll
+    batch_size: int = 16
     grad_accumulation: int = 1
     lr: float = 3e-4
     weight_decay: float = 1e-2
@@ -134,6 +137,7 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     log.info("world model: %.2fM parameters, %d train clips, %d held-out episodes, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), held_out, step)
     stop = _StopRequest()
+    clock = time.perf_counter() - _training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
     bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not accelerator.is_main_process)
     data = batches_from(train_set, cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)
     with stop:
@@ -145,7 +149,8 @@ def train(cfg: TrainWorldModelConfig) -> Path:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                _append_jsonl(out / "metrics.jsonl", {"step": step, **metrics}, accelerator)
+                record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
+                _append_jsonl(out / "metrics.jsonl", record, accelerator)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
     bar.close()
@@ -239,6 +244,15 @@ class _StopRequest:
     def __exit__(self, *exc):
         for s, h in self._previous.items():
             signal.signal(s, h)
+
+
+def _training_time(out: Path) -> float:
+    """Seconds of training logged by earlier runs in ``out`` (0 for a fresh run)."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0.0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]).get("time_s", 0.0) if lines else 0.0
 
 
 def _to_device(batch: dict, device) -> dict:

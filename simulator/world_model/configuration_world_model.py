@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-BACKBONES = ("unet",)
+BACKBONES = ("unet", "latent_transformer")
 
 
 @dataclass
@@ -10,23 +10,38 @@ class WorldModelConfig:
     """Shapes the model reads and writes, and the size of its backbone.
 
     Dimension legend: V views, C context frames, F future frames per chunk, H actions per chunk,
-    A action dim, S state dim, h x w image size.
+    A action dim, S state dim, h x w image size; for the latent backbone c latent channels and
+    d the autoencoder's downsampling (latents are c x h/d x w/d), p the transformer's patch size.
     """
 
-    backbone: str = "unet"  # pixel-space U-Net (the CPU recipe); a latent transformer comes later
+    # unet: pixel-space U-Net (the CPU recipe); latent_transformer: a spatio-temporal transformer
+    # over autoencoder latents (the GPU recipe)
+    backbone: str = "unet"
     views: int = 2  # V
     image_size: int = 64  # h = w
     context: int = 4  # C context frames per view
-    future: int = 4  # F frames predicted per action chunk (horizon / frame stride)
+    future: int = 8  # F frames predicted per action chunk (horizon / frame stride; the CPU recipe: stride 1)
     horizon: int = 8  # H actions per chunk
     action_dim: int = 7  # A
     state_dim: int = 8  # S
-    # U-Net widths, one per resolution. The default is the CPU size (4.5M parameters, ~2.5 s per
-    # step of 32 clips on 2 cores); (64, 128, 256) x 2 layers is 15M and ~8x slower, a GPU size.
+    # U-Net widths, one per resolution. The default is the CPU size (4.5M parameters, ~2.3 s per
+    # training step of 16 clips with 2-chunk unrolls on 2 cores); (64, 128, 256) x 2 layers is 15M
+    # and ~8x slower, a GPU size.
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
-    norm_num_groups: int = 32
-    cond_dim: int = 256  # width of the action/state/noise-level conditioning MLP
+    norm_num_groups: int = 32  # group-norm groups of the U-Net and of a freshly built autoencoder
+    cond_dim: int = 256  # width of the action/state/noise-level conditioning MLP (U-Net) and of the state head
+    # ---- latent_transformer only ----
+    # Local folder of a diffusers AutoencoderKL (one trained with world_model.autoencoder, or any
+    # downloaded VAE such as Stable Diffusion's); None builds a fresh, untrained small one (tests only).
+    autoencoder: str | None = None
+    latent_channels: int = 4  # c; must match a loaded autoencoder
+    latent_downsample: int = 4  # d; must match a loaded autoencoder (SD VAEs: 8)
+    autoencoder_width: int = 64  # base width of a freshly built autoencoder (w, 2w, 4w, ... per level)
+    patch_size: int = 2  # p: latent pixels per token side; tokens per view and frame = (h/(d p))^2
+    depth: int = 12  # transformer blocks (each: spatial attention, temporal attention, MLP)
+    heads: int = 8  # attention heads
+    width: int = 512  # token width
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -36,10 +51,33 @@ class WorldModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
         if self.horizon % self.future:
             raise ValueError(f"future frames must divide the horizon, got {self.horizon=} {self.future=}")
+        self.block_out_channels = tuple(self.block_out_channels)
+        if self.backbone == "unet":
+            self._check_unet()
+        else:
+            self._check_latent_transformer()
+
+    def _check_unet(self) -> None:
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"block_out_channels must be multiples of norm_num_groups, got "
                              f"{self.block_out_channels=} {self.norm_num_groups=}")
         if self.image_size % 2 ** (len(self.block_out_channels) - 1):
             raise ValueError(f"image_size must be divisible by 2**(levels-1), got {self.image_size=} "
                              f"with {len(self.block_out_channels)} levels")
-        self.block_out_channels = tuple(self.block_out_channels)
+
+    def _check_latent_transformer(self) -> None:
+        for name in ("latent_channels", "latent_downsample", "autoencoder_width", "patch_size", "depth", "heads", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        d = self.latent_downsample
+        if d & (d - 1):
+            raise ValueError(f"latent_downsample must be a power of 2, got {self.latent_downsample=}")
+        if self.image_size % (d * self.patch_size):
+            raise ValueError(f"image_size must be divisible by latent_downsample * patch_size, got "
+                             f"{self.image_size=} {self.latent_downsample=} {self.patch_size=}")
+        if self.width % self.heads or self.width % 4:
+            raise ValueError(f"width must be a multiple of heads and of 4 (2D sin-cos positions), got "
+                             f"{self.width=} {self.heads=}")
+        if self.autoencoder is None and self.autoencoder_width % self.norm_num_groups:
+            raise ValueError(f"autoencoder_width must be a multiple of norm_num_groups, got "
+                             f"{self.autoencoder_width=} {self.norm_num_groups=}")

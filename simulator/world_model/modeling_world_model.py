@@ -2,8 +2,9 @@
 context frames, action chunk, state) that predicts the clean future frames of every view.
 
 Dimension legend: B batch, V views, C context frames, F future frames, H action horizon,
-A action dim, S state dim, h x w image size. Frames are in [-1, 1]; actions and states are
-normalised (data.clips.Normalizer).
+A action dim, S state dim, h x w image size; c x h' x w' one frame in the model's sample space
+(3 x h x w for the U-Net; c latent channels x h/d x w/d for the latent backbone). Frames are in
+[-1, 1]; actions and states are normalised (data.clips.Normalizer).
 
 Backbone ``unet``: a diffusers ``UNet2DModel`` over all views' frames stacked on channels
 (V*C context + V*F noisy future frames in, V*F frames out). The action chunk, the context state
@@ -11,17 +12,31 @@ and the context-noise level are embedded by an MLP and added to the noise-level 
 modulates every ResNet normalisation (adaptive group norm, ``scale_shift``): the actions reach
 every layer. The output is a change from the last context frame, and the last layer starts at
 zero, so an untrained model predicts copy-last-frame and learning starts from that baseline.
-A small MLP predicts the future proprioceptive states from the context state and the actions.
+
+Backbone ``latent_transformer`` (GPU scale): the frames of every view are encoded by a frozen
+diffusers ``AutoencoderKL`` (a submodule, saved and loaded with the model), and a spatio-temporal
+transformer (``transformer.py``) denoises the future latents, conditioned per frame on the noise
+level and the actions that lead to it. Its output too is a zero-initialised change from the last
+context latent. The diffusion runs in latent space: ``encode``, ``decode`` and ``sample_shape``
+say what that space is, and the objective and sampler go through them.
+
+Both backbones share the state head: a small MLP that predicts the future proprioceptive states
+from the context state and the actions.
 """
 
+import logging
 from dataclasses import dataclass
 
 import torch
-from diffusers import ModelMixin
+from diffusers import AutoencoderKL, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor, nn
 
+from simulator.world_model import autoencoder as ae
 from simulator.world_model.configuration_world_model import WorldModelConfig
+from simulator.world_model.transformer import SpatioTemporalTransformer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,20 +54,48 @@ def _sinusoid(x: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def _architecture(vae: AutoencoderKL) -> dict:
+    """The autoencoder's config (architecture and latent scale), as its own config.json holds it."""
+    return {k: v for k, v in vae.config.items() if not k.startswith("_")}
+
+
 class WorldModel(ModelMixin, ConfigMixin):
     config_name = "config.json"
+    _supports_gradient_checkpointing = True  # enable_gradient_checkpointing(): trade compute for memory on GPUs
 
     @register_to_config
     def __init__(self, backbone: str = "unet", views: int = 2, image_size: int = 64, context: int = 4,
-                 future: int = 4, horizon: int = 8, action_dim: int = 7, state_dim: int = 8,
+                 future: int = 8, horizon: int = 8, action_dim: int = 7, state_dim: int = 8,
                  block_out_channels: tuple[int, ...] = (32, 64, 128, 128), layers_per_block: int = 1,
-                 norm_num_groups: int = 32, cond_dim: int = 256):
+                 norm_num_groups: int = 32, cond_dim: int = 256, autoencoder: str | None = None,
+                 latent_channels: int = 4, latent_downsample: int = 4, autoencoder_width: int = 64,
+                 patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512,
+                 autoencoder_config: dict | None = None):
+        """Arguments as in WorldModelConfig, and ``autoencoder_config``: the architecture of the
+        latent backbone's autoencoder, which the model records in its own config.json when built,
+        so that ``from_pretrained`` rebuilds it without the folder it was first loaded from."""
         super().__init__()
+        cfg = WorldModelConfig(
+            backbone=backbone, views=views, image_size=image_size, context=context, future=future, horizon=horizon,
+            action_dim=action_dim, state_dim=state_dim, block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, cond_dim=cond_dim,
+            autoencoder=autoencoder, latent_channels=latent_channels, latent_downsample=latent_downsample,
+            autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width)
+        self.spec = cfg
+        if cfg.backbone == "unet":
+            self._build_unet(cfg)
+        else:
+            self._build_latent_transformer(cfg, autoencoder_config)
+        self.null_actions = nn.Parameter(torch.zeros(cfg.horizon, cfg.action_dim))  # for action dropout
+        state_in = cfg.context * cfg.state_dim + cfg.horizon * cfg.action_dim
+        self.state_head = nn.Sequential(nn.Linear(state_in, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.cond_dim),
+                                        nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.future * cfg.state_dim))
+        nn.init.zeros_(self.state_head[-1].weight)  # start as "the state does not change"
+        nn.init.zeros_(self.state_head[-1].bias)
+
+    def _build_unet(self, cfg: WorldModelConfig) -> None:
         from diffusers import UNet2DModel
 
-        cfg = WorldModelConfig(backbone, views, image_size, context, future, horizon, action_dim, state_dim,
-                               tuple(block_out_channels), layers_per_block, norm_num_groups, cond_dim)
-        self.spec = cfg
         levels = len(cfg.block_out_channels)
         time_dim = cfg.block_out_channels[0] * 4
         self.unet = UNet2DModel(
@@ -72,21 +115,50 @@ class WorldModel(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.unet.conv_out.bias)
         cond_in = cfg.horizon * cfg.action_dim + cfg.context * cfg.state_dim + cfg.cond_dim
         self.cond = nn.Sequential(nn.Linear(cond_in, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, time_dim))
-        self.null_actions = nn.Parameter(torch.zeros(cfg.horizon, cfg.action_dim))  # for action dropout
-        state_in = cfg.context * cfg.state_dim + cfg.horizon * cfg.action_dim
-        self.state_head = nn.Sequential(nn.Linear(state_in, cfg.cond_dim), nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.cond_dim),
-                                        nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.future * cfg.state_dim))
-        nn.init.zeros_(self.state_head[-1].weight)  # start as "the state does not change"
-        nn.init.zeros_(self.state_head[-1].bias)
+
+    def _build_latent_transformer(self, cfg: WorldModelConfig, autoencoder_config: dict | None) -> None:
+        if autoencoder_config is not None:  # a saved model: the weights come from its own file
+            vae = AutoencoderKL.from_config(autoencoder_config)
+        elif cfg.autoencoder is not None:
+            vae = ae.load_autoencoder(cfg.autoencoder)
+        else:
+            log.warning("latent_transformer with a fresh, untrained autoencoder: fine for tests, useless for "
+                        "training; train one (world_model.autoencoder.train_autoencoder) and pass its folder as autoencoder=")
+            vae = ae.build_autoencoder(cfg.latent_channels, cfg.latent_downsample, cfg.autoencoder_width,
+                                       norm_num_groups=cfg.norm_num_groups)
+        found = (vae.config.in_channels, vae.config.latent_channels, ae.downsample_of(vae))
+        if found != (3, cfg.latent_channels, cfg.latent_downsample):
+            raise ValueError(f"the autoencoder ({cfg.autoencoder or 'from the config'}) has in_channels={found[0]}, "
+                             f"latent_channels={found[1]}, latent_downsample={found[2]}; the world model needs "
+                             f"in_channels=3 and is configured with {cfg.latent_channels=} {cfg.latent_downsample=}")
+        self.vae = vae.requires_grad_(False).eval()  # frozen: the optimiser and DDP skip it (not `self.autoencoder`: a config key)
+        self.register_to_config(autoencoder_config=_architecture(vae))
+        self.transformer = SpatioTemporalTransformer(
+            views=cfg.views, context=cfg.context, future=cfg.future, horizon=cfg.horizon, action_dim=cfg.action_dim,
+            state_dim=cfg.state_dim, latent_channels=cfg.latent_channels,
+            latent_size=cfg.image_size // cfg.latent_downsample, patch_size=cfg.patch_size, width=cfg.width,
+            depth=cfg.depth, heads=cfg.heads)
+
+    def save_pretrained(self, *args, **kwargs) -> None:
+        """diffusers' save_pretrained, after recording the autoencoder's current config (its latent
+        scale may have been refit since the model was built: ``autoencoder.fit_latent_scale``)."""
+        if self._latent:
+            self.register_to_config(autoencoder_config=_architecture(self.vae))
+        super().save_pretrained(*args, **kwargs)
+
+    @property
+    def _latent(self) -> bool:
+        return self.spec.backbone == "latent_transformer"
 
     def forward(self, noisy: Tensor, t: Tensor, context: Tensor, actions: Tensor, state: Tensor,
                 context_noise: Tensor | None = None, drop_actions: Tensor | None = None) -> Prediction:
-        """Predicts the clean future frames (B, V, F, 3, h, w) from noisy ones at noise level t (B,),
+        """Predicts the clean future frames (B, V, F, c, h', w') from noisy ones at noise level t (B,),
         and the future states (B, F, S) (one call, so that DDP sees every parameter used).
 
-        context (B, V, C, 3, h, w); actions (B, H, A); state (B, C, S); context_noise (B,): the
-        noise level added to the context frames (default 0); drop_actions (B,) bool: replace the
-        actions by a learned null chunk (classifier-free-style dropout).
+        noisy and context (B, V, C, c, h', w') are in the model's sample space (``encode``: pixels
+        for the U-Net, latents for the latent backbone); actions (B, H, A); state (B, C, S);
+        context_noise (B,): the noise level added to the context (default 0); drop_actions (B,)
+        bool: replace the actions by a learned null chunk (classifier-free-style dropout).
         """
         self._check(noisy=noisy, context=context, actions=actions, state=state)
         cfg = self.spec
@@ -98,29 +170,45 @@ class WorldModel(ModelMixin, ConfigMixin):
             actions = torch.where(drop_actions[:, None, None], self.null_actions.expand_as(actions), actions)
         if context_noise is None:
             context_noise = torch.zeros(B, device=noisy.device)
-        cond = self.cond(torch.cat([actions.flatten(1), state.flatten(1), _sinusoid(context_noise, cfg.cond_dim)], -1))
-        h = w = cfg.image_size
-        x = torch.cat([context.reshape(B, -1, h, w), noisy.reshape(B, -1, h, w)], dim=1)
-        delta = self.unet(x, t * 1000.0, class_labels=cond).sample
-        last = context[:, :, -1:].expand(-1, -1, cfg.future, -1, -1, -1)
-        frames = last + delta.reshape(B, cfg.views, cfg.future, 3, h, w)
+        if self._latent:
+            delta = self.transformer(context, noisy, t, context_noise, actions, state)
+        else:
+            cond = self.cond(torch.cat([actions.flatten(1), state.flatten(1), _sinusoid(context_noise, cfg.cond_dim)], -1))
+            h = w = cfg.image_size
+            x = torch.cat([context.reshape(B, -1, h, w), noisy.reshape(B, -1, h, w)], dim=1)
+            delta = self.unet(x, t * 1000.0, class_labels=cond).sample.reshape(noisy.shape)
+        frames = context[:, :, -1:].expand_as(noisy) + delta
         # The state head sees the real actions: action dropout is for the frames' guidance only.
         return Prediction(frames=frames, state=self._future_state(state, actions_in))
 
-    # The sample space the diffusion runs in. Pixels for the U-Net; a latent backbone overrides
-    # these three with its autoencoder, and the objective and sampler go through them.
+    # The sample space the diffusion runs in: pixels for the U-Net, scaled autoencoder latents
+    # for the latent backbone. The objective and the sampler go through these three.
     def encode(self, frames: Tensor) -> Tensor:
-        """(B, V, N, 3, h, w) frames in [-1, 1] -> the model's sample space."""
-        return frames
+        """(B, V, N, 3, h, w) frames in [-1, 1] -> the model's sample space (B, V, N, c, h', w')."""
+        if not self._latent:
+            return frames
+        self._check_frames(frames, "frames to encode", (3, self.spec.image_size, self.spec.image_size), "3, h, w")
+        return ae.encode(self.vae, frames.flatten(0, 2)).unflatten(0, frames.shape[:3])
 
     def decode(self, samples: Tensor) -> Tensor:
-        """The model's sample space -> (B, V, N, 3, h, w) frames in [-1, 1]."""
-        return samples
+        """The model's sample space (B, V, N, c, h', w') -> (B, V, N, 3, h, w) frames (about [-1, 1], not clamped)."""
+        if not self._latent:
+            return samples
+        self._check_frames(samples, "samples to decode", self.sample_shape, self._sample_dims)
+        return ae.decode(self.vae, samples.flatten(0, 2)).unflatten(0, samples.shape[:3])
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one frame in the sample space."""
-        return (3, self.spec.image_size, self.spec.image_size)
+        s = self.spec.image_size
+        if self._latent:
+            return (self.spec.latent_channels, s // self.spec.latent_downsample, s // self.spec.latent_downsample)
+        return (3, s, s)
+
+    @property
+    def _sample_dims(self) -> str:
+        d = self.spec.latent_downsample
+        return f"c, h/{d}, w/{d}" if self._latent else "3, h, w"
 
     def predict_state(self, state: Tensor, actions: Tensor) -> Tensor:
         """Future proprioceptive states (B, F, S) from the context states (B, C, S) and actions (B, H, A)."""
@@ -134,21 +222,33 @@ class WorldModel(ModelMixin, ConfigMixin):
     def _check(self, **tensors: Tensor) -> None:
         """Clear errors for inputs that do not fit the model, naming the input and the dimension."""
         cfg = self.spec
-        s = cfg.image_size
+        frame, dims = self.sample_shape, self._sample_dims
         expected = {
-            "noisy": (cfg.views, cfg.future, 3, s, s),
-            "context": (cfg.views, cfg.context, 3, s, s),
+            "noisy": (cfg.views, cfg.future, *frame),
+            "context": (cfg.views, cfg.context, *frame),
             "actions": (cfg.horizon, cfg.action_dim),
             "state": (cfg.context, cfg.state_dim),
         }
-        names = {"noisy": "(V, F, 3, h, w)", "context": "(V, C, 3, h, w)", "actions": "(H, A)", "state": "(C, S)"}
+        names = {"noisy": f"(V, F, {dims})", "context": f"(V, C, {dims})", "actions": "(H, A)", "state": "(C, S)"}
+        pixels = (3, cfg.image_size, cfg.image_size)
         batch = None
         for name, x in tensors.items():
             if not torch.is_tensor(x) or not x.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
             if tuple(x.shape[1:]) != expected[name]:
+                hint = ""
+                if self._latent and name in ("noisy", "context") and tuple(x.shape[-3:]) == pixels:
+                    hint = " (pixel frames? the latent backbone takes latents: WorldModel.encode)"
                 raise ValueError(f"{name} must have shape (B, {names[name][1:-1]}) = (B, {', '.join(map(str, expected[name]))}), "
-                                 f"got {tuple(x.shape)}")
+                                 f"got {tuple(x.shape)}{hint}")
             if batch is not None and x.shape[0] != batch:
                 raise ValueError(f"{name} has batch size {x.shape[0]}, other inputs have {batch}")
             batch = x.shape[0]
+
+    def _check_frames(self, x: Tensor, name: str, frame: tuple[int, int, int], dims: str) -> None:
+        """encode/decode inputs: (B, V, N, *frame) for any number N of frames."""
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+        if x.dim() != 6 or x.shape[1] != self.spec.views or tuple(x.shape[3:]) != frame:
+            raise ValueError(f"{name} must have shape (B, V, N, {dims}) = (B, {self.spec.views}, N, "
+                             f"{', '.join(map(str, frame))}), got {tuple(x.shape)}")

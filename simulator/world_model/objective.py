@@ -29,7 +29,7 @@ class FlowMatchingConfig:
     action_dropout: float = 0.1  # probability of replacing the action chunk by the null chunk
     state_loss_weight: float = 1.0
     weighting_scheme: str = "logit_normal"  # noise-level density (diffusers.training_utils)
-    logit_mean: float = 0.0
+    logit_mean: float = 0.0  # > 0 leans towards high noise, where the motion of a chunk is decided
     logit_std: float = 1.0
     unroll_chunks: int = 1  # U: chunks per training clip; the model imagines the ones before the trained one
     unroll_sampling_steps: int = 2  # sampling steps for the imagined chunks

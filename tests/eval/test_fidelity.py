@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data.clips import DatasetConfig
-from eval.fidelity import EvalWorldModelConfig, evaluate, per_frame_scores, save_report
+from eval.fidelity import EvalWorldModelConfig, correlation, evaluate, per_frame_scores, save_report
 from simulator.world_model import WorldModel
 
 TINY = dict(views=2, image_size=32, context=2, future=2, horizon=4, block_out_channels=(16, 32), layers_per_block=1,
@@ -34,9 +34,9 @@ def untrained(tmp_path_factory):
 
 
 def config(model, root, out, **kw):
-    kw = {"probe_steps": 0, **kw}
-    return EvalWorldModelConfig(model=model, dataset=DatasetConfig(root=root, val_episodes=2), frame_stride=2,
-                                horizon_frames=6, starts=6, batch_size=4, output_dir=out, **kw)
+    kw = {"probe_steps": 0, "horizon_frames": 6, "batch_size": 4, **kw}
+    return EvalWorldModelConfig(model=model, dataset=DatasetConfig(root=root, val_episodes=2),
+                                starts=6, output_dir=out, **kw)
 
 
 def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, tmp_path):
@@ -45,8 +45,7 @@ def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, 
     # identical up to float round-off of the [0,1] -> [-1,1] -> [0,1] trip
     torch.testing.assert_close(torch.tensor(result.psnr), torch.tensor(result.psnr_copy_last), atol=0.05, rtol=0)
     torch.testing.assert_close(torch.tensor(result.ssim), torch.tensor(result.ssim_copy_last), atol=1e-4, rtol=0)
-    # frames past an episode's end are not scored, so fewer rollouts count at longer horizons
-    assert 0 < result.count[-1] <= result.count[0] <= 6 and all(a >= b for a, b in zip(result.count, result.count[1:]))
+    assert result.count == [6] * 6  # every start has its whole horizon inside its episode
     assert result.psnr[0] > result.psnr[-1]  # the scene moves away from the last context frame
     out = save_report(result, examples, config(untrained, tiny_dataset, tmp_path))
     assert json.loads((out / "fidelity.json").read_text())["result"]["count"] == result.count
@@ -60,16 +59,33 @@ def test_probe_reads_imagined_and_real_frames(untrained, tiny_dataset, tmp_path)
     assert all(0 < e < 1 for e in result.eef_error + result.eef_error_real)  # metres, finite
     assert (tmp_path / "probe" / "config.json").exists()
     assert "probe eef error imagined / real (mm)" in result.to_markdown()
+    # An untrained model holds the last frame whatever the actions: its action sensitivity is 0.
+    assert result.sensitivity == [0.0, 0.0, 0.0] and result.sensitivity_frames == 4  # 2 chunks of 2 frames
+    assert all(-1 <= r <= 1 for r in result.sensitivity_real) and any(r != 0 for r in result.sensitivity_real)
+    assert "Action sensitivity" in result.to_markdown()
+    # Scores do not depend on how the starts are batched.
+    rebatched, _ = evaluate(config(untrained, tiny_dataset, tmp_path / "b2", probe=tmp_path / "probe", batch_size=2))
+    torch.testing.assert_close(torch.tensor(rebatched.sensitivity_real), torch.tensor(result.sensitivity_real))
+    torch.testing.assert_close(torch.tensor(rebatched.eef_error_real), torch.tensor(result.eef_error_real))
 
 
-def test_mismatched_stride_is_named(untrained, tiny_dataset, tmp_path):
-    with pytest.raises(ValueError, match="frame_stride 1 gives 4 frames per chunk, the model predicts 2"):
-        evaluate(EvalWorldModelConfig(model=untrained, dataset=DatasetConfig(root=tiny_dataset), frame_stride=1))
+def test_correlation_matches_hand_computed_values():
+    x = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    y = torch.tensor([[2.0, 5.0], [4.0, 5.0 + 1e-9], [6.0, 5.0]])  # column 2 does not move
+    torch.testing.assert_close(correlation(x, y), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(correlation(x, -y)[0], torch.tensor(-1.0))
+    y2 = torch.tensor([[1.0], [3.0], [2.0]])  # r = 0.5 by hand
+    torch.testing.assert_close(correlation(x[:, :1], y2), torch.tensor([0.5]))
+
+
+def test_a_horizon_longer_than_every_episode_is_named(untrained, tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"no held-out episode is longer than the horizon \(200 steps\)"):
+        evaluate(config(untrained, tiny_dataset, tmp_path, horizon_frames=100))
 
 
 def test_console_script_writes_the_report(untrained, tiny_dataset, tmp_path):
     cmd = [sys.executable, "-m", "eval.cli", "world_model", "--model", str(untrained), "--dataset.root", str(tiny_dataset),
-           "--frame_stride", "2", "--horizon_frames", "4", "--starts", "3", "--probe_steps", "0", "--output_dir", str(tmp_path / "r")]
+           "--horizon_frames", "4", "--starts", "3", "--probe_steps", "0", "--output_dir", str(tmp_path / "r")]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| horizon (frames) | PSNR model |" in run.stdout and (tmp_path / "r" / "fidelity.md").exists()

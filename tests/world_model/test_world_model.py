@@ -70,12 +70,10 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(batch):
     assert after < 0.8 * before, (before.item(), after.item())
 
 
-def test_sampler_shapes_range_and_determinism(batch):
-    model = WorldModel(**TINY).eval()
-    for p in model.unet.conv_out.parameters():
-        p.data.normal_(0, 0.1)  # a model that changes frames, so noise matters
+def assert_sampler_contract(model, context, actions, state):
+    """Shapes, range and seeding of sample and rollout (8 clips, 2 views, 2 frames per chunk, 32x32),
+    for a model whose output depends on the noise. Shared by both backbones' tests."""
     sampler = WorldModelSampler(model, num_steps=3)
-    context, actions, state = inputs(batch)
     a = sampler.sample(context, actions, state, generator=torch.Generator().manual_seed(1))
     b = sampler.sample(context, actions, state, generator=torch.Generator().manual_seed(1))
     c = sampler.sample(context, actions, state, generator=torch.Generator().manual_seed(2))
@@ -84,7 +82,15 @@ def test_sampler_shapes_range_and_determinism(batch):
     assert torch.equal(a.frames, b.frames) and not torch.equal(a.frames, c.frames)
     roll = sampler.rollout(context, torch.stack([actions] * 3, dim=1), state, generator=torch.Generator().manual_seed(1))
     assert roll.frames.shape == (8, 2, 6, 3, 32, 32) and roll.state.shape == (8, 6, 8)
+    assert roll.frames.min() >= -1 and roll.frames.max() <= 1
     assert torch.equal(roll.frames[:, :, :2], a.frames)  # the first chunk is the single-chunk sample
+
+
+def test_sampler_shapes_range_and_determinism(batch):
+    model = WorldModel(**TINY).eval()
+    for p in model.unet.conv_out.parameters():
+        p.data.normal_(0, 0.1)  # a model that changes frames, so noise matters
+    assert_sampler_contract(model, *inputs(batch))
 
 
 def test_inputs_that_do_not_fit_are_named(batch):

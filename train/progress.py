@@ -1,0 +1,360 @@
+"""Training the progress value model (``reverie-train progress``): a flat loop on accelerate primitives.
+
+    reverie-train progress --dataset.root outputs/demo/dataset --output_dir outputs/progress
+    reverie-eval progress --model outputs/progress/model --dataset.root outputs/demo/dataset
+
+Every frame of the training episodes of the split (the held-out ones are never seen) is decoded
+once into memory. A training sample is one frame with its recent frames and the episode's first
+frames, and its targets:
+
+- progress: the dataset's ``progress`` column (t/T on successful episodes; on failed ones, the
+  fraction of physics milestones reached, so a failure never reaches 1);
+- solved: the task is solved in this frame (``next.success`` of the previous action), 0 all
+  along a failed episode;
+- rewind (ReWiND): a successful episode played forward to a turning point and then backwards;
+  the frame reached going back keeps its own, lower, target, and its recent frames show the
+  motion reversed;
+- task mismatch: the frames with a wrong task string (another task's instruction, or the same
+  words with another object or colour): progress 0, not solved.
+
+Each of the K ensemble heads weighs the samples of a batch by its own Poisson(1) bootstrap
+weights, so the heads disagree where the data leave the answer open. Frames are augmented with
+small shifts, blur and pixel noise (world-model frames are blurrier than real ones).
+
+The batch of a step is a function of (seed, step, process), and the loop reuses the world model's
+checkpoint helpers (EMA, ``<output_dir>/model``, exact resume, metrics.jsonl): re-running the
+same command resumes and gives the losses an uninterrupted run would.
+
+Dimension legend: B batch, V views, T frames per view, N frames of an episode, K ensemble heads,
+h x w image size.
+"""
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from data.clips import DatasetConfig
+from simulator import keys
+from simulator.progress import ProgressConfig, ProgressModel, history_indices
+from train.world_model import _append_jsonl, _StopRequest, _to_device, _training_time, resume, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Wrong task strings for the task-mismatch negatives, besides the dataset's other tasks: the other
+# physics tasks' instructions (simulator.physics.tasks, not imported here: it loads robosuite) and
+# near misses that share most words with them, so that the model must read the whole string.
+DISTRACTOR_TASKS = (
+    "pick up the red cube",
+    "stack the red cube on the green cube",
+    "put the can in the bin on the right",
+    "pick up the green cube",
+    "pick up the can",
+    "stack the green cube on the red cube",
+    "put the red cube in the bin on the left",
+    "push the red cube to the left",
+    "open the drawer",
+    "close the gripper and wait",
+)
+
+
+@dataclass
+class TrainProgressConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the split the evaluation uses too
+    # The views and the image size are filled in from the dataset.
+    model: ProgressConfig = field(default_factory=ProgressConfig)
+    output_dir: Path = Path("outputs/progress")
+    steps: int = 1500  # 8 min on one CPU core for 200 Lift episodes at 64x64, 2 views (decoding them: 10 s)
+    batch_size: int = 32
+    grad_accumulation: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    mixed_precision: str = "no"  # no | bf16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    seed: int = 0
+    # ---- targets ----
+    rewind_prob: float = 0.2  # fraction of samples that are rewound successful episodes
+    mismatch_prob: float = 0.1  # fraction of samples given a wrong task string (targets 0)
+    mismatch_tasks: tuple[str, ...] = DISTRACTOR_TASKS  # besides the dataset's other tasks
+    success_weight: float = 1.0  # weight of the success loss beside the progress loss
+    # ---- augmentation ----
+    shift: int = 3  # random translation of each view by up to this many pixels
+    blur_prob: float = 0.2  # probability of a 3x3 box blur of a sample's frames
+    noise: float = 0.02  # Gaussian pixel noise, standard deviation up to this
+
+    def __post_init__(self):
+        self.dataset.require()
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision=}")
+        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        for name in ("rewind_prob", "mismatch_prob", "blur_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)=}")
+        if self.shift < 0 or self.noise < 0 or self.success_weight < 0:
+            raise ValueError(f"shift, noise and success_weight must be >= 0, got {self.shift=} {self.noise=} "
+                             f"{self.success_weight=}")
+        self.mismatch_tasks = tuple(self.mismatch_tasks)
+        self.output_dir = Path(self.output_dir)
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+@dataclass
+class Episode:
+    """One episode in memory, with its labels."""
+
+    index: int  # episode index in the dataset
+    frames: Tensor  # (V, N, 3, h, w) uint8
+    progress: Tensor  # (N,) progress labels in [0, 1]
+    solved: Tensor  # (N,) bool: the task is solved in this frame
+    success: bool  # the episode ends solved
+    task: str
+
+    @property
+    def length(self) -> int:
+        return self.frames.shape[1]
+
+
+def load_episodes(dataset: DatasetConfig, episodes: list[int],
+                  desc: str = "decode episodes") -> tuple[list[Episode], tuple[str, ...]]:
+    """The chosen episodes, every frame decoded (uint8), with their labels; and the view names.
+
+    Needs the ``progress`` and ``next.success`` features that reverie-collect writes.
+    """
+    clips = dataset.clips(episodes, context=1, horizon=1, cache_frames=False, normalize=False)
+    missing = [k for k in (keys.PROGRESS, keys.SUCCESS) if k not in clips.meta.features]
+    if missing:
+        raise KeyError(f"dataset {clips.root} has no {missing} feature(s): the progress model needs the labels "
+                       f"that reverie-collect writes; it has {sorted(clips.meta.features)}")
+    solved_after = clips.lerobot.hf_dataset.select_columns([keys.SUCCESS]).with_format("torch")[:][keys.SUCCESS]
+    solved_after = solved_after.reshape(-1).bool()  # next.success: solved after this frame's action
+    progress = clips.columns[keys.PROGRESS].reshape(-1)
+    out = []
+    for ep in tqdm(clips.episodes, desc=desc, leave=False):
+        first, end = clips._rows[ep]
+        after = solved_after[first:end]
+        out.append(Episode(index=ep, frames=clips.decode(ep, list(range(end - first))),
+                           progress=progress[first:end].clone(),
+                           solved=torch.cat([after.new_zeros(1), after[:-1]]),  # what frame t shows
+                           success=bool(after.any()), task=clips.tasks[int(clips.task_of[first])]))
+    return out, clips.views
+
+
+def rewind_indices(t: int, turn: int, history: int, stride: int) -> list[int]:
+    """In-episode indices of the T = ``history`` frames the model sees at frame t of a rewound clip,
+    oldest first: the episode is played forward to frame ``turn`` >= t and then backwards to t, so
+    the recent frames are later ones (reflected at ``turn``). With turn == t this is history_indices."""
+    if not 0 <= t <= turn:
+        raise ValueError(f"a rewind goes back from the turning point: need 0 <= t <= turn, got {t=} {turn=}")
+    now = 2 * turn - t  # play position of frame t
+    positions = [max(0, now - (history - 1 - i) * stride) for i in range(history)]
+    return [p if p <= turn else 2 * turn - p for p in positions]
+
+
+def sample_batch(episodes: list[Episode], cfg: TrainProgressConfig, spec: ProgressConfig, index: int,
+                 rank: int = 0, world: int = 1) -> dict:
+    """Micro-batch ``index`` of process ``rank``: drawn from a generator seeded by (seed, index,
+    rank) alone, so a resumed run draws the batches an uninterrupted one would.
+
+    Returns frames (B, V, T, 3, h, w) and first_frames (B, V, 3, h, w) augmented floats in [0, 1];
+    task (B strings); progress (B,) and solved (B,) targets; weights (B, K) bootstrap weights per
+    head; rewind, mismatch (B,) bool: what kind each sample is.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index * world + rank)
+    randint = lambda n: int(torch.randint(n, (1,), generator=gen))  # noqa: E731
+    B, T, s = cfg.batch_size, spec.history, spec.history_stride
+    successes = [e for e in episodes if e.success and e.length > 1]
+    lengths = torch.tensor([e.length for e in episodes], dtype=torch.float)
+    picks = torch.multinomial(lengths, B, replacement=True, generator=gen).tolist()  # uniform over frames
+    rewind = (torch.rand(B, generator=gen) < cfg.rewind_prob) & bool(successes)
+    mismatch = torch.rand(B, generator=gen) < cfg.mismatch_prob
+    all_tasks = sorted(set(cfg.mismatch_tasks) | {e.task for e in episodes})
+    frames, firsts, tasks, progress, solved = [], [], [], [], []
+    for b in range(B):
+        if rewind[b]:
+            e = successes[randint(len(successes))]
+            turn = 1 + randint(e.length - 1)
+            t = turn - 1 - randint(turn)  # 0 <= t < turn
+            idx = rewind_indices(t, turn, T, s)
+        else:
+            e = episodes[picks[b]]
+            t = randint(e.length)
+            idx = history_indices(t, T, s)
+        task, p, ok = e.task, float(e.progress[t]), bool(e.solved[t])
+        if mismatch[b]:
+            wrong = [w for w in all_tasks if w.strip().lower() != e.task.strip().lower()]
+            task, p, ok = wrong[randint(len(wrong))], 0.0, False
+        frames.append(e.frames[:, idx])
+        firsts.append(e.frames[:, 0])
+        tasks.append(task)
+        progress.append(p)
+        solved.append(ok)
+    x, first = augment(torch.stack(frames), torch.stack(firsts), cfg, gen)
+    return {"frames": x, "first_frames": first, "task": tasks, "progress": torch.tensor(progress),
+            "solved": torch.tensor(solved, dtype=torch.float),
+            "weights": torch.poisson(torch.ones(B, spec.ensemble), generator=gen),
+            "rewind": rewind, "mismatch": mismatch}
+
+
+def augment(frames: Tensor, first: Tensor, cfg: TrainProgressConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """uint8 frames (B, V, T, 3, h, w) and first frames (B, V, 3, h, w) -> augmented floats in [0, 1]:
+    each view of a sample shifted by the same random offset in all its frames (replicated edges),
+    a 3x3 blur with probability ``blur_prob``, Gaussian noise."""
+    B, V, T, _, h, w = frames.shape
+    x = torch.cat([frames, first[:, :, None]], dim=2).float().div_(255).reshape(B * V, (T + 1) * 3, h, w)
+    if cfg.shift:
+        k = cfg.shift
+        padded = F.pad(x, (k, k, k, k), mode="replicate")
+        dx, dy = torch.randint(2 * k + 1, (2, B * V), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(B * V)])
+    if cfg.blur_prob:
+        blur = (torch.rand(B, generator=gen) < cfg.blur_prob).repeat_interleave(V)
+        if blur.any():
+            x[blur] = F.avg_pool2d(x[blur], 3, stride=1, padding=1, count_include_pad=False)
+    if cfg.noise:
+        sigma = cfg.noise * torch.rand(B, generator=gen).repeat_interleave(V)
+        x = x + sigma[:, None, None, None] * torch.randn(x.shape, generator=gen)
+    x = x.clamp_(0, 1).reshape(B, V, T + 1, 3, h, w)
+    return x[:, :, :T].contiguous(), x[:, :, T].contiguous()
+
+
+# ---- the loss and one step ----------------------------------------------------------------
+
+def progress_loss(model: ProgressModel, batch: dict, success_weight: float = 1.0) -> tuple[Tensor, dict]:
+    """Binary cross-entropy of each head's progress (soft targets) and success logits, each head
+    weighing the samples by its bootstrap weights; returns the loss and float metrics."""
+    out = model(batch["frames"], batch["first_frames"], batch["task"])
+    w = batch["weights"]  # (B, K)
+    progress_term = _bootstrapped_bce(out.progress_logits, batch["progress"], w)
+    success_term = _bootstrapped_bce(out.success_logits, batch["solved"], w)
+    loss = progress_term + success_weight * success_term
+    with torch.no_grad():
+        metrics = {"loss": loss.item(), "progress_loss": progress_term.item(), "success_loss": success_term.item(),
+                   "progress_mae": (out.progress.float() - batch["progress"]).abs().mean().item(),
+                   "success_accuracy": ((out.success_logit > 0).float() == batch["solved"]).float().mean().item(),
+                   "uncertainty": out.uncertainty.float().mean().item()}
+    return loss, metrics
+
+
+def _bootstrapped_bce(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """Mean over the K heads of each head's weighted mean binary cross-entropy: logits (B, K), target (B,)
+    in [0, 1], weights (B, K)."""
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target[:, None].expand_as(logits), reduction="none")
+    return ((weights * loss).sum(0) / weights.sum(0).clamp_min(1.0)).mean()
+
+
+def update(model, opt, sched, accelerator, cfg: TrainProgressConfig, episodes: list[Episode], spec: ProgressConfig,
+           step: int) -> dict:
+    """One optimiser step (``grad_accumulation`` micro-batches); returns float metrics."""
+    totals: dict[str, float] = {}
+    for micro in range(cfg.grad_accumulation):
+        batch = sample_batch(episodes, cfg, spec, step * cfg.grad_accumulation + micro,
+                             accelerator.process_index, accelerator.num_processes)
+        batch = _to_device(batch, accelerator.device)
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss, metrics = progress_loss(model, batch, cfg.success_weight)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                metrics["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accumulation
+    return totals
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+def model_config_for(cfg: TrainProgressConfig, views: tuple[str, ...], frames: Tensor) -> ProgressConfig:
+    """The model config with the views and image size of the dataset (frames (V, N, 3, h, w))."""
+    h, w = frames.shape[-2:]
+    if h != w:
+        raise ValueError(f"the progress model expects square frames, the dataset has {h}x{w}")
+    return ProgressConfig(**{**asdict(cfg.model), "views": tuple(views), "image_size": h})
+
+
+def train(cfg: TrainProgressConfig) -> Path:
+    """Trains (or resumes) until ``cfg.steps``; returns the folder of the final EMA model."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    out = cfg.output_dir
+    _check_output_dir(out)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accumulation, mixed_precision=cfg.mixed_precision,
+                              log_with="tensorboard", project_dir=str(out))
+    set_seed(cfg.seed)
+    train_episodes, held_out = cfg.dataset.split()
+    episodes, views = load_episodes(cfg.dataset, train_episodes)
+    spec = model_config_for(cfg, views, episodes[0].frames)
+    model = ProgressModel(**asdict(spec))
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=ProgressModel, model_config=model.config)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    step = resume(accelerator, out, sched)
+    if step == 0 and accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps({"kind": "progress", **asdict(cfg)}, indent=2, default=str))
+    accelerator.init_trackers("progress")  # TensorBoard events in <output_dir>/progress
+    log.info("progress model: %.2fM parameters; %d training episodes (%d successful, %d frames), %d held out; "
+             "from step %d",
+             sum(p.numel() for p in model.parameters()) / 1e6, len(episodes), sum(e.success for e in episodes),
+             sum(e.length for e in episodes), len(held_out), step)
+    if not any(e.success for e in episodes):
+        log.warning("no successful training episode: no rewind samples, and progress never reaches 1")
+    stop = _StopRequest()
+    clock = time.perf_counter() - _training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
+    bar = tqdm(total=cfg.steps, initial=step, desc="train progress model", disable=not accelerator.is_main_process)
+    with stop:
+        while step < cfg.steps and not stop.requested:
+            metrics = update(model, opt, sched, accelerator, cfg, episodes, spec, step)
+            ema.step(accelerator.unwrap_model(model).parameters())
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", mae=f"{metrics['progress_mae']:.3f}")
+                record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
+                _append_jsonl(out / "metrics.jsonl", record, accelerator)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
+                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
+    bar.close()
+    accelerator.end_training()
+    if stop.requested:
+        log.warning("stopped at step %d; run the same command to resume", step)
+        raise KeyboardInterrupt
+    return out / "model"
+
+
+def _check_output_dir(out: Path) -> None:
+    """Refuses to resume in a folder where another kind of model was trained."""
+    config = out / "model" / ProgressModel.config_name
+    if config.is_file():
+        found = json.loads(config.read_text()).get("_class_name")
+        if found != ProgressModel.__name__:
+            raise ValueError(f"{out} holds a {found} training, not a progress model's: choose another --output_dir")
+
+
+def held_out_episodes(dataset: DatasetConfig, views: tuple[str, ...]) -> list[Episode]:
+    """The held-out episodes of the split, with the given views in that order (for evaluation)."""
+    _, held_out = dataset.split()
+    episodes, _ = load_episodes(replace(dataset, views=tuple(views)), held_out, desc="decode held-out episodes")
+    return episodes
