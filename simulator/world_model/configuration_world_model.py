@@ -42,6 +42,11 @@ class WorldModelConfig:
     depth: int = 12  # transformer blocks (each: spatial attention, temporal attention, MLP)
     heads: int = 8  # attention heads
     width: int = 512  # token width
+    # ---- both backbones ----
+    # Feed the network (1 - t) x_t instead of x_t: at t = 1 it sees no noise at all and is a
+    # deterministic predictor of the chunk from the context and actions (the regression that beats
+    # copy-last); lower noise levels add detail on top. False for models saved before it existed.
+    scale_noisy_input: bool = False
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:

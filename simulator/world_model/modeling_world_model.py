@@ -69,7 +69,7 @@ class WorldModel(ModelMixin, ConfigMixin):
                  block_out_channels: tuple[int, ...] = (32, 64, 128, 128), layers_per_block: int = 1,
                  norm_num_groups: int = 32, cond_dim: int = 256, autoencoder: str | None = None,
                  latent_channels: int = 4, latent_downsample: int = 4, autoencoder_width: int = 64,
-                 patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512,
+                 patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512, scale_noisy_input: bool = False,
                  autoencoder_config: dict | None = None):
         """Arguments as in WorldModelConfig, and ``autoencoder_config``: the architecture of the
         latent backbone's autoencoder, which the model records in its own config.json when built,
@@ -80,7 +80,8 @@ class WorldModel(ModelMixin, ConfigMixin):
             action_dim=action_dim, state_dim=state_dim, block_out_channels=tuple(block_out_channels),
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, cond_dim=cond_dim,
             autoencoder=autoencoder, latent_channels=latent_channels, latent_downsample=latent_downsample,
-            autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width)
+            autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width,
+            scale_noisy_input=scale_noisy_input)
         self.spec = cfg
         if cfg.backbone == "unet":
             self._build_unet(cfg)
@@ -170,6 +171,8 @@ class WorldModel(ModelMixin, ConfigMixin):
             actions = torch.where(drop_actions[:, None, None], self.null_actions.expand_as(actions), actions)
         if context_noise is None:
             context_noise = torch.zeros(B, device=noisy.device)
+        if cfg.scale_noisy_input:
+            noisy = noisy * (1.0 - t).view(B, 1, 1, 1, 1, 1).to(noisy.dtype)
         if self._latent:
             delta = self.transformer(context, noisy, t, context_noise, actions, state)
         else:

@@ -31,6 +31,7 @@ class FlowMatchingConfig:
     weighting_scheme: str = "logit_normal"  # noise-level density (diffusers.training_utils)
     logit_mean: float = 0.0  # > 0 leans towards high noise, where the motion of a chunk is decided
     logit_std: float = 1.0
+    regression_share: float = 0.0  # share of each batch trained at t = 1 (the deterministic prediction)
     unroll_chunks: int = 1  # U: chunks per training clip; the model imagines the ones before the trained one
     unroll_sampling_steps: int = 2  # sampling steps for the imagined chunks
 
@@ -38,6 +39,8 @@ class FlowMatchingConfig:
         if self.unroll_chunks < 1 or self.unroll_sampling_steps < 1:
             raise ValueError(f"unroll_chunks and unroll_sampling_steps must be >= 1, got "
                              f"{self.unroll_chunks=} {self.unroll_sampling_steps=}")
+        if not 0 <= self.regression_share <= 1:
+            raise ValueError(f"regression_share must be in [0, 1], got {self.regression_share=}")
         if not 0 <= self.action_dropout < 1:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout=}")
         if self.context_noise_max < 0:
@@ -58,6 +61,8 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     B, device = x0.shape[0], x0.device
     t = compute_density_for_timestep_sampling(cfg.weighting_scheme, B, cfg.logit_mean, cfg.logit_std,
                                               device=device, generator=generator).clamp(1e-3, 1.0)
+    if cfg.regression_share > 0:
+        t = torch.where(torch.rand(B, generator=generator, device=device) < cfg.regression_share, 1.0, t)
     eps = torch.randn(x0.shape, generator=generator, device=device)
     t_ = t.view(B, 1, 1, 1, 1, 1)
     noisy = (1.0 - t_) * x0 + t_ * eps

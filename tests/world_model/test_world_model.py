@@ -151,3 +151,24 @@ def test_unrolled_training_continues_from_the_models_own_chunks(tiny_dataset):
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="unroll_chunks=3 needs clips of 12 actions"):
         unrolled_inputs(model, batch, FlowMatchingConfig(unroll_chunks=3), gen)
+
+
+def test_scaled_noisy_input_makes_t1_a_deterministic_prediction(batch):
+    torch.manual_seed(0)
+    model = WorldModel(**TINY, scale_noisy_input=True).eval()
+    for p in model.unet.conv_out.parameters():
+        p.data.normal_(0, 0.1)  # a model that changes frames
+    context, actions, state = inputs(batch)
+    a, b = torch.randn(8, 2, 2, 3, 32, 32), torch.randn(8, 2, 2, 3, 32, 32)
+    with torch.no_grad():
+        at_one = [model(x, torch.ones(8), context, actions, state).frames for x in (a, b)]
+        at_half = [model(x, torch.full((8,), 0.5), context, actions, state).frames for x in (a, b)]
+    assert torch.equal(at_one[0], at_one[1])  # no noise reaches the network at t = 1
+    assert not torch.allclose(at_half[0], at_half[1])
+    one_step = WorldModelSampler(model, num_steps=1)
+    x = one_step.sample(context, actions, state, generator=torch.Generator().manual_seed(1)).frames
+    y = one_step.sample(context, actions, state, generator=torch.Generator().manual_seed(2)).frames
+    torch.testing.assert_close(x, y, atol=1e-5, rtol=0)  # one sampling step: the deterministic prediction
+    torch.testing.assert_close(x, at_one[0].clamp(-1, 1), atol=1e-5, rtol=0)  # (x - v = x0, up to round-off)
+    with pytest.raises(ValueError, match="regression_share must be in"):
+        FlowMatchingConfig(regression_share=1.5)
