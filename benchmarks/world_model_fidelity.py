@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
 from data.clips import DatasetConfig
-from eval.fidelity import EvalWorldModelConfig, FidelityResult, evaluate, save_report
+from eval.fidelity import EvalWorldModelConfig, evaluate, save_report
 
 FIGURES = DOC.parent / "figures"
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from data.clips import DatasetConfig
 from simulator import keys
 from simulator.progress import ProgressConfig, ProgressModel, history_indices
-from train.world_model import _append_jsonl, _StopRequest, _to_device, _training_time, resume, save_checkpoint
+from train.loop import StopRequest, append_jsonl, resume, save_checkpoint, to_device, training_time
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def update(model, opt, sched, accelerator, cfg: TrainProgressConfig, episodes: l
     for micro in range(cfg.grad_accumulation):
         batch = sample_batch(episodes, cfg, spec, step * cfg.grad_accumulation + micro,
                              accelerator.process_index, accelerator.num_processes)
-        batch = _to_device(batch, accelerator.device)
+        batch = to_device(batch, accelerator.device)
         with accelerator.accumulate(model), accelerator.autocast():
             loss, metrics = progress_loss(model, batch, cfg.success_weight)
             accelerator.backward(loss)
@@ -320,8 +320,8 @@ def train(cfg: TrainProgressConfig) -> Path:
              sum(e.length for e in episodes), len(held_out), step)
     if not any(e.success for e in episodes):
         log.warning("no successful training episode: no rewind samples, and progress never reaches 1")
-    stop = _StopRequest()
-    clock = time.perf_counter() - _training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
+    stop = StopRequest()
+    clock = time.perf_counter() - training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
     bar = tqdm(total=cfg.steps, initial=step, desc="train progress model", disable=not accelerator.is_main_process)
     with stop:
         while step < cfg.steps and not stop.requested:
@@ -333,7 +333,7 @@ def train(cfg: TrainProgressConfig) -> Path:
                 accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", mae=f"{metrics['progress_mae']:.3f}")
                 record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
-                _append_jsonl(out / "metrics.jsonl", record, accelerator)
+                append_jsonl(out / "metrics.jsonl", record, accelerator)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
     bar.close()

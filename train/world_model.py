@@ -12,9 +12,6 @@ computes exactly the losses an uninterrupted one would.
 
 import json
 import logging
-import math
-import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from tqdm import tqdm
 from data.clips import ClipDataset, DatasetConfig  # noqa: F401  (DatasetConfig is part of this CLI)
 from simulator import keys
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
+from train.loop import StopRequest, append_jsonl, resume, save_checkpoint, to_device, training_time
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +134,8 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     accelerator.init_trackers("world_model")  # TensorBoard events in <output_dir>/world_model
     log.info("world model: %.2fM parameters, %d train clips, %d held-out episodes, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), held_out, step)
-    stop = _StopRequest()
-    clock = time.perf_counter() - _training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
+    stop = StopRequest()
+    clock = time.perf_counter() - training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
     bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not accelerator.is_main_process)
     data = batches_from(train_set, cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)
     with stop:
@@ -150,7 +148,7 @@ def train(cfg: TrainWorldModelConfig) -> Path:
                 accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
-                _append_jsonl(out / "metrics.jsonl", record, accelerator)
+                append_jsonl(out / "metrics.jsonl", record, accelerator)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
                 save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
     bar.close()
@@ -165,7 +163,7 @@ def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, ste
     """One optimiser step (``grad_accumulation`` micro-batches); returns float metrics."""
     totals: dict[str, float] = {}
     for micro in range(cfg.grad_accumulation):
-        batch = _to_device(next(data), accelerator.device)
+        batch = to_device(next(data), accelerator.device)
         # The diffusion noise of a micro-batch depends only on (seed, step, micro, process): resumable.
         seed = cfg.seed * 1_000_003 + (step * cfg.grad_accumulation + micro) * 131 + accelerator.process_index
         gen = torch.Generator(accelerator.device).manual_seed(seed)
@@ -180,87 +178,3 @@ def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, ste
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accumulation
     return totals
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-
-def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3) -> None:
-    """accelerate state (model, optimiser, schedule, EMA, RNG) + the EMA model ready for inference."""
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    ckpt = out / "checkpoints" / f"step_{step:07d}"
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp / "state"))
-    model = accelerator.unwrap_model(model)
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    model.save_pretrained(tmp / "model")
-    ema.restore(model.parameters())
-    (tmp / "step.json").write_text(json.dumps({"step": step}))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    tmp.rename(ckpt)  # a checkpoint exists only once it is complete
-    final = out / "model"
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(ckpt / "model", final)
-    for old in sorted((out / "checkpoints").glob("step_???????"))[:-keep]:
-        shutil.rmtree(old)
-
-
-def resume(accelerator, out: Path, sched) -> int:
-    """Loads the newest complete checkpoint in ``out``; returns its step (0 if none).
-
-    The optimiser's learning rate is re-derived from this run's schedule: a run resumed with more
-    ``steps`` than it was started with would otherwise take one step at the old schedule's rate.
-    """
-    ckpts = sorted((out / "checkpoints").glob("step_???????")) if (out / "checkpoints").exists() else []
-    if not ckpts:
-        return 0
-    accelerator.load_state(str(ckpts[-1] / "state"))
-    step = json.loads((ckpts[-1] / "step.json").read_text())["step"]
-    lambda_lr = sched.scheduler  # accelerate wraps the LambdaLR
-    for group, base, fn in zip(lambda_lr.optimizer.param_groups, lambda_lr.base_lrs, lambda_lr.lr_lambdas):
-        group["lr"] = base * fn(lambda_lr.last_epoch)
-    log.info("resumed from %s", ckpts[-1])
-    return step
-
-
-class _StopRequest:
-    """Ctrl-C / SIGTERM finish the current step, checkpoint and stop."""
-
-    def __init__(self):
-        self.requested = False
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-
-
-def _training_time(out: Path) -> float:
-    """Seconds of training logged by earlier runs in ``out`` (0 for a fresh run)."""
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return 0.0
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]).get("time_s", 0.0) if lines else 0.0
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _append_jsonl(path: Path, record: dict, accelerator) -> None:
-    if accelerator.is_main_process:
-        with path.open("a") as f:
-            f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
-                                for k, v in record.items()}) + "\n")
