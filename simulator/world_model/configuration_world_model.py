@@ -20,7 +20,9 @@ class WorldModelConfig:
     views: int = 2  # V
     image_size: int = 64  # h = w
     context: int = 4  # C context frames per view
-    future: int = 8  # F frames predicted per action chunk (horizon / frame stride; the CPU recipe: stride 1)
+    # F frames predicted per action chunk = horizon / frame stride; None: the horizon (stride 1).
+    # reverie-train sets it from --frame_stride.
+    future: int | None = None
     horizon: int = 8  # H actions per chunk
     action_dim: int = 7  # A
     state_dim: int = 8  # S
@@ -49,6 +51,8 @@ class WorldModelConfig:
     scale_noisy_input: bool = False
 
     def __post_init__(self):
+        if self.future is None:
+            self.future = self.horizon
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
         for name in ("views", "image_size", "context", "future", "horizon", "action_dim", "state_dim", "cond_dim"):
