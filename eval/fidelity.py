@@ -36,7 +36,9 @@ class EvalWorldModelConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the split training used
     horizon_frames: int = 32  # T predicted frames per rollout (rounded up to whole chunks)
     starts: int = 64  # rollouts, from start frames spread over the held-out episodes
-    sampling_steps: int = 2
+    # 1 step is the model's deterministic prediction (the best PSNR/SSIM, docs/benchmarks.md); more
+    # steps add sampled detail and make several samples differ (the uncertainty needs >= 2).
+    sampling_steps: int = 1
     batch_size: int = 16
     probe: Path | None = None  # a saved StateProbe; None = train one on episodes before the held-out ones
     probe_steps: int = 1500
@@ -67,6 +69,9 @@ class FidelityResult:
     sensitivity: list[float] | None = None
     sensitivity_real: list[float] | None = None
     sensitivity_frames: int | None = None  # frames after the start at which displacement is read
+    # Object lift: over the rollouts in which the first object really rises more than 2 cm, its
+    # mean rise (m) over the horizon: true, read by the probe on real frames, and on imagined ones.
+    object_rise: dict | None = None
 
     def to_markdown(self, every: int = 4) -> str:
         probe = self.eef_error is not None
@@ -78,6 +83,11 @@ class FidelityResult:
                 eef = f" {1000 * self.eef_error[i]:.1f} / {1000 * self.eef_error_real[i]:.1f} |" if probe else ""
                 rows.append(f"| {h} | {self.psnr[i]:.2f} | {self.psnr_copy_last[i]:.2f} | {self.ssim[i]:.3f} | "
                             f"{self.ssim_copy_last[i]:.3f} |{eef} {self.count[i]} |")
+        if self.object_rise:
+            o = self.object_rise
+            rows += ["", f"Object rise over the horizon in the {o['rollouts']} rollouts where it is lifted (mm): "
+                         f"true {1000 * o['true']:.0f}, probe on real frames {1000 * o['probe_real']:.0f}, "
+                         f"probe on imagined frames {1000 * o['probe_imagined']:.0f}"]
         if self.sensitivity is not None:
             axes = lambda c: " / ".join(f"{x:.2f}" for x in c)  # noqa: E731
             rows += ["", f"Action sensitivity (correlation of commanded and probed end-effector displacement "
@@ -127,7 +137,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     T = chunks * spec.future
     sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real")}
     count = torch.zeros(T)
-    examples, moves = None, []
+    examples, moves, rises = None, [], {}
     sens_chunks = min(2, chunks)  # action sensitivity is read over the first (up to) 2 chunks
     starts = rollout_starts(clips, cfg.starts)
     for i in tqdm(range(0, len(starts), cfg.batch_size), desc="world-model rollouts"):
@@ -149,12 +159,21 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
                 err = (values - truth)[..., :3].abs().mean(-1)  # (B, T) metres
                 sums[name] += torch.where(mask, err, 0.0).sum(0)
             moves.append(displacements(probe, clips, sampler, batch, probed, gen, sens_chunks))
+            z = batch["future_state"].shape[-1] + 2  # the first object's height in the probe's output
+            true_z = batch["future_env_state"][..., 2]
+            lifted = (true_z.max(1).values - true_z[:, 0]) > 0.02
+            for name, values in (("true", true_z), ("probe_real", probed["real"][..., z]),
+                                 ("probe_imagined", probed["imagined"][..., z])):
+                rises.setdefault(name, []).append((values[:, -1] - values[:, 0])[lifted & mask.all(1)])
         if examples is None:
             examples = {"real": real[:4], "imagined": imagined[:4]}
     mean = {k: (v / count.clamp_min(1)).tolist() for k, v in sums.items()}
     if probe is None:
         mean["eef_error"] = mean["eef_error_real"] = None
     result = FidelityResult(horizon=list(range(1, T + 1)), count=count.int().tolist(), **mean)
+    if rises and len(torch.cat(rises["true"])):
+        result.object_rise = {"rollouts": len(torch.cat(rises["true"]))} | {
+            k: torch.cat(v).mean().item() for k, v in rises.items()}
     if moves:
         commanded, imagined_moves, real_moves = (torch.cat(m) for m in zip(*moves))
         recorded = commanded[:, 0]  # (N, 3): the recorded chunks, the ones real frames exist for

@@ -10,10 +10,9 @@ stopped:
     reverie-demo --preset quick    # a few minutes on two cores
 """
 
-import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import draccus
@@ -26,7 +25,7 @@ PRESETS = {
     # episodes: physics episodes to collect; wm_*: world-model training steps and batch;
     # eval_*: fidelity rollouts, their horizon in frames, and the state probe's training steps
     "quick": {"episodes": 12, "wm_steps": 30, "wm_batch": 8, "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100},
-    "full": {"episodes": 200, "wm_steps": 1300, "wm_batch": 16, "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000},
+    "full": {"episodes": 200, "wm_steps": 1100, "wm_batch": 16, "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000},
 }
 
 
@@ -73,7 +72,7 @@ def stage_world_model(cfg: DemoConfig) -> Path:
                                     output_dir=out, seed=cfg.seed))
     report = cfg.output_dir / "world_model_eval"
     if not (report / "fidelity.json").exists():
-        held_out = dataclasses.replace(dataset_config(cfg), cache_frames=False)  # a few rollouts: decode on demand
+        held_out = replace(dataset_config(cfg), cache_frames=False)  # a few rollouts: decode on demand
         eval_cfg = EvalWorldModelConfig(model=out / "model", dataset=held_out, starts=preset["eval_starts"],
                                         horizon_frames=preset["eval_horizon"], probe_steps=preset["probe_steps"],
                                         output_dir=report, seed=cfg.seed)
