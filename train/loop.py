@@ -7,6 +7,7 @@ import logging
 import math
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -94,3 +95,35 @@ def append_jsonl(path: Path, record: dict, accelerator) -> None:
         with path.open("a") as f:
             f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
                                 for k, v in record.items()}) + "\n")
+
+
+def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_step, desc: str) -> Path:
+    """The loop both trainings share, from ``step`` to ``cfg.steps``: ``train_step(step)`` makes one
+    optimiser step and returns float metrics; the EMA follows, metrics are logged every
+    ``cfg.log_every`` steps (with the accumulated training time) and a checkpoint is written every
+    ``cfg.checkpoint_every`` steps, at the end, and on Ctrl-C/SIGTERM (then KeyboardInterrupt).
+    Returns the folder of the final EMA model."""
+    from tqdm import tqdm
+
+    stop = StopRequest()
+    clock = time.perf_counter() - training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not accelerator.is_main_process)
+    with stop:
+        while step < cfg.steps and not stop.requested:
+            metrics = train_step(step)
+            ema.step(accelerator.unwrap_model(model).parameters())
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
+                append_jsonl(out / "metrics.jsonl", record, accelerator)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
+                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
+    bar.close()
+    accelerator.end_training()
+    if stop.requested:
+        log.warning("stopped at step %d; run the same command to resume", step)
+        raise KeyboardInterrupt
+    return out / "model"

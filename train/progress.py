@@ -31,7 +31,6 @@ h x w image size.
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -43,7 +42,8 @@ from tqdm import tqdm
 from data.clips import DatasetConfig
 from simulator import keys
 from simulator.progress import ProgressConfig, ProgressModel, history_indices
-from train.loop import StopRequest, append_jsonl, resume, save_checkpoint, to_device, training_time
+from train import loop
+from train.loop import resume, to_device
 
 log = logging.getLogger(__name__)
 
@@ -320,28 +320,10 @@ def train(cfg: TrainProgressConfig) -> Path:
              sum(e.length for e in episodes), len(held_out), step)
     if not any(e.success for e in episodes):
         log.warning("no successful training episode: no rewind samples, and progress never reaches 1")
-    stop = StopRequest()
-    clock = time.perf_counter() - training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
-    bar = tqdm(total=cfg.steps, initial=step, desc="train progress model", disable=not accelerator.is_main_process)
-    with stop:
-        while step < cfg.steps and not stop.requested:
-            metrics = update(model, opt, sched, accelerator, cfg, episodes, spec, step)
-            ema.step(accelerator.unwrap_model(model).parameters())
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", mae=f"{metrics['progress_mae']:.3f}")
-                record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
-                append_jsonl(out / "metrics.jsonl", record, accelerator)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
-    bar.close()
-    accelerator.end_training()
-    if stop.requested:
-        log.warning("stopped at step %d; run the same command to resume", step)
-        raise KeyboardInterrupt
-    return out / "model"
+    def train_step(s: int) -> dict:
+        return update(model, opt, sched, accelerator, cfg, episodes, spec, s)
+
+    return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train progress model")
 
 
 def _check_output_dir(out: Path) -> None:

@@ -12,17 +12,16 @@ computes exactly the losses an uninterrupted one would.
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from data.clips import ClipDataset, DatasetConfig  # noqa: F401  (DatasetConfig is part of this CLI)
 from simulator import keys
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
-from train.loop import StopRequest, append_jsonl, resume, save_checkpoint, to_device, training_time
+from train import loop
+from train.loop import resume, to_device
 
 log = logging.getLogger(__name__)
 
@@ -136,29 +135,11 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     accelerator.init_trackers("world_model")  # TensorBoard events in <output_dir>/world_model
     log.info("world model: %.2fM parameters, %d train clips, %d held-out episodes, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), held_out, step)
-    stop = StopRequest()
-    clock = time.perf_counter() - training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
-    bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not accelerator.is_main_process)
     data = batches_from(train_set, cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)
-    with stop:
-        while step < cfg.steps and not stop.requested:
-            metrics = update(model, opt, sched, accelerator, cfg, data, step)
-            ema.step(accelerator.unwrap_model(model).parameters())
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                accelerator.log(metrics | {"lr": sched.get_last_lr()[0]}, step=step)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
-                append_jsonl(out / "metrics.jsonl", record, accelerator)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
-    bar.close()
-    accelerator.end_training()
-    if stop.requested:
-        log.warning("stopped at step %d; run the same command to resume", step)
-        raise KeyboardInterrupt
-    return out / "model"
+    def train_step(s: int) -> dict:
+        return update(model, opt, sched, accelerator, cfg, data, s)
+
+    return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train world model")
 
 
 def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, step: int) -> dict:
