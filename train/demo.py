@@ -24,8 +24,10 @@ from data.summary import summarize
 PRESETS = {
     # episodes: physics episodes to collect; wm_*: world-model training steps and batch;
     # eval_*: fidelity rollouts, their horizon in frames, and the state probe's training steps
-    "quick": {"episodes": 12, "wm_steps": 30, "wm_batch": 8, "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100},
-    "full": {"episodes": 200, "wm_steps": 1100, "wm_batch": 16, "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000},
+    "quick": {"episodes": 12, "wm_steps": 30, "wm_batch": 8,
+              "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100},
+    "full": {"episodes": 200, "wm_steps": 1100, "wm_batch": 16,
+             "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000},
 }
 
 

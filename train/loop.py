@@ -1,6 +1,8 @@
-"""What every training loop here shares: atomic checkpoints of accelerate state plus an EMA model
-ready for inference, exact resume, a Ctrl-C/SIGTERM stop that checkpoints first, and metrics.jsonl
-with the accumulated training time. Used by train.world_model and train.progress."""
+"""What every training loop here shares: the accelerator, EMA, AdamW and cosine schedule, one
+optimiser step over gradient-accumulation micro-batches, atomic checkpoints of accelerate state plus
+an EMA model ready for inference, exact resume, a Ctrl-C/SIGTERM stop that checkpoints first, and
+metrics.jsonl with the accumulated training time. Used by train.world_model and train.progress,
+whose configs share the fields named here (steps, lr, ema_decay, mixed_precision, ...)."""
 
 import json
 import logging
@@ -13,6 +15,66 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
+
+
+def check_settings(cfg) -> None:
+    """Clear errors for the loop settings every training config has."""
+    if cfg.mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {cfg.mixed_precision=}")
+    for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)=}")
+
+
+def make_accelerator(cfg):
+    """The accelerator (bf16, gradient accumulation, TensorBoard in ``cfg.output_dir``), seeded."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accumulation, mixed_precision=cfg.mixed_precision,
+                              log_with="tensorboard", project_dir=str(cfg.output_dir))
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def prepare(accelerator, cfg, model, record: dict, tracker: str):
+    """EMA, AdamW and a cosine schedule for ``model``, prepared and resumed from the newest
+    checkpoint in ``cfg.output_dir``; a fresh run writes ``record`` to train_config.json.
+    Returns (model, ema, opt, sched, step); TensorBoard logs go to <output_dir>/<tracker>."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    out = cfg.output_dir
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=type(model), model_config=model.config)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    step = resume(accelerator, out, sched)
+    if step == 0 and accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(record, indent=2, default=str))
+    accelerator.init_trackers(tracker)
+    return model, ema, opt, sched, step
+
+
+def optimizer_step(accelerator, model, opt, sched, cfg, micro_loss) -> dict:
+    """One optimiser step over ``cfg.grad_accumulation`` micro-batches; ``micro_loss(micro)`` gives
+    (loss, metrics) of one. Returns the metrics averaged over the micro-batches, with grad_norm."""
+    totals: dict[str, float] = {}
+    for micro in range(cfg.grad_accumulation):
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss, metrics = micro_loss(micro)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                metrics["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accumulation
+    return totals
 
 
 def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3) -> None:

@@ -43,7 +43,7 @@ from data.clips import DatasetConfig
 from simulator import keys
 from simulator.progress import ProgressConfig, ProgressModel, history_indices
 from train import loop
-from train.loop import resume, to_device
+from train.loop import to_device
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,7 @@ class TrainProgressConfig:
 
     def __post_init__(self):
         self.dataset.require()
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision=}")
-        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        loop.check_settings(self)
         for name in ("rewind_prob", "mismatch_prob", "blur_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)=}")
@@ -259,22 +255,12 @@ def _bootstrapped_bce(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor
 def update(model, opt, sched, accelerator, cfg: TrainProgressConfig, episodes: list[Episode], spec: ProgressConfig,
            step: int) -> dict:
     """One optimiser step (``grad_accumulation`` micro-batches); returns float metrics."""
-    totals: dict[str, float] = {}
-    for micro in range(cfg.grad_accumulation):
+    def micro_loss(micro: int):
         batch = sample_batch(episodes, cfg, spec, step * cfg.grad_accumulation + micro,
                              accelerator.process_index, accelerator.num_processes)
-        batch = to_device(batch, accelerator.device)
-        with accelerator.accumulate(model), accelerator.autocast():
-            loss, metrics = progress_loss(model, batch, cfg.success_weight)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                metrics["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accumulation
-    return totals
+        return progress_loss(model, to_device(batch, accelerator.device), cfg.success_weight)
+
+    return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
 
 
 # ---- the loop -----------------------------------------------------------------------------
@@ -289,37 +275,21 @@ def model_config_for(cfg: TrainProgressConfig, views: tuple[str, ...], frames: T
 
 def train(cfg: TrainProgressConfig) -> Path:
     """Trains (or resumes) until ``cfg.steps``; returns the folder of the final EMA model."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
-
     out = cfg.output_dir
     _check_output_dir(out)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accumulation, mixed_precision=cfg.mixed_precision,
-                              log_with="tensorboard", project_dir=str(out))
-    set_seed(cfg.seed)
+    accelerator = loop.make_accelerator(cfg)
     train_episodes, held_out = cfg.dataset.split()
     episodes, views = load_episodes(cfg.dataset, train_episodes)
     spec = model_config_for(cfg, views, episodes[0].frames)
-    model = ProgressModel(**asdict(spec))
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=ProgressModel, model_config=model.config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
-    model, opt, sched = accelerator.prepare(model, opt, sched)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
-    step = resume(accelerator, out, sched)
-    if step == 0 and accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps({"kind": "progress", **asdict(cfg)}, indent=2, default=str))
-    accelerator.init_trackers("progress")  # TensorBoard events in <output_dir>/progress
+    model, ema, opt, sched, step = loop.prepare(accelerator, cfg, ProgressModel(**asdict(spec)),
+                                                {"kind": "progress", **asdict(cfg)}, "progress")
     log.info("progress model: %.2fM parameters; %d training episodes (%d successful, %d frames), %d held out; "
              "from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(episodes), sum(e.success for e in episodes),
              sum(e.length for e in episodes), len(held_out), step)
     if not any(e.success for e in episodes):
         log.warning("no successful training episode: no rewind samples, and progress never reaches 1")
+
     def train_step(s: int) -> dict:
         return update(model, opt, sched, accelerator, cfg, episodes, spec, s)
 

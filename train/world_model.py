@@ -10,7 +10,6 @@ data order and the diffusion noise of step k are functions of (seed, k), so a re
 computes exactly the losses an uninterrupted one would.
 """
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from data.clips import ClipDataset, DatasetConfig  # noqa: F401  (DatasetConfig 
 from simulator import keys
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
 from train import loop
-from train.loop import resume, to_device
+from train.loop import to_device
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +54,7 @@ class TrainWorldModelConfig:
 
     def __post_init__(self):
         self.dataset.require()
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision=}")
-        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        loop.check_settings(self)
         self.output_dir = Path(self.output_dir)
 
 
@@ -110,32 +105,16 @@ def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, 
 
 def train(cfg: TrainWorldModelConfig) -> Path:
     """Trains (or resumes) until ``cfg.steps``; returns the folder of the final EMA model."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
-
     out = cfg.output_dir
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accumulation, mixed_precision=cfg.mixed_precision,
-                              log_with="tensorboard", project_dir=str(out))
-    set_seed(cfg.seed)
+    accelerator = loop.make_accelerator(cfg)
     train_set, held_out = make_train_set(cfg)
-    model_cfg = model_config_for(cfg, train_set)
-    model = WorldModel(**asdict(model_cfg))
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=WorldModel, model_config=model.config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
-    model, opt, sched = accelerator.prepare(model, opt, sched)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
-    step = resume(accelerator, out, sched)
-    if step == 0 and accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    accelerator.init_trackers("world_model")  # TensorBoard events in <output_dir>/world_model
+    model = WorldModel(**asdict(model_config_for(cfg, train_set)))
+    model, ema, opt, sched, step = loop.prepare(accelerator, cfg, model, asdict(cfg), "world_model")
     log.info("world model: %.2fM parameters, %d train clips, %d held-out episodes, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), held_out, step)
-    data = batches_from(train_set, cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)
+    data = batches_from(train_set, cfg, step * cfg.grad_accumulation, accelerator.process_index,
+                        accelerator.num_processes)
+
     def train_step(s: int) -> dict:
         return update(model, opt, sched, accelerator, cfg, data, s)
 
@@ -144,20 +123,10 @@ def train(cfg: TrainWorldModelConfig) -> Path:
 
 def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, step: int) -> dict:
     """One optimiser step (``grad_accumulation`` micro-batches); returns float metrics."""
-    totals: dict[str, float] = {}
-    for micro in range(cfg.grad_accumulation):
+    def micro_loss(micro: int):
         batch = to_device(next(data), accelerator.device)
         # The diffusion noise of a micro-batch depends only on (seed, step, micro, process): resumable.
         seed = cfg.seed * 1_000_003 + (step * cfg.grad_accumulation + micro) * 131 + accelerator.process_index
-        gen = torch.Generator(accelerator.device).manual_seed(seed)
-        with accelerator.accumulate(model), accelerator.autocast():
-            loss, metrics = flow_matching_loss(model, batch, cfg.objective, gen)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                metrics["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accumulation
-    return totals
+        return flow_matching_loss(model, batch, cfg.objective, torch.Generator(accelerator.device).manual_seed(seed))
+
+    return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
