@@ -2,6 +2,7 @@
 
     reverie-eval world_model --model outputs/world_model/model --dataset.root outputs/demo/dataset
     reverie-eval progress --model outputs/progress/model --dataset.root outputs/demo/dataset
+    reverie-eval policy --world_model outputs/world_model/model --progress outputs/progress/model
 """
 
 from train.cli import dispatch
@@ -9,6 +10,7 @@ from train.cli import dispatch
 KINDS = {
     "world_model": ("eval.fidelity", "EvalWorldModelConfig", "main"),
     "progress": ("eval.value", "EvalProgressConfig", "main"),
+    "policy": ("eval.policy", "EvalPolicyConfig", "main"),
 }
 
 

@@ -77,8 +77,10 @@ def optimizer_step(accelerator, model, opt, sched, cfg, micro_loss) -> dict:
     return totals
 
 
-def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3) -> None:
-    """accelerate state (model, optimiser, schedule, EMA, RNG) + the EMA model ready for inference."""
+def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3,
+                    assets: dict[str, str] | None = None) -> None:
+    """accelerate state (model, optimiser, schedule, EMA, RNG) + the EMA model ready for inference,
+    with ``assets`` ({file name: text}) written beside its weights."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -91,6 +93,8 @@ def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3
     ema.copy_to(model.parameters())
     model.save_pretrained(tmp / "model")
     ema.restore(model.parameters())
+    for name, text in (assets or {}).items():
+        (tmp / "model" / name).write_text(text)
     (tmp / "step.json").write_text(json.dumps({"step": step}))
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.rename(ckpt)  # a checkpoint exists only once it is complete
@@ -159,12 +163,13 @@ def append_jsonl(path: Path, record: dict, accelerator) -> None:
                                 for k, v in record.items()}) + "\n")
 
 
-def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_step, desc: str) -> Path:
+def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_step, desc: str,
+        assets: dict[str, str] | None = None) -> Path:
     """The loop both trainings share, from ``step`` to ``cfg.steps``: ``train_step(step)`` makes one
     optimiser step and returns float metrics; the EMA follows, metrics are logged every
     ``cfg.log_every`` steps (with the accumulated training time) and a checkpoint is written every
     ``cfg.checkpoint_every`` steps, at the end, and on Ctrl-C/SIGTERM (then KeyboardInterrupt).
-    Returns the folder of the final EMA model."""
+    ``assets`` are saved with every model (``save_checkpoint``). Returns the folder of the final EMA model."""
     from tqdm import tqdm
 
     stop = StopRequest()
@@ -182,7 +187,7 @@ def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_st
                 record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
                 append_jsonl(out / "metrics.jsonl", record, accelerator)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints)
+                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints, assets)
     bar.close()
     accelerator.end_training()
     if stop.requested:

@@ -15,7 +15,11 @@ frames, and its targets:
   the frame reached going back keeps its own, lower, target, and its recent frames show the
   motion reversed;
 - task mismatch: the frames with a wrong task string (another task's instruction, or the same
-  words with another object or colour): progress 0, not solved.
+  words with another object or colour): progress 0, not solved;
+- re-generated frames (``--world_model``): every training episode is re-imagined by a frozen
+  world model from its first frame with its recorded actions, and a share of the samples read
+  those frames with the real episode's labels. The model then scores what the imagined
+  simulator shows (blurrier, and drifting over long rollouts) as it scores real frames.
 
 Each of the K ensemble heads weighs the samples of a batch by its own Poisson(1) bootstrap
 weights, so the heads disagree where the data leave the answer open. Frames are augmented with
@@ -88,6 +92,9 @@ class TrainProgressConfig:
     mismatch_prob: float = 0.1  # fraction of samples given a wrong task string (targets 0)
     mismatch_tasks: tuple[str, ...] = DISTRACTOR_TASKS  # besides the dataset's other tasks
     success_weight: float = 1.0  # weight of the success loss beside the progress loss
+    # A world model (folder) to re-generate the training episodes with; None: real frames only.
+    world_model: Path | None = None
+    regenerated_prob: float = 0.5  # share of samples read from the re-generated episodes
     # ---- augmentation ----
     shift: int = 3  # random translation of each view by up to this many pixels
     blur_prob: float = 0.2  # probability of a 3x3 box blur of a sample's frames
@@ -96,7 +103,7 @@ class TrainProgressConfig:
     def __post_init__(self):
         self.dataset.require()
         loop.check_settings(self)
-        for name in ("rewind_prob", "mismatch_prob", "blur_prob"):
+        for name in ("rewind_prob", "mismatch_prob", "blur_prob", "regenerated_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)=}")
         if self.shift < 0 or self.noise < 0 or self.success_weight < 0:
@@ -118,6 +125,9 @@ class Episode:
     solved: Tensor  # (N,) bool: the task is solved in this frame
     success: bool  # the episode ends solved
     task: str
+    actions: Tensor | None = None  # (N, A) raw actions
+    states: Tensor | None = None  # (N, S) raw proprioception
+    regenerated: Tensor | None = None  # (V, N, 3, h, w) uint8: the episode re-imagined by a world model
 
     @property
     def length(self) -> int:
@@ -145,7 +155,9 @@ def load_episodes(dataset: DatasetConfig, episodes: list[int],
         out.append(Episode(index=ep, frames=clips.decode(ep, list(range(end - first))),
                            progress=progress[first:end].clone(),
                            solved=torch.cat([after.new_zeros(1), after[:-1]]),  # what frame t shows
-                           success=bool(after.any()), task=clips.tasks[int(clips.task_of[first])]))
+                           success=bool(after.any()), task=clips.tasks[int(clips.task_of[first])],
+                           actions=clips.columns[keys.ACTION][first:end].clone(),
+                           states=clips.columns[keys.STATE][first:end].clone()))
     return out, clips.views
 
 
@@ -177,6 +189,7 @@ def sample_batch(episodes: list[Episode], cfg: TrainProgressConfig, spec: Progre
     picks = torch.multinomial(lengths, B, replacement=True, generator=gen).tolist()  # uniform over frames
     rewind = (torch.rand(B, generator=gen) < cfg.rewind_prob) & bool(successes)
     mismatch = torch.rand(B, generator=gen) < cfg.mismatch_prob
+    imagined = torch.rand(B, generator=gen) < cfg.regenerated_prob
     all_tasks = sorted(set(cfg.mismatch_tasks) | {e.task for e in episodes})
     frames, firsts, tasks, progress, solved = [], [], [], [], []
     for b in range(B):
@@ -193,8 +206,9 @@ def sample_batch(episodes: list[Episode], cfg: TrainProgressConfig, spec: Progre
         if mismatch[b]:
             wrong = [w for w in all_tasks if w.strip().lower() != e.task.strip().lower()]
             task, p, ok = wrong[randint(len(wrong))], 0.0, False
-        frames.append(e.frames[:, idx])
-        firsts.append(e.frames[:, 0])
+        source = e.regenerated if imagined[b] and e.regenerated is not None else e.frames
+        frames.append(source[:, idx])
+        firsts.append(e.frames[:, 0])  # the real first frames: an imagined episode starts from them
         tasks.append(task)
         progress.append(p)
         solved.append(ok)
@@ -287,6 +301,8 @@ def train(cfg: TrainProgressConfig) -> Path:
              "from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(episodes), sum(e.success for e in episodes),
              sum(e.length for e in episodes), len(held_out), step)
+    if cfg.world_model is not None:
+        regenerate(episodes, cfg.world_model, cfg.dataset.root, accelerator.device)
     if not any(e.success for e in episodes):
         log.warning("no successful training episode: no rewind samples, and progress never reaches 1")
 
@@ -294,6 +310,21 @@ def train(cfg: TrainProgressConfig) -> Path:
         return update(model, opt, sched, accelerator, cfg, episodes, spec, s)
 
     return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train progress model")
+
+
+def regenerate(episodes: list[Episode], world_model: Path, stats_root: Path | None, device) -> None:
+    """Fills ``Episode.regenerated``: each episode re-imagined by the world model (1 sampling step,
+    its deterministic prediction), open loop from its first frame."""
+    from simulator.env import load_normalizer
+    from simulator.world_model import WorldModel, WorldModelSampler
+    from simulator.world_model.sampler import regenerate_episodes
+
+    model = WorldModel.from_pretrained(world_model).to(device).eval()
+    regenerated = regenerate_episodes(WorldModelSampler(model, num_steps=1),
+                                      [(e.frames, e.actions, e.states) for e in episodes],
+                                      load_normalizer(world_model, stats_root))
+    for e, frames in zip(episodes, regenerated):
+        e.regenerated = frames
 
 
 def _check_output_dir(out: Path) -> None:

@@ -10,6 +10,7 @@ data order and the diffusion noise of step k are functions of (seed, k), so a re
 computes exactly the losses an uninterrupted one would.
 """
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from data.clips import ClipDataset, DatasetConfig  # noqa: F401  (DatasetConfig is part of this CLI)
 from simulator import keys
+from simulator.env import NORMALIZATION_FILE
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
 from train import loop
 from train.loop import to_device
@@ -118,7 +120,9 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     def train_step(s: int) -> dict:
         return update(model, opt, sched, accelerator, cfg, data, s)
 
-    return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train world model")
+    # The action/state statistics travel with the model: ImaginedEnv normalises a policy's actions with them.
+    stats = {NORMALIZATION_FILE: json.dumps(train_set.stats, indent=1)}
+    return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train world model", stats)
 
 
 def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, step: int) -> dict:

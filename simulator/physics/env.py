@@ -18,7 +18,8 @@ D object-state dim, V views, C=3 channels, h x w image size.
   fraction of physics milestones reached), ``uncertainty`` (B,) (0: physics is the ground truth),
   ``frames`` {view: (B, H, 3, h, w) uint8} every frame rendered during the chunk (the first
   frame after each action), ``frames_valid`` (B, H) bool (False after an env finished
-  mid-chunk), ``steps`` (B,) env steps since reset.
+  mid-chunk), ``states`` (B, H, S) float32 the state after each action (step only; padded like
+  the frames), ``steps`` (B,) env steps since reset.
 
 Envs that finished stay finished (their observation is frozen) until reset; ``reset(options=
 {"reset_mask": mask})`` resets only some of them, and ``autoreset=True`` does it automatically
@@ -197,6 +198,7 @@ class PhysicsEnv:
         h, w = self.config.height, self.config.width
         frames = {v: np.zeros((B, H, h, w, 3), dtype=np.uint8) for v in self.views}
         valid = np.zeros((B, H), dtype=bool)
+        states = np.zeros((B, H, keys.STATE_DIM), dtype=np.float32)
         reward = np.zeros(B, dtype=np.float32)
         act = actions.detach().cpu().double().numpy()
         for b, env in enumerate(self.envs):
@@ -204,6 +206,7 @@ class PhysicsEnv:
                 if self._done[b]:
                     for v in self.views:  # pad with the frozen last frame
                         frames[v][b, t] = self._last[b][0][v]
+                    states[b, t] = self._last[b][1]
                     continue
                 solved = env.step(act[b, t])
                 self._steps[b] += 1
@@ -211,6 +214,7 @@ class PhysicsEnv:
                 self._last[b] = (images, env.state())
                 for v in self.views:
                     frames[v][b, t] = images[v]
+                states[b, t] = self._last[b][1]
                 valid[b, t] = True
                 if solved:
                     self._success[b] = True
@@ -221,6 +225,7 @@ class PhysicsEnv:
         truncated = torch.from_numpy((self._steps >= self.max_steps) & ~self._success)
         frames_t = {v: torch.from_numpy(f).permute(0, 1, 4, 2, 3) for v, f in frames.items()}
         info = self._info(frames_t, torch.from_numpy(valid))
+        info["states"] = torch.from_numpy(states)
         obs = self._observation()
         if self.config.autoreset and self._done.any():
             info["final_observation"] = obs

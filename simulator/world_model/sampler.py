@@ -83,3 +83,44 @@ class WorldModelSampler:
         C = self.model.spec.context
         frames = self.model.encode(self.model.decode(pred.frames).clamp(-1.0, 1.0))
         return torch.cat([context, frames], dim=2)[:, :, -C:], torch.cat([state, pred.state], dim=1)[:, -C:]
+
+
+@torch.no_grad()
+def regenerate_episodes(sampler: WorldModelSampler, episodes: list[tuple[Tensor, Tensor, Tensor]], normalizer,
+                        batch_size: int = 32, seed: int = 0, desc: str | None = "re-generate episodes") -> list[Tensor]:
+    """Whole episodes re-imagined by the world model from their first frames and recorded actions.
+
+    ``episodes``: (frames (V, N, 3, h, w) uint8, actions (N, A) raw, states (N, S) raw) each. Each is
+    rolled out open loop from its first frame (earlier context frames repeat it, as training pads
+    them) with its own actions; returns (V, N, 3, h, w) uint8 per episode: the real first frame,
+    then the imagined ones. Needs a model of frame stride 1 (one frame per action). ``normalizer``:
+    a ``data.clips.Normalizer`` with the statistics the model was trained with.
+    """
+    from tqdm import tqdm
+
+    from simulator import keys
+
+    spec = sampler.model.spec
+    if spec.future != spec.horizon:
+        raise ValueError(f"re-generating episodes frame by frame needs a world model of frame stride 1, this one "
+                         f"predicts {spec.future} frames per {spec.horizon} actions")
+    device = next(sampler.model.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
+    out = []
+    for i in tqdm(range(0, len(episodes), batch_size), desc=desc, disable=desc is None, leave=False):
+        batch = episodes[i:i + batch_size]
+        steps = max(f.shape[1] for f, _, _ in batch) - 1
+        chunks = max(1, -(-steps // spec.horizon))
+        actions = torch.zeros(len(batch), chunks * spec.horizon, spec.action_dim)
+        for b, (_, a, _) in enumerate(batch):
+            actions[b, :a.shape[0] - 1] = normalizer.normalize(keys.ACTION, a[:-1].float())
+        first = torch.stack([f[:, 0] for f, _, _ in batch]).float() / 127.5 - 1.0  # (b, V, 3, h, w)
+        context = first[:, :, None].expand(-1, -1, spec.context, -1, -1, -1)
+        state = normalizer.normalize(keys.STATE, torch.stack([s[0] for _, _, s in batch]).float())
+        state = state[:, None].expand(-1, spec.context, -1)
+        pred = sampler.rollout(context.to(device), actions.unflatten(1, (chunks, spec.horizon)).to(device),
+                               state.to(device), generator=gen)
+        frames = ((pred.frames.cpu() + 1) * 127.5).round().to(torch.uint8)
+        for b, (f, _, _) in enumerate(batch):
+            out.append(torch.cat([f[:, :1], frames[b, :, :f.shape[1] - 1]], 1))
+    return out

@@ -1,0 +1,175 @@
+"""Policy evaluation without a robot, checked against physics (``reverie-eval policy``).
+
+    reverie-eval policy --world_model outputs/world_model/model --progress outputs/progress/model
+
+Every policy of a family runs N episodes in the ``ImaginedEnv`` and N in the ``PhysicsEnv`` from
+matched start states: start i is the physics env reset with seed ``seed + i`` (seeds the data
+collection never used), rendered once and handed to the imagined env as its start frames, and
+the policy's own randomness for episode i is seeded with i in both. A policy sees only what a
+robot's policy sees (cameras, proprioception, task); scripted experts also read the start
+frame's object state, then act on proprioception. The report: success rates with Wilson
+intervals in both simulators, Pearson and Spearman correlations over the family with bootstrap
+intervals, MMRV (``eval.success``), and a scatter of imagined against physics success.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eval.success import PolicyComparison
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeResults:
+    success: list[bool]  # per episode
+    steps: list[int]  # env steps until the episode ended
+    seconds: float  # wall time of all episodes
+
+
+def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = None) -> EpisodeResults:
+    """Runs ``policy`` for ``episodes`` episodes in ``env`` (PhysicsEnv or ImaginedEnv), in rounds
+    of ``env.num_envs``; episode i is the env's reset number ``seed + i`` and the policy's seed i.
+    An episode succeeds when the env reports it terminated (solved)."""
+    B = env.num_envs
+    if getattr(policy, "num_envs", B) != B:
+        raise ValueError(f"the policy drives {policy.num_envs} envs, the env has {B}")
+    success, steps = [], []
+    start_time = time.perf_counter()
+    for first in tqdm(range(0, episodes, B), desc=desc, disable=desc is None, leave=False):
+        obs, info = env.reset(seed=seed + first)
+        policy.reset(obs, info, seeds=list(range(first, first + B)))
+        done = torch.zeros(B, dtype=torch.bool)
+        solved = torch.zeros(B, dtype=torch.bool)
+        while not done.all():
+            obs, _, terminated, truncated, info = env.step(policy.select_action_chunk(obs))
+            solved |= terminated & ~done
+            done |= terminated | truncated
+        n = min(B, episodes - first)
+        success += solved[:n].tolist()
+        steps += info["steps"][:n].tolist()
+    return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time)
+
+
+@dataclass
+class EvalPolicyConfig:
+    world_model: Path = Path("outputs/world_model/model")
+    progress: Path = Path("outputs/progress/model")
+    # The dataset the world model was trained on: its statistics, for world models saved without
+    # normalization.json beside them.
+    stats_root: Path | None = None
+    task: str = "lift"
+    policies: tuple[str, ...] | None = None  # names from policy.scripted.policy_family(); None = all
+    episodes: int = 20  # per policy and simulator
+    num_envs: int = 10
+    seed: int = 100_000  # physics seed of start 0; collections use seeds from 0 up
+    sampling_steps: int = 1  # world-model denoising steps per chunk
+    success_threshold: float = 0.5
+    device: str = "cpu"
+    output_dir: Path = Path("outputs/policy_eval")
+    extra: dict = field(default_factory=dict)  # further ImaginedEnvConfig fields
+
+    def __post_init__(self):
+        if self.episodes < 1 or self.num_envs < 1:
+            raise ValueError(f"episodes and num_envs must be >= 1, got {self.episodes=} {self.num_envs=}")
+        self.world_model, self.progress, self.output_dir = Path(self.world_model), Path(self.progress), Path(self.output_dir)
+
+
+def matched_starts(task: str, views: tuple[str, ...], size: int, episodes: int, seed: int, num_envs: int):
+    """The physics start states seed, seed + 1, ... rendered as the imagined env's start frames."""
+    from simulator.env import StartFrames
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    env = PhysicsEnv(PhysicsEnvConfig(task=task, num_envs=num_envs, views=views, height=size, width=size))
+    parts = []
+    for first in range(0, episodes, num_envs):
+        obs, info = env.reset(seed=seed + first)
+        parts.append(StartFrames.from_observation(obs, info, views))
+    env.close()
+    return StartFrames(frames=torch.cat([p.frames for p in parts]), first_frames=torch.cat([p.first_frames for p in parts]),
+                       state=torch.cat([p.state for p in parts]), object_state=torch.cat([p.object_state for p in parts]),
+                       task=[t for p in parts for t in p.task])
+
+
+def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
+    from policy.scripted import ScriptedPolicy, policy_family
+    from simulator.env import ImaginedEnv
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+    from simulator.progress import ProgressModel
+
+    family = {p.name: p for p in policy_family()}
+    names = list(cfg.policies) if cfg.policies else list(family)
+    unknown = [n for n in names if n not in family]
+    if unknown:
+        raise ValueError(f"unknown policies {unknown}; the family has {list(family)}")
+    views = tuple(ProgressModel.load_config(cfg.progress)["views"])
+    size = ProgressModel.load_config(cfg.progress)["image_size"]
+    starts = matched_starts(cfg.task, views, size, cfg.episodes, cfg.seed, cfg.num_envs)
+    imagined = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
+                                           device=cfg.device, num_envs=cfg.num_envs, sampling_steps=cfg.sampling_steps,
+                                           success_threshold=cfg.success_threshold, **cfg.extra)
+    # Scripted experts read no images: physics runs without rendering (the starts were rendered above).
+    physics = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=()))
+    runs = {}
+    for name in names:
+        policy = ScriptedPolicy(cfg.task, family[name].expert, num_envs=cfg.num_envs, name=name)
+        runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined"),
+                      "physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
+        log.info("%s: imagined %.2f, physics %.2f", name, *(sum(r.success) / cfg.episodes for r in runs[name].values()))
+    physics.close()
+    comparison = PolicyComparison(
+        names=names, imagined_successes=[sum(runs[n]["imagined"].success) for n in names],
+        imagined_n=[cfg.episodes] * len(names), physics_successes=[sum(runs[n]["physics"].success) for n in names],
+        physics_n=[cfg.episodes] * len(names))
+    return comparison, runs
+
+
+def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig) -> Path:
+    """policy_eval.json (config, summary, per-episode results), policy_eval.md and policy_eval.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eval.success import wilson_interval
+
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    summary = comparison.summary() if len(comparison.names) >= 3 else {}
+    (out / "policy_eval.json").write_text(json.dumps(
+        {"config": asdict(cfg), "summary": summary,
+         "runs": {n: {k: asdict(v) for k, v in r.items()} for n, r in runs.items()}}, indent=1, default=str))
+    (out / "policy_eval.md").write_text(comparison.to_markdown() + "\n")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, x, y, xs, ys, n in zip(comparison.names, comparison.physics, comparison.imagined,
+                                     comparison.physics_successes, comparison.imagined_successes, comparison.physics_n):
+        (xl, xh), (yl, yh) = wilson_interval(xs, n), wilson_interval(ys, n)
+        ax.errorbar(x, y, xerr=[[x - xl], [xh - x]], yerr=[[y - yl], [yh - y]], fmt="o", capsize=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="imagined = physics")
+    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="physics success", ylabel="imagined success")
+    if summary:
+        ax.set_title(f"Spearman {summary['spearman']:.2f}, Pearson {summary['pearson']:.2f}, "
+                     f"MMRV {summary['mmrv']:.3f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "policy_eval.png", dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(cfg: EvalPolicyConfig) -> Path:
+    comparison, runs = evaluate(cfg)
+    print(comparison.to_markdown())
+    save_report(comparison, runs, cfg)
+    log.info("report in %s", cfg.output_dir)
+    return cfg.output_dir

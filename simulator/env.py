@@ -1,0 +1,356 @@
+"""``ImaginedEnv``: the frozen world model and progress model behind the physics env's interface.
+
+    env = ImaginedEnv.from_pretrained(world_model_dir, progress_dir, starts, num_envs=8)
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(actions)  # actions (B, H, A), raw units
+
+Dimension legend: B envs, H action-chunk length (a multiple of the world model's chunk), A action
+dim, S state dim, D object-state dim, V views, L frames kept per env, h x w image size.
+
+- Episodes start from real frames (``StartFrames``: dataset episode starts or keyframes inside
+  episodes, or frames rendered by the physics env, for matched comparisons). Frames before the
+  start repeat the first frame, as the training clips pad them.
+- ``step`` imagines the chunk's frames and states with the world model (its chunks one after
+  the other, the context sliding over its own frames), then scores every new frame with the
+  progress model: Φ = progress of the last frame.
+- ``reward`` = gamma·Φ(next) − Φ(now), plus ``success_bonus`` when the episode succeeds.
+- ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``.
+- ``truncated``: ``max_steps`` env steps reached, or the world model's uncertainty (the spread of
+  ``num_samples`` samples, which needs >= 2 sampling steps) passed ``uncertainty_limit``: past it
+  the imagination is not to be trusted.
+- ``obs`` and ``info`` have the physics env's keys (``keys.image_key(view)`` (B, 3, h, w) float in
+  [0, 1], ``observation.state`` (B, S), ``task``; info ``success``, ``success_prob``, ``progress``,
+  ``uncertainty``, ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states``
+  (B, H, S), ``steps``, ``seeds``; reset info also ``object_state`` (B, D), the start frame's
+  object state, which scripted experts plan from). Finished envs stay frozen until a partial
+  reset (``options={"reset_mask": mask}``) or ``autoreset``.
+- Determinism: ``reset(seed=s)`` gives env b start number s + b (later resets continue the
+  count; start n is ``starts[n % len(starts)]``) and re-seeds the sampling noise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from data.clips import STATS_FILE, Normalizer
+from simulator import keys
+from simulator.progress import ProgressModel
+from simulator.progress.modeling_progress import history_indices
+from simulator.world_model import WorldModel, WorldModelSampler
+
+NORMALIZATION_FILE = "normalization.json"  # dataset statistics saved beside a world model
+
+
+@dataclass
+class StartFrames:
+    """Real frames to start imagined episodes from; N starts.
+
+    frames (N, V, 3, h, w) uint8: the start frame of every view; history (N, V, L', 3, h, w) uint8
+    or None: frames before it at the world model's frame rate, oldest first (None: the start is an
+    episode's first frame); first_frames (N, V, 3, h, w) uint8: the episode's first frames; state
+    (N, S) raw proprioception at the start (and history_state (N, L', S) before it); object_state
+    (N, D) at the start; task: N strings.
+    """
+
+    frames: Tensor
+    first_frames: Tensor
+    state: Tensor
+    object_state: Tensor
+    task: list[str]
+    history: Tensor | None = None
+    history_state: Tensor | None = None
+
+    def __post_init__(self):
+        N = self.frames.shape[0]
+        if self.frames.dtype != torch.uint8 or self.frames.ndim != 5 or self.frames.shape[2] != 3:
+            raise ValueError(f"start frames must be uint8 of shape (N, V, 3, h, w), got {self.frames.dtype} "
+                             f"{tuple(self.frames.shape)}")
+        if len(self.task) != N or self.state.shape[0] != N or self.object_state.shape[0] != N:
+            raise ValueError(f"start frames, states, object states and tasks must have one row per start ({N}), got "
+                             f"{self.state.shape[0]}, {self.object_state.shape[0]}, {len(self.task)}")
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    @classmethod
+    def from_observation(cls, obs: dict, info: dict, views: tuple[str, ...]) -> "StartFrames":
+        """The first observation of physics episodes (``PhysicsEnv.reset``): matched starts."""
+        missing = [v for v in views if keys.image_key(v) not in obs]
+        if missing:
+            raise KeyError(f"the observation has no view(s) {missing}: render them in the physics env (views=...)")
+        frames = torch.stack([(obs[keys.image_key(v)] * 255).round().to(torch.uint8) for v in views], 1)
+        return cls(frames=frames, first_frames=frames.clone(), state=obs[keys.STATE].float().clone(),
+                   object_state=info["object_state"].float().clone(), task=list(obs[keys.TASK]))
+
+    @classmethod
+    def from_dataset(cls, clips, episodes: list[int] | None = None, every: int | None = None,
+                     history: int = 8, stride: int = 1) -> "StartFrames":
+        """Starts from a ``ClipDataset``: each episode's first frame, and with ``every`` also every
+        ``every``-th frame inside it (keyframes), with ``history`` earlier frames ``stride`` apart."""
+        from simulator.keys import ENV_STATE, STATE
+
+        cols = clips.columns
+        if ENV_STATE not in cols:
+            raise KeyError(f"dataset {clips.root} has no {ENV_STATE!r}: starts need the start frame's object state")
+        fields: dict[str, list] = {k: [] for k in ("frames", "history", "first", "state", "hstate", "obj", "task")}
+        for ep in episodes if episodes is not None else clips.episodes:
+            first_row, end = clips._rows[ep]
+            length = end - first_row
+            times = range(0, length, every) if every else [0]
+            task = clips.tasks[int(clips.task_of[first_row])]
+            for t in times:
+                idx = [max(0, t - (history - i) * stride) for i in range(history)] + [t]
+                decoded = clips.decode(ep, sorted(set(idx + [0])))
+                pos = {f: i for i, f in enumerate(sorted(set(idx + [0])))}
+                fields["history"].append(decoded[:, [pos[i] for i in idx[:-1]]])
+                fields["frames"].append(decoded[:, pos[t]])
+                fields["first"].append(decoded[:, pos[0]])
+                fields["state"].append(cols[STATE][first_row + t])
+                fields["hstate"].append(cols[STATE][[first_row + i for i in idx[:-1]]])
+                fields["obj"].append(cols[ENV_STATE][first_row + t])
+                fields["task"].append(task)
+        stack = lambda k: torch.stack(fields[k])  # noqa: E731
+        return cls(frames=stack("frames"), first_frames=stack("first"), state=stack("state"),
+                   object_state=stack("obj"), task=fields["task"], history=stack("history") if history else None,
+                   history_state=stack("hstate") if history else None)
+
+
+@dataclass
+class ImaginedEnvConfig:
+    num_envs: int = 8
+    max_steps: int = 120  # episode horizon in env steps (Lift's physics horizon)
+    sampling_steps: int = 1  # world-model denoising steps per chunk
+    num_samples: int = 1  # samples per chunk; >= 2 (with >= 2 sampling steps) gives the uncertainty
+    uncertainty_limit: float | None = None  # truncate an episode when the world model's spread passes this
+    gamma: float = 0.99  # discount of the progress-potential reward
+    success_threshold: float = 0.5  # success probability that ends an episode as solved
+    success_bonus: float = 1.0  # reward added when an episode succeeds
+    terminate_on_success: bool = True
+    autoreset: bool = False
+
+    def __post_init__(self):
+        if self.num_envs < 1 or self.max_steps < 1 or self.sampling_steps < 1 or self.num_samples < 1:
+            raise ValueError(f"num_envs, max_steps, sampling_steps and num_samples must be >= 1, got {self}")
+        if self.uncertainty_limit is not None and self.num_samples < 2:
+            raise ValueError("uncertainty_limit needs num_samples >= 2: the uncertainty is the spread of several samples")
+        if not 0.0 < self.success_threshold < 1.0:
+            raise ValueError(f"success_threshold must be in (0, 1), got {self.success_threshold=}")
+
+
+class ImaginedEnv:
+    """``num_envs`` imagined episodes in one batch, behind the physics env's interface."""
+
+    def __init__(self, world_model: WorldModel, progress: ProgressModel, starts: StartFrames, normalizer: Normalizer,
+                 views: tuple[str, ...], config: ImaginedEnvConfig | None = None):
+        self.config = cfg = config or ImaginedEnvConfig()
+        self.world_model, self.progress_model = world_model.eval(), progress.eval()
+        spec = world_model.spec
+        self.views, self.starts, self.normalizer = tuple(views), starts, normalizer
+        self.num_envs, self.action_dim, self.max_steps = cfg.num_envs, spec.action_dim, cfg.max_steps
+        self.frame_stride = spec.horizon // spec.future  # env steps between imagined frames
+        self.sampler = WorldModelSampler(world_model, num_steps=cfg.sampling_steps)
+        self._check_models(spec, progress)
+        p = progress.spec
+        self._progress_hop = p.history_stride // self.frame_stride  # buffer entries between progress frames
+        # Frames kept per env: the world model's context and the progress model's history.
+        self.length = max(spec.context, (p.history - 1) * self._progress_hop + 1)
+        self.device = next(world_model.parameters()).device
+        B, V, (h, w) = self.num_envs, len(self.views), starts.frames.shape[-2:]
+        self._frames = torch.zeros(B, V, self.length, 3, h, w, dtype=torch.uint8)
+        self._first = torch.zeros(B, V, 3, h, w, dtype=torch.uint8)
+        self._states = torch.zeros(B, self.length, spec.state_dim)
+        self._object_state = torch.zeros(B, starts.object_state.shape[1])
+        self._task = [""] * B
+        self._steps = torch.zeros(B, dtype=torch.long)
+        self._done = torch.ones(B, dtype=torch.bool)
+        self._success = torch.zeros(B, dtype=torch.bool)
+        self._progress = torch.zeros(B)
+        self._success_prob = torch.zeros(B)
+        self._uncertainty = torch.zeros(B)
+        self._next_seed, self._started = 0, False
+        self._generator = torch.Generator(device=self.device).manual_seed(0)
+
+    @classmethod
+    def from_pretrained(cls, world_model: str | Path, progress: str | Path, starts: StartFrames,
+                        views: tuple[str, ...], stats_root: str | Path | None = None, device: str = "cpu",
+                        **config) -> "ImaginedEnv":
+        """Loads both models; the action/state statistics come from ``normalization.json`` beside
+        the world model or, for models saved without it, from the dataset at ``stats_root``."""
+        wm = WorldModel.from_pretrained(world_model).to(device)
+        pm = ProgressModel.from_pretrained(progress).to(device)
+        return cls(wm, pm, starts, load_normalizer(world_model, stats_root), views, ImaginedEnvConfig(**config))
+
+    # ---- gymnasium-style API -------------------------------------------------------------
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        mask = torch.ones(self.num_envs, dtype=torch.bool)
+        if options and options.get("reset_mask") is not None:
+            mask = torch.as_tensor(options["reset_mask"]).cpu().bool()
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {tuple(mask.shape)}")
+        if seed is not None:
+            self._next_seed = seed
+            self._generator.manual_seed(seed)
+        seeds = {}
+        for b in torch.nonzero(mask).flatten().tolist():
+            seeds[b] = self._next_seed
+            self._reset_one(b, self._next_seed % len(self.starts))
+            self._next_seed += 1
+        self._started = True
+        self._score(torch.tensor(list(seeds), dtype=torch.long), frames=1)
+        info = self._info({v: self._frames[:, i, -1:].clone() for i, v in enumerate(self.views)},
+                          torch.ones(self.num_envs, 1, dtype=torch.bool), self._states[:, -1:].clone())
+        info |= {"seeds": seeds, "object_state": self._object_state.clone()}
+        return self._observation(), info
+
+    @torch.no_grad()
+    def step(self, actions: Tensor) -> tuple[dict, Tensor, Tensor, Tensor, dict]:
+        actions = self._check_actions(actions)
+        cfg, spec = self.config, self.world_model.spec
+        B, H = actions.shape[:2]
+        active = ~self._done
+        phi_now = self._progress.clone()
+        frames, valid, states = [], [], []
+        for k in range(H // spec.horizon):
+            pred = self._imagine(actions[:, k * spec.horizon:(k + 1) * spec.horizon])
+            new = ((pred.frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (B, V, F, 3, h, w)
+            new_states = self.normalizer.unnormalize(keys.STATE, pred.state.float().cpu())
+            run = ~self._done
+            self._frames[run] = torch.cat([self._frames[run], new[run]], 2)[:, :, -self.length:]
+            self._states[run] = torch.cat([self._states[run], new_states[run]], 1)[:, -self.length:]
+            self._steps[run] += spec.horizon
+            frames.append(torch.where(run.view(B, 1, 1, 1, 1, 1), new, self._frames[:, :, -1:]))
+            states.append(torch.where(run.view(B, 1, 1), new_states, self._states[:, -1:]))
+            valid.append(run[:, None].expand(B, spec.future))
+            if pred.uncertainty is not None:
+                self._uncertainty = torch.where(run, pred.uncertainty.float().cpu(), self._uncertainty)
+            solved = self._score(torch.nonzero(run).flatten(), frames=spec.future) & run
+            self._success |= solved
+            finished = (solved & cfg.terminate_on_success) | (self._steps >= self.max_steps)
+            if cfg.uncertainty_limit is not None:
+                finished |= self._uncertainty > cfg.uncertainty_limit
+            self._done |= finished & run
+        terminated = self._success & self._done & active
+        truncated = self._done & active & ~self._success
+        reward = torch.where(active, cfg.gamma * self._progress - phi_now, torch.zeros(B))
+        reward = reward + cfg.success_bonus * terminated.float()
+        frames = torch.cat(frames, 2)
+        info = self._info({v: frames[:, i] for i, v in enumerate(self.views)}, torch.cat(valid, 1), torch.cat(states, 1))
+        obs = self._observation()
+        if cfg.autoreset and self._done.any():
+            info["final_observation"] = obs
+            info["final_info"] = {k: info[k] for k in ("success", "success_prob", "progress", "uncertainty", "steps")}
+            obs, reset_info = self.reset(options={"reset_mask": self._done.clone()})
+            info |= {k: reset_info[k] for k in ("success", "success_prob", "progress", "uncertainty", "steps", "seeds",
+                                                "object_state")}
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        pass
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _imagine(self, chunk: Tensor):
+        """One world-model chunk for every env from its last C frames and states."""
+        spec = self.world_model.spec
+        context = self._frames[:, :, -spec.context:].to(self.device).float() / 127.5 - 1.0
+        state = self.normalizer.normalize(keys.STATE, self._states[:, -spec.context:]).to(self.device)
+        actions = self.normalizer.normalize(keys.ACTION, chunk).to(self.device)
+        return self.sampler.sample(context, actions, state, self._generator, num_samples=self.config.num_samples)
+
+    def _score(self, envs: Tensor, frames: int) -> Tensor:
+        """Scores the last ``frames`` frames of ``envs`` with the progress model; stores the last
+        frame's progress and success probability; returns (B,) whether any of them is a success."""
+        solved = torch.zeros(self.num_envs, dtype=torch.bool)
+        if len(envs) == 0:
+            return solved
+        p = self.progress_model.spec
+        ends = range(self.length - frames, self.length)
+        idx = torch.tensor([history_indices(t, p.history, self._progress_hop) for t in ends])  # (frames, T)
+        x = self._frames[envs][:, :, idx]  # (n, V, frames, T, 3, h, w)
+        x = x.permute(0, 2, 1, 3, 4, 5, 6).flatten(0, 1).to(self.device).float() / 255.0
+        first = self._first[envs].repeat_interleave(frames, 0).to(self.device).float() / 255.0
+        out = self.progress_model(x, first, [t for b in envs.tolist() for t in [self._task[b]] * frames])
+        prob = out.success_prob.view(len(envs), frames).cpu()
+        self._progress[envs] = out.progress.view(len(envs), frames)[:, -1].cpu()
+        self._success_prob[envs] = prob[:, -1]
+        solved[envs] = (prob > self.config.success_threshold).any(1)
+        return solved
+
+    def _reset_one(self, b: int, n: int) -> None:
+        s, L = self.starts, self.length
+        frames, states = s.frames[n][:, None], s.state[n][None]
+        if s.history is not None:  # real frames before the start
+            frames = torch.cat([s.history[n], frames], 1)
+            states = torch.cat([s.history_state[n], states], 0)
+        idx = (torch.arange(L) - L + frames.shape[1]).clamp_min(0)  # too short: repeat the oldest frame
+        self._frames[b], self._states[b] = frames[:, idx], states[idx].float()
+        self._first[b], self._object_state[b], self._task[b] = s.first_frames[n], s.object_state[n], s.task[n]
+        self._steps[b], self._done[b], self._success[b] = 0, False, False
+        self._uncertainty[b] = 0.0
+
+    def _check_actions(self, actions) -> Tensor:
+        actions = torch.as_tensor(actions)
+        H0 = self.world_model.spec.horizon
+        if actions.ndim != 3 or actions.shape[0] != self.num_envs or actions.shape[2] != self.action_dim:
+            raise ValueError(f"actions must be an action chunk of shape (num_envs={self.num_envs}, H, "
+                             f"A={self.action_dim}), got {tuple(actions.shape)}")
+        if actions.shape[1] % H0:
+            raise ValueError(f"an action chunk of {actions.shape[1]} steps does not fit: the world model imagines "
+                             f"chunks of {H0} actions, so H must be a multiple of {H0}")
+        if not actions.is_floating_point():
+            raise TypeError(f"actions must be a floating-point tensor, got {actions.dtype}")
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions must be finite")
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        return actions.float().cpu()
+
+    def _check_models(self, spec, progress: ProgressModel) -> None:
+        p = progress.spec
+        if spec.views != len(self.views):
+            raise ValueError(f"the world model was trained on {spec.views} views, got views {self.views}")
+        if tuple(p.views) != self.views:
+            raise ValueError(f"the progress model reads views {tuple(p.views)}, the env renders {self.views}")
+        if self.starts.frames.shape[1] != len(self.views):
+            raise ValueError(f"start frames have {self.starts.frames.shape[1]} views, the env has {self.views}")
+        size = spec.image_size
+        if tuple(self.starts.frames.shape[-2:]) != (size, size) or p.image_size != size:
+            raise ValueError(f"start frames are {tuple(self.starts.frames.shape[-2:])}, the world model imagines "
+                             f"{size}x{size} and the progress model reads {p.image_size}x{p.image_size}")
+        if p.history_stride % self.frame_stride:
+            raise ValueError(f"the progress model's history stride ({p.history_stride} steps) must be a multiple of "
+                             f"the world model's frame stride ({self.frame_stride})")
+
+    def _observation(self) -> dict:
+        obs = {keys.image_key(v): self._frames[:, i, -1].float() / 255.0 for i, v in enumerate(self.views)}
+        obs[keys.STATE] = self._states[:, -1].clone()
+        obs[keys.TASK] = list(self._task)
+        return obs
+
+    def _info(self, frames: dict, valid: Tensor, states: Tensor) -> dict:
+        return {
+            "success": self._success.clone(),
+            "success_prob": self._success_prob.clone(),
+            "progress": self._progress.clone(),
+            "uncertainty": self._uncertainty.clone(),
+            "frames": frames,
+            "frames_valid": valid,
+            "states": states,
+            "steps": self._steps.clone(),
+        }
+
+
+def load_normalizer(world_model: str | Path, stats_root: str | Path | None = None) -> Normalizer:
+    """The action/state statistics the world model was trained with: ``normalization.json``
+    beside it or, for models saved without one, the statistics of the dataset at ``stats_root``."""
+    candidates = [Path(world_model) / NORMALIZATION_FILE] + ([Path(stats_root) / STATS_FILE] if stats_root else [])
+    for path in candidates:
+        if path.is_file():
+            stats = json.loads(path.read_text())
+            return Normalizer(stats.get("features", stats))
+    raise FileNotFoundError(f"no {NORMALIZATION_FILE} beside the world model {world_model}: give the dataset it was "
+                            f"trained on (stats_root) to read its {STATS_FILE}")

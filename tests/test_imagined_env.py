@@ -1,0 +1,207 @@
+"""ImaginedEnv against PhysicsEnv: one contract, with tiny real (randomly initialised) models."""
+
+import pytest
+import torch
+
+from data.clips import Normalizer
+from eval.policy import run_episodes
+from policy.scripted import ScriptedPolicy
+from simulator import keys
+from simulator.env import ImaginedEnv, ImaginedEnvConfig, StartFrames
+from simulator.physics import ExpertConfig
+from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+from simulator.progress import ProgressModel
+from simulator.world_model import WorldModel
+
+VIEWS, SIZE, B, H = ("front", "wrist"), 32, 2, 8
+SHARED_INFO = ("success", "success_prob", "progress", "uncertainty", "frames_valid", "states", "steps")
+
+
+def tiny_models(seed: int = 0):
+    torch.manual_seed(seed)
+    wm = WorldModel(views=2, image_size=SIZE, context=2, horizon=H, block_out_channels=(32, 32), cond_dim=32,
+                    scale_noisy_input=True)
+    with torch.no_grad():  # its delta and state heads start at zero (copy-last): make it move, and vary with the noise
+        for p in wm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pm = ProgressModel(views=VIEWS, image_size=SIZE, channels=(8, 8), norm_num_groups=4, width=32, head_width=16,
+                       ensemble=3)
+    return wm, pm
+
+
+def unit_normalizer() -> Normalizer:
+    return Normalizer({keys.ACTION: {"mean": [0.0] * 7, "std": [1.0] * 7},
+                       keys.STATE: {"mean": [0.0] * 8, "std": [1.0] * 8}})
+
+
+@pytest.fixture(scope="module")
+def physics():
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=B, views=VIEWS, height=SIZE, width=SIZE, max_steps=16))
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def starts(physics):
+    obs, info = physics.reset(seed=1000)
+    return StartFrames.from_observation(obs, info, VIEWS)
+
+
+def imagined_env(starts, **config) -> ImaginedEnv:
+    wm, pm = tiny_models()
+    return ImaginedEnv(wm, pm, starts, unit_normalizer(), VIEWS, ImaginedEnvConfig(**{"num_envs": B, "max_steps": 16, **config}))
+
+
+def same_structure(a, b, where: str) -> None:
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.shape == b.shape and a.dtype == b.dtype, (where, a.shape, a.dtype, b)
+    elif isinstance(a, dict):
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for k in a:
+            same_structure(a[k], b[k], f"{where}[{k}]")
+    else:
+        assert type(a) is type(b) and len(a) == len(b), where
+
+
+def test_the_contract_is_the_physics_envs(physics, starts):
+    env = imagined_env(starts)
+    actions = torch.zeros(B, H, 7)
+    actions[:, :, 2] = 0.5
+    physical, imagined = physics.reset(seed=1000), env.reset(seed=0)
+    same_structure(physical[0], imagined[0], "reset obs")
+    # the start is the physics start, pixel for pixel
+    for v in VIEWS:
+        assert torch.equal(imagined[0][keys.image_key(v)], (physical[0][keys.image_key(v)] * 255).round() / 255)
+    assert torch.allclose(imagined[1]["object_state"], physical[1]["object_state"])
+    p_step, i_step = physics.step(actions), env.step(actions)
+    same_structure(p_step[0], i_step[0], "obs")
+    for name, p, i in zip(("reward", "terminated", "truncated"), p_step[1:4], i_step[1:4]):
+        same_structure(p, i, name)
+    same_structure({k: p_step[4][k] for k in SHARED_INFO}, {k: i_step[4][k] for k in SHARED_INFO}, "info")
+    same_structure(p_step[4]["frames"], i_step[4]["frames"], "info frames")
+    assert i_step[4]["frames"]["front"].shape == (B, H, 3, SIZE, SIZE)
+    assert i_step[4]["steps"].tolist() == [H, H]
+    assert i_step[0][keys.TASK] == physical[0][keys.TASK]
+
+
+def test_a_lerobot_policy_reads_both_unchanged(physics, starts):
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    torch.manual_seed(0)
+    features = {keys.image_key(v): PolicyFeature(FeatureType.VISUAL, (3, SIZE, SIZE)) for v in VIEWS}
+    features[keys.STATE] = PolicyFeature(FeatureType.STATE, (8,))
+    config = DiffusionConfig(input_features=features, output_features={keys.ACTION: PolicyFeature(FeatureType.ACTION, (7,))},
+                             n_obs_steps=1, horizon=H, n_action_steps=H, drop_n_last_frames=0, down_dims=(16, 32),
+                             pretrained_backbone_weights=None, use_group_norm=True, spatial_softmax_num_keypoints=4,
+                             num_inference_steps=2, device="cpu")
+    policy = DiffusionPolicy(config).eval()
+    env = imagined_env(starts)
+    for sim, seed in ((physics, 1000), (env, 0)):
+        obs, _ = sim.reset(seed=seed)
+        policy.reset()
+        batch = {k: obs[k] for k in features}
+        # lerobot's online path: one inference fills its queue with n_action_steps = H actions
+        chunk = torch.stack([policy.select_action(batch) for _ in range(H)], 1)
+        assert chunk.shape == (B, H, 7)
+        obs, reward, *_ = sim.step(chunk.clamp(-1, 1))
+        assert reward.shape == (B,)
+
+
+def test_partial_reset_and_seeding(starts):
+    env = imagined_env(starts, sampling_steps=2, num_samples=2)
+    actions = torch.randn(B, H, 7, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    obs, info = env.reset(seed=5)
+    assert info["seeds"] == {0: 5, 1: 6}
+    first = env.step(actions)
+    obs, info = env.reset(options={"reset_mask": torch.tensor([True, False])})
+    assert info["seeds"] == {0: 7}  # the counter goes on
+    assert info["steps"].tolist() == [0, H]
+    # env 0 is back at start 7 % 2 = 1, env 1 keeps its imagined frame
+    assert torch.equal(obs[keys.image_key("front")][0], starts.frames[1, 0].float() / 255)
+    assert torch.equal(obs[keys.image_key("front")][1], first[0][keys.image_key("front")][1])
+    # the same seed replays the same imagined episode, sampling noise included
+    env.reset(seed=5)
+    again = env.step(actions)
+    assert torch.equal(again[4]["frames"]["wrist"], first[4]["frames"]["wrist"])
+    assert torch.equal(again[4]["uncertainty"], first[4]["uncertainty"]) and (first[4]["uncertainty"] > 0).all()
+    env.reset(seed=6)
+    assert not torch.equal(env.step(actions)[4]["frames"]["wrist"], first[4]["frames"]["wrist"])
+
+
+def test_reward_is_the_progress_gain_and_success_terminates(starts):
+    env = imagined_env(starts, gamma=0.9, success_bonus=2.0)
+    _, info = env.reset(seed=0)
+    _, reward, terminated, truncated, after = env.step(torch.zeros(B, H, 7))
+    assert torch.allclose(reward, 0.9 * after["progress"] - info["progress"])
+    assert not terminated.any() and not truncated.any()
+    # a progress model sure of success (its success heads' bias raised): the episode ends solved
+    for head in env.progress_model.heads:
+        head[-1].bias.data[1] = 20.0
+    _, info = env.reset(seed=0)
+    _, reward, terminated, truncated, after = env.step(torch.zeros(B, H, 7))
+    assert terminated.all() and not truncated.any() and after["success"].all()
+    assert torch.allclose(reward, 0.9 * after["progress"] - info["progress"] + 2.0)
+    # finished envs stay finished: no reward, no new frames
+    obs_before = env._observation()
+    _, reward, terminated, truncated, info = env.step(torch.ones(B, H, 7))
+    assert (reward == 0).all() and not terminated.any() and not info["frames_valid"].any()
+    assert torch.equal(env._observation()[keys.STATE], obs_before[keys.STATE])
+
+
+def test_truncation_at_the_horizon_and_on_uncertainty(starts):
+    env = imagined_env(starts)
+    env.reset(seed=0)
+    _, _, _, truncated, _ = env.step(torch.zeros(B, H, 7))
+    assert not truncated.any()
+    _, _, terminated, truncated, info = env.step(torch.zeros(B, H, 7))
+    assert truncated.all() and not terminated.any() and info["steps"].tolist() == [16, 16]
+    env = imagined_env(starts, sampling_steps=2, num_samples=2, uncertainty_limit=0.0)
+    env.reset(seed=0)
+    _, _, _, truncated, info = env.step(torch.zeros(B, H, 7))
+    assert truncated.all() and (info["uncertainty"] > 0).all()
+
+
+def test_autoreset_starts_the_next_episode(starts):
+    env = imagined_env(starts, autoreset=True, max_steps=H)
+    env.reset(seed=0)
+    obs, _, _, truncated, info = env.step(torch.zeros(B, H, 7))
+    assert truncated.all() and info["seeds"] == {0: 2, 1: 3} and info["steps"].tolist() == [0, 0]
+    assert info["final_info"]["steps"].tolist() == [H, H]
+    assert torch.equal(obs[keys.STATE], starts.state[[0, 1]])
+
+
+def test_bad_input_gets_a_clear_error(starts, tmp_path):
+    env = imagined_env(starts)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(torch.zeros(B, H, 7))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="A=7"):
+        env.step(torch.zeros(B, H, 6))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        env.step(torch.zeros(B, 5, 7))
+    wm, pm = tiny_models()
+    with pytest.raises(ValueError, match="views"):
+        ImaginedEnv(wm, pm, starts, unit_normalizer(), ("front",))
+    with pytest.raises(ValueError, match="uncertainty_limit needs num_samples"):
+        ImaginedEnvConfig(uncertainty_limit=0.1)
+    wm.save_pretrained(tmp_path / "wm")
+    with pytest.raises(ValueError, match="WorldModel checkpoint, not a ProgressModel"):
+        ImaginedEnv.from_pretrained(tmp_path / "wm", tmp_path / "wm", starts, VIEWS)
+
+
+def test_scripted_policies_run_in_both(physics, starts):
+    """The same scripted expert, seeded alike, runs whole episodes in both simulators."""
+    env = imagined_env(starts)
+    policy = ScriptedPolicy("lift", ExpertConfig(), num_envs=B)
+    for sim, seed in ((physics, 1000), (env, 0)):
+        result = run_episodes(sim, policy, episodes=3, seed=seed)
+        assert len(result.success) == 3 and all(0 < s <= 16 for s in result.steps)
+    obs, info = physics.reset(seed=1000)
+    policy.reset(obs, info, seeds=[0, 1])
+    chunk = policy.select_action_chunk(obs)
+    assert chunk.shape == (B, H, 7) and chunk.dtype == torch.float32
+    assert (chunk[:, :, 6] == -1).all()  # approaching with the gripper open
+    with pytest.raises(ValueError, match="actions must be an action chunk"):
+        physics.step(chunk[:, :, :6])
