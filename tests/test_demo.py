@@ -15,16 +15,22 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     assert "=== stage: world_model ===" in out and "| horizon (frames) | PSNR model |" in out
     assert (results["world_model"] / "config.json").exists()
     assert (tmp_path / "world_model_eval" / "strips.png").stat().st_size > 1000
+    assert "=== stage: progress ===" in out and "re-generated frames: success AUROC" in out
+    assert (results["progress"] / "config.json").exists()
+    assert "=== stage: policy_eval ===" in out and "| policy | imagined success" in out and "Spearman rho" in out
+    assert (results["policy_eval"] / "policy_eval.png").stat().st_size > 1000
 
     def written():
         files = [*(results["collect"] / "data").rglob("*.parquet"), *results["world_model"].parent.rglob("*.safetensors"),
-                 tmp_path / "world_model_eval" / "fidelity.json"]
+                 *(tmp_path / "progress").rglob("*.safetensors"), tmp_path / "world_model_eval" / "fidelity.json",
+                 tmp_path / "progress_eval" / "value.json", tmp_path / "policy_eval" / "policy_eval.json"]
         return {p: p.stat().st_mtime_ns for p in files}
 
     before = written()
     run(DemoConfig(preset="quick", output_dir=tmp_path, episodes=3))  # nothing left to do
     assert written() == before
-    assert "world model already trained for 30 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "world model already trained for 30 steps" in out and "progress model already trained for 30 steps" in out
 
 
 def test_demo_cli_rejects_unknown_preset(tmp_path):

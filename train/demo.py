@@ -1,8 +1,10 @@
 """``reverie-demo``: the whole loop on the embedded default task (Lift), one stage after another.
 
 Stages so far: collect (physics dataset + summary), world_model (train it, then its fidelity
-report on held-out episodes). Later work adds progress-model training, behaviour cloning,
-evaluation in imagination and in physics, and RL.
+report on held-out episodes), progress (train the progress value model on real frames and on the
+world model's re-generations, then its value report), policy_eval (a family of scripted policies
+in imagination and in physics from matched starts: the imagined-vs-physics table). Later work
+adds behaviour cloning and RL.
 Every stage reuses what an earlier run produced, so an interrupted demo continues where it
 stopped:
 
@@ -24,10 +26,14 @@ from data.summary import summarize
 PRESETS = {
     # episodes: physics episodes to collect; wm_*: world-model training steps and batch;
     # eval_*: fidelity rollouts, their horizon in frames, and the state probe's training steps
+    # progress_steps: progress-model training steps; policies/policy_episodes: the policy family
+    # (None = all of policy.scripted.policy_family) and episodes per policy and simulator
     "quick": {"episodes": 12, "wm_steps": 30, "wm_batch": 8,
-              "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100},
+              "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100,
+              "progress_steps": 30, "policies": ("expert", "fail-50%+noise", "stall"), "policy_episodes": 2},
     "full": {"episodes": 200, "wm_steps": 1100, "wm_batch": 16,
-             "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000},
+             "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000,
+             "progress_steps": 1500, "policies": None, "policy_episodes": 20},
 }
 
 
@@ -85,10 +91,52 @@ def stage_world_model(cfg: DemoConfig) -> Path:
     return out / "model"
 
 
+def stage_progress(cfg: DemoConfig) -> Path:
+    """Trains the progress model on real and re-generated frames, then its value report."""
+    from eval.value import EvalProgressConfig, evaluate_progress
+    from train.progress import TrainProgressConfig, train
+
+    steps = PRESETS[cfg.preset]["progress_steps"]
+    out, world_model = cfg.output_dir / "progress", cfg.output_dir / "world_model" / "model"
+    if (out / "checkpoints" / f"step_{steps:07d}").exists():
+        print(f"progress model already trained for {steps} steps: {out / 'model'}")
+    else:
+        train(TrainProgressConfig(dataset=replace(dataset_config(cfg), cache_frames=False), steps=steps,
+                                  world_model=world_model, output_dir=out, seed=cfg.seed))
+    report = cfg.output_dir / "progress_eval"
+    if not (report / "value.json").exists():
+        evaluate_progress(EvalProgressConfig(model=out / "model", dataset=dataset_config(cfg), world_model=world_model,
+                                             output_dir=report))
+    print((report / "value.md").read_text())
+    print(f"value report: {report} (value.png)")
+    return out / "model"
+
+
+def stage_policy_eval(cfg: DemoConfig) -> Path:
+    """The policy family in imagination and in physics, from matched starts."""
+    from eval.policy import EvalPolicyConfig, evaluate, save_report
+
+    preset, report = PRESETS[cfg.preset], cfg.output_dir / "policy_eval"
+    if not (report / "policy_eval.json").exists():
+        eval_cfg = EvalPolicyConfig(world_model=cfg.output_dir / "world_model" / "model",
+                                    progress=cfg.output_dir / "progress" / "model", task=cfg.task,
+                                    policies=preset["policies"], episodes=preset["policy_episodes"],
+                                    num_envs=min(10, preset["policy_episodes"]), output_dir=report)
+        comparison, runs = evaluate(eval_cfg)
+        save_report(comparison, runs, eval_cfg)
+    print((report / "policy_eval.md").read_text())
+    print(f"policy evaluation: {report} (policy_eval.png)")
+    return report
+
+
+STAGES = [("collect", stage_collect), ("world_model", stage_world_model), ("progress", stage_progress),
+          ("policy_eval", stage_policy_eval)]
+
+
 def run(cfg: DemoConfig) -> dict:
     """Runs every stage that exists; returns what each produced."""
     results = {}
-    for name, stage in [("collect", stage_collect), ("world_model", stage_world_model)]:
+    for name, stage in STAGES:
         t0 = time.perf_counter()
         print(f"\n=== stage: {name} ===")
         results[name] = stage(cfg)
