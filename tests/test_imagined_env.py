@@ -205,3 +205,23 @@ def test_scripted_policies_run_in_both(physics, starts):
     assert (chunk[:, :, 6] == -1).all()  # approaching with the gripper open
     with pytest.raises(ValueError, match="actions must be an action chunk"):
         physics.step(chunk[:, :, :6])
+
+
+def test_imagined_episodes_are_recorded_as_a_lerobot_dataset_and_mp4(starts, tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from simulator.recording import EpisodeRecorder
+
+    env = imagined_env(starts)
+    recorder = EpisodeRecorder(tmp_path / "imagined", views=VIEWS, fps=20, video_dir=tmp_path / "mp4")
+    obs, info = env.reset(seed=0)
+    recorder.start(obs, info)
+    actions = torch.rand(2, B, H, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for chunk in actions:
+        recorder.step(chunk, *env.step(chunk)[1:])
+    root = recorder.close()
+    dataset = LeRobotDataset("reverie/imagined", root=root)
+    assert dataset.meta.total_episodes == B and dataset.meta.total_frames == B * 16
+    recorded = torch.stack([dataset.hf_dataset[i]["action"] for i in range(16)])
+    assert torch.equal(recorded, actions[:, 0].reshape(16, 7))  # env 0's episode, as sent
+    assert len(list((tmp_path / "mp4").glob("*.mp4"))) == B
