@@ -225,3 +225,24 @@ def test_imagined_episodes_are_recorded_as_a_lerobot_dataset_and_mp4(starts, tmp
     recorded = torch.stack([dataset.hf_dataset[i]["action"] for i in range(16)])
     assert torch.equal(recorded, actions[:, 0].reshape(16, 7))  # env 0's episode, as sent
     assert len(list((tmp_path / "mp4").glob("*.mp4"))) == B
+
+
+def test_starts_from_dataset_episodes_and_keyframes(tiny_dataset):
+    from data.clips import ClipDataset
+
+    clips = ClipDataset(root=tiny_dataset, episodes=[0, 1])
+    starts = StartFrames.from_dataset(clips, every=20, history=4)
+    lengths = [clips._rows[ep][1] - clips._rows[ep][0] for ep in (0, 1)]
+    times = [(ep, t) for ep, n in zip((0, 1), lengths) for t in range(0, n, 20)]
+    assert len(starts) == len(times) and starts.history.shape[2] == 4
+    ep, t = times[1]  # a keyframe inside episode 0
+    assert torch.equal(starts.frames[1], clips.decode(ep, [t])[:, 0])
+    assert torch.equal(starts.history[1], clips.decode(ep, [t - 4, t - 3, t - 2, t - 1]))
+    assert torch.equal(starts.first_frames[1], clips.decode(ep, [0])[:, 0])
+    assert torch.equal(starts.state[1], clips.columns[keys.STATE][t])
+    # an imagined env starts there: the start frame is its observation, the history its context
+    env = imagined_env(starts)
+    obs, info = env.reset(seed=1)
+    assert torch.equal(obs[keys.image_key("wrist")][0], starts.frames[1, 1].float() / 255)
+    assert torch.equal(env._frames[0, :, -5:-1], starts.history[1])
+    assert torch.allclose(info["object_state"][0], clips.columns[keys.ENV_STATE][t])
