@@ -78,7 +78,7 @@ class StartFrames:
         return self.frames.shape[0]
 
     @classmethod
-    def from_observation(cls, obs: dict, info: dict, views: tuple[str, ...]) -> "StartFrames":
+    def from_observation(cls, obs: dict, info: dict, views: tuple[str, ...]) -> StartFrames:
         """The first observation of physics episodes (``PhysicsEnv.reset``): matched starts."""
         missing = [v for v in views if keys.image_key(v) not in obs]
         if missing:
@@ -89,7 +89,7 @@ class StartFrames:
 
     @classmethod
     def from_dataset(cls, clips, episodes: list[int] | None = None, every: int | None = None,
-                     history: int = 8, stride: int = 1) -> "StartFrames":
+                     history: int = 8, stride: int = 1) -> StartFrames:
         """Starts from a ``ClipDataset``: each episode's first frame, and with ``every`` also every
         ``every``-th frame inside it (keyframes), with ``history`` earlier frames ``stride`` apart."""
         from simulator.keys import ENV_STATE, STATE
@@ -178,7 +178,7 @@ class ImaginedEnv:
     @classmethod
     def from_pretrained(cls, world_model: str | Path, progress: str | Path, starts: StartFrames,
                         views: tuple[str, ...], stats_root: str | Path | None = None, device: str = "cpu",
-                        **config) -> "ImaginedEnv":
+                        **config) -> ImaginedEnv:
         """Loads both models; the action/state statistics come from ``normalization.json`` beside
         the world model or, for models saved without it, from the dataset at ``stats_root``."""
         wm = WorldModel.from_pretrained(world_model).to(device)
@@ -186,6 +186,7 @@ class ImaginedEnv:
         return cls(wm, pm, starts, load_normalizer(world_model, stats_root), views, ImaginedEnvConfig(**config))
 
     # ---- gymnasium-style API -------------------------------------------------------------
+    @torch.no_grad()
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         mask = torch.ones(self.num_envs, dtype=torch.bool)
         if options and options.get("reset_mask") is not None:

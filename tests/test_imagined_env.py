@@ -246,3 +246,11 @@ def test_starts_from_dataset_episodes_and_keyframes(tiny_dataset):
     assert torch.equal(obs[keys.image_key("wrist")][0], starts.frames[1, 1].float() / 255)
     assert torch.equal(env._frames[0, :, -5:-1], starts.history[1])
     assert torch.allclose(info["object_state"][0], clips.columns[keys.ENV_STATE][t])
+
+
+def test_outputs_carry_no_autograd_graph(starts):
+    env = imagined_env(starts)
+    obs, info = env.reset(seed=0)
+    out = env.step(torch.zeros(B, H, 7))
+    assert not any(t.requires_grad for t in (info["progress"], info["success_prob"], out[1], out[4]["progress"],
+                                             out[0][keys.STATE]))
