@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,10 +37,13 @@ class EpisodeResults:
     seconds: float  # wall time of all episodes
 
 
-def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = None) -> EpisodeResults:
+def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = None,
+                 recorder=None) -> EpisodeResults:
     """Runs ``policy`` for ``episodes`` episodes in ``env`` (PhysicsEnv or ImaginedEnv), in rounds
     of ``env.num_envs``; episode i is the env's reset number ``seed + i`` and the policy's seed i.
-    An episode succeeds when the env reports it terminated (solved)."""
+    An episode succeeds when the env reports it terminated (solved). A
+    ``simulator.recording.EpisodeRecorder`` records every episode (the extra envs of a last,
+    partial round too)."""
     B = env.num_envs
     if getattr(policy, "num_envs", B) != B:
         raise ValueError(f"the policy drives {policy.num_envs} envs, the env has {B}")
@@ -47,10 +52,15 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
     for first in tqdm(range(0, episodes, B), desc=desc, disable=desc is None, leave=False):
         obs, info = env.reset(seed=seed + first)
         policy.reset(obs, info, seeds=list(range(first, first + B)))
+        if recorder is not None:
+            recorder.start(obs, info)
         done = torch.zeros(B, dtype=torch.bool)
         solved = torch.zeros(B, dtype=torch.bool)
         while not done.all():
-            obs, _, terminated, truncated, info = env.step(policy.select_action_chunk(obs))
+            actions = policy.select_action_chunk(obs)
+            obs, reward, terminated, truncated, info = env.step(actions)
+            if recorder is not None:
+                recorder.step(actions, reward, terminated, truncated, info)
             solved |= terminated & ~done
             done |= terminated | truncated
         n = min(B, episodes - first)
@@ -75,6 +85,8 @@ class EvalPolicyConfig:
     success_threshold: float = 0.5
     device: str = "cpu"
     output_dir: Path = Path("outputs/policy_eval")
+    # Record the imagined episodes (LeRobotDataset + one mp4 each) under <output_dir>/imagined/<policy>
+    record: bool = False
     extra: dict = field(default_factory=dict)  # further ImaginedEnvConfig fields
 
     def __post_init__(self):
@@ -121,8 +133,20 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
     runs = {}
     for name in names:
         policy = ScriptedPolicy(cfg.task, family[name].expert, num_envs=cfg.num_envs, name=name)
-        runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined"),
+        recorder = None
+        if cfg.record:
+            from simulator.recording import EpisodeRecorder
+
+            folder = cfg.output_dir / "imagined" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+            if folder.exists():
+                log.info("replacing the recordings of an earlier evaluation in %s", folder)
+                shutil.rmtree(folder)
+            recorder = EpisodeRecorder(folder / "dataset", views=views, video_dir=folder / "mp4",
+                                       repo_id=f"reverie/imagined_{folder.name}")
+        runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined", recorder),
                       "physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
+        if recorder is not None:
+            recorder.close()
         log.info("%s: imagined %.2f, physics %.2f", name, *(sum(r.success) / cfg.episodes for r in runs[name].values()))
     physics.close()
     comparison = PolicyComparison(

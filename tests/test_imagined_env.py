@@ -1,5 +1,7 @@
 """ImaginedEnv against PhysicsEnv: one contract, with tiny real (randomly initialised) models."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from simulator.env import ImaginedEnv, ImaginedEnvConfig, StartFrames
 from simulator.physics import ExpertConfig
 from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 from simulator.progress import ProgressModel
+from simulator.recording import EpisodeRecorder
 from simulator.world_model import WorldModel
 
 VIEWS, SIZE, B, H = ("front", "wrist"), 32, 2, 8
@@ -191,13 +194,19 @@ def test_bad_input_gets_a_clear_error(starts, tmp_path):
         ImaginedEnv.from_pretrained(tmp_path / "wm", tmp_path / "wm", starts, VIEWS)
 
 
-def test_scripted_policies_run_in_both(physics, starts):
+def test_scripted_policies_run_in_both(physics, starts, tmp_path):
     """The same scripted expert, seeded alike, runs whole episodes in both simulators."""
     env = imagined_env(starts)
     policy = ScriptedPolicy("lift", ExpertConfig(), num_envs=B)
     for sim, seed in ((physics, 1000), (env, 0)):
         result = run_episodes(sim, policy, episodes=3, seed=seed)
         assert len(result.success) == 3 and all(0 < s <= 16 for s in result.steps)
+    recorder = EpisodeRecorder(tmp_path / "rec", views=VIEWS, video_dir=tmp_path / "mp4")
+    again = run_episodes(env, policy, episodes=3, seed=0, recorder=recorder)
+    assert again == replace(result, seconds=again.seconds)  # recording changes nothing; seeded alike
+    recorder.close()
+    lengths = [e["length"] for e in recorder.episodes]
+    assert len(lengths) == 4 and lengths[:3] == result.steps  # 2 rounds of 2 envs: the last env's too
     obs, info = physics.reset(seed=1000)
     policy.reset(obs, info, seeds=[0, 1])
     chunk = policy.select_action_chunk(obs)
@@ -250,7 +259,7 @@ def test_starts_from_dataset_episodes_and_keyframes(tiny_dataset):
 
 def test_outputs_carry_no_autograd_graph(starts):
     env = imagined_env(starts)
-    obs, info = env.reset(seed=0)
+    _, info = env.reset(seed=0)
     out = env.step(torch.zeros(B, H, 7))
     assert not any(t.requires_grad for t in (info["progress"], info["success_prob"], out[1], out[4]["progress"],
                                              out[0][keys.STATE]))
