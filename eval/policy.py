@@ -122,8 +122,8 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
     unknown = [n for n in names if n not in family]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; the family has {list(family)}")
-    views = tuple(ProgressModel.load_config(cfg.progress)["views"])
-    size = ProgressModel.load_config(cfg.progress)["image_size"]
+    progress = ProgressModel.from_pretrained(cfg.progress).spec  # a clear error for a folder of another kind
+    views, size = tuple(progress.views), progress.image_size
     starts = matched_starts(cfg.task, views, size, cfg.episodes, cfg.seed, cfg.num_envs)
     imagined = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
                                            device=cfg.device, num_envs=cfg.num_envs, sampling_steps=cfg.sampling_steps,
