@@ -85,10 +85,10 @@ def dataset_features(cfg: CollectConfig) -> dict:
     }
     features |= {
         keys.STATE: {"dtype": "float32", "shape": (keys.STATE_DIM,),
-                     "names": ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"]},
+                     "names": keys.STATE_NAMES},
         keys.ENV_STATE: {"dtype": "float32", "shape": (spec.object_state_dim,), "names": obj_names},
         keys.ACTION: {"dtype": "float32", "shape": (ACTION_DIM,),
-                      "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]},
+                      "names": keys.ACTION_NAMES},
         keys.REWARD: scalar("float32"),
         keys.SUCCESS: scalar("bool"),
         keys.DONE: scalar("bool"),

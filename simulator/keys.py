@@ -18,6 +18,8 @@ FAILURE_MODE = "episode.failure_mode"  # per-episode injected failure mode (inde
 TASK = "task"
 
 STATE_DIM = 8
+STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"]
+ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 
 
 def image_key(view: str) -> str:

@@ -41,9 +41,6 @@ from simulator import keys
 
 log = logging.getLogger(__name__)
 
-_STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"]
-_ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
-
 
 @dataclass
 class _Open:
@@ -206,8 +203,8 @@ class EpisodeRecorder:
             features = {keys.image_key(v): {"dtype": "video", "shape": frame[keys.image_key(v)].shape,
                                             "names": ["height", "width", "channels"]} for v in self.views}
             features |= {
-                keys.STATE: {"dtype": "float32", "shape": (S,), "names": _STATE_NAMES if S == len(_STATE_NAMES) else None},
-                keys.ACTION: {"dtype": "float32", "shape": (A,), "names": _ACTION_NAMES if A == len(_ACTION_NAMES) else None},
+                keys.STATE: {"dtype": "float32", "shape": (S,), "names": keys.STATE_NAMES if S == len(keys.STATE_NAMES) else None},
+                keys.ACTION: {"dtype": "float32", "shape": (A,), "names": keys.ACTION_NAMES if A == len(keys.ACTION_NAMES) else None},
                 keys.REWARD: scalar("float32"),
                 keys.SUCCESS: scalar("bool"),
                 keys.DONE: scalar("bool"),
