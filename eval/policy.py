@@ -106,9 +106,7 @@ def matched_starts(task: str, views: tuple[str, ...], size: int, episodes: int, 
         obs, info = env.reset(seed=seed + first)
         parts.append(StartFrames.from_observation(obs, info, views))
     env.close()
-    return StartFrames(frames=torch.cat([p.frames for p in parts]), first_frames=torch.cat([p.first_frames for p in parts]),
-                       state=torch.cat([p.state for p in parts]), object_state=torch.cat([p.object_state for p in parts]),
-                       task=[t for p in parts for t in p.task])
+    return StartFrames.cat(parts)
 
 
 def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:

@@ -88,12 +88,21 @@ class StartFrames:
                    object_state=info["object_state"].float().clone(), task=list(obs[keys.TASK]))
 
     @classmethod
+    def cat(cls, parts: list[StartFrames]) -> StartFrames:
+        """The starts of several StartFrames, one after the other."""
+        optional = lambda name: (torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+                                 if all(getattr(p, name) is not None for p in parts) else None)
+        return cls(**{name: torch.cat([getattr(p, name) for p in parts])
+                      for name in ("frames", "first_frames", "state", "object_state")},
+                   task=[t for p in parts for t in p.task], history=optional("history"),
+                   history_state=optional("history_state"))
+
+    @classmethod
     def from_dataset(cls, clips, episodes: list[int] | None = None, every: int | None = None,
                      history: int = 8, stride: int = 1) -> StartFrames:
         """Starts from a ``ClipDataset``: each episode's first frame, and with ``every`` also every
         ``every``-th frame inside it (keyframes), with ``history`` earlier frames ``stride`` apart."""
-        from simulator.keys import ENV_STATE, STATE
-
+        ENV_STATE, STATE = keys.ENV_STATE, keys.STATE
         cols = clips.columns
         if ENV_STATE not in cols:
             raise KeyError(f"dataset {clips.root} has no {ENV_STATE!r}: starts need the start frame's object state")
