@@ -2,7 +2,7 @@
 optimiser step over gradient-accumulation micro-batches, atomic checkpoints of accelerate state plus
 an EMA model ready for inference, exact resume, a Ctrl-C/SIGTERM stop that checkpoints first, and
 metrics.jsonl with the accumulated training time. Used by train.world_model and train.progress,
-whose configs share the fields named here (steps, lr, ema_decay, mixed_precision, ...)."""
+whose configs extend ``LoopConfig``."""
 
 import json
 import logging
@@ -10,6 +10,7 @@ import math
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,13 +18,31 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def check_settings(cfg) -> None:
-    """Clear errors for the loop settings every training config has."""
-    if cfg.mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {cfg.mixed_precision=}")
-    for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)=}")
+@dataclass
+class LoopConfig:
+    """The loop settings every training config has (each training sets its own defaults)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accumulation: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"  # no | bf16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # older checkpoints are deleted (each holds weights, optimiser state and EMA)
+    log_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self):
+        """Clear errors for bad loop settings."""
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision=}")
+        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
 
 
 def make_accelerator(cfg):

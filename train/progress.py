@@ -69,24 +69,17 @@ DISTRACTOR_TASKS = (
 
 
 @dataclass
-class TrainProgressConfig:
+class TrainProgressConfig(loop.LoopConfig):
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the split the evaluation uses too
     # The views and the image size are filled in from the dataset.
     model: ProgressConfig = field(default_factory=ProgressConfig)
     output_dir: Path = Path("outputs/progress")
     steps: int = 1500  # 8 min on one CPU core for 200 Lift episodes at 64x64, 2 views (decoding them: 10 s)
     batch_size: int = 32
-    grad_accumulation: int = 1
     lr: float = 1e-3
-    weight_decay: float = 1e-2
     warmup_steps: int = 50
-    grad_clip: float = 1.0
     ema_decay: float = 0.995
-    mixed_precision: str = "no"  # no | bf16
-    checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    log_every: int = 25
-    seed: int = 0
     # ---- targets ----
     rewind_prob: float = 0.2  # fraction of samples that are rewound successful episodes
     mismatch_prob: float = 0.1  # fraction of samples given a wrong task string (targets 0)
@@ -101,8 +94,8 @@ class TrainProgressConfig:
     noise: float = 0.02  # Gaussian pixel noise, standard deviation up to this
 
     def __post_init__(self):
+        super().__post_init__()
         self.dataset.require()
-        loop.check_settings(self)
         for name in ("rewind_prob", "mismatch_prob", "blur_prob", "regenerated_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)=}")

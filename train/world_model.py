@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainWorldModelConfig:
+class TrainWorldModelConfig(loop.LoopConfig):
     # Frames are decoded into memory once (--dataset.cache_frames false for datasets larger than memory).
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(cache_frames=True))
     # Shapes the data decides (views, image size, action/state dims) are filled in from the dataset.
@@ -39,24 +39,12 @@ class TrainWorldModelConfig:
         default_factory=lambda: FlowMatchingConfig(regression_share=0.25, unroll_chunks=2))
     frame_stride: int = 1  # frames per predicted frame: horizon / stride frames are predicted per chunk
     output_dir: Path = Path("outputs/world_model")
-    steps: int = 1100  # 40 min on 2 CPU cores with the default model, batch and unroll
-    batch_size: int = 16
-    grad_accumulation: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    mixed_precision: str = "no"  # no | bf16
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3  # older checkpoints are deleted (each holds weights, Adam state and EMA)
-    log_every: int = 25
+    steps: int = 1100  # 40 min on 2 CPU cores with the default model, batch 16 and unroll
     num_workers: int = 0
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         self.dataset.require()
-        loop.check_settings(self)
         self.output_dir = Path(self.output_dir)
 
 
