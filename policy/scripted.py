@@ -105,7 +105,7 @@ def policy_family() -> list[PolicySpec]:
     """The default graded family for Lift: from the clean expert to one that always fails, with
     failure modes and action noise in between (each mode fails differently: missing the cube,
     dropping it, freezing)."""
-    mix = lambda p: {"early_release": p / 3, "wrong_target": p / 3, "stall": p / 3}  # noqa: E731
+    mix = lambda p: {"early_release": p / 3, "wrong_target": p / 3, "stall": p / 3}
     return [
         PolicySpec("expert", ExpertConfig()),
         PolicySpec("noisy-0.3", ExpertConfig(action_noise=0.3)),

@@ -26,6 +26,8 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   reset (``options={"reset_mask": mask}``) or ``autoreset``.
 - Determinism: ``reset(seed=s)`` gives env b start number s + b (later resets continue the
   count; start n is ``starts[n % len(starts)]``) and re-seeds the sampling noise.
+  ``options={"start_index": idx}`` instead picks the start of each reset env (one index per
+  reset env, in env order): GRPO's groups start several envs from the same frames.
 """
 
 from __future__ import annotations
@@ -205,10 +207,17 @@ class ImaginedEnv:
         if seed is not None:
             self._next_seed = seed
             self._generator.manual_seed(seed)
+        envs = torch.nonzero(mask).flatten().tolist()
+        chosen = options.get("start_index") if options else None
+        if chosen is not None:
+            chosen = torch.as_tensor(chosen).long().flatten().tolist()
+            if len(chosen) != len(envs) or not all(0 <= i < len(self.starts) for i in chosen):
+                raise ValueError(f"start_index must give one start in [0, {len(self.starts)}) per reset env "
+                                 f"({len(envs)}), got {chosen}")
         seeds = {}
-        for b in torch.nonzero(mask).flatten().tolist():
+        for j, b in enumerate(envs):
             seeds[b] = self._next_seed
-            self._reset_one(b, self._next_seed % len(self.starts))
+            self._reset_one(b, chosen[j] if chosen is not None else self._next_seed % len(self.starts))
             self._next_seed += 1
         self._started = True
         self._score(torch.tensor(list(seeds), dtype=torch.long), frames=1)

@@ -3,6 +3,7 @@
     reverie-train world_model --dataset.root outputs/demo/dataset
     reverie-train autoencoder --dataset.root outputs/demo/dataset   # for the latent backbone
     reverie-train progress --dataset.root outputs/demo/dataset      # the progress value model
+    reverie-train policy --dataset.root outputs/demo/dataset        # behaviour cloning of a policy
     accelerate launch -m train.cli world_model --dataset.root ... --mixed_precision bf16
 
 Options are the fields of the kind's config (draccus): ``reverie-train world_model --help``.
@@ -19,6 +20,7 @@ KINDS = {
     "world_model": ("train.world_model", "TrainWorldModelConfig", "train"),
     "autoencoder": ("train.autoencoder", "TrainAutoencoderConfig", "train"),
     "progress": ("train.progress", "TrainProgressConfig", "train"),
+    "policy": ("train.policy", "TrainPolicyConfig", "train"),
 }
 
 

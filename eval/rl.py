@@ -1,0 +1,131 @@
+"""What an RL run gained, in physics (the ground truth) and in imagination.
+
+The policy runs ``eval_episodes`` episodes in the physics env from seeds ``eval_seed + i`` and as
+many in the imagined env from the same starts (rendered once, ``eval.policy.matched_starts``),
+with its deterministic actions (the flow ODE), before the first RL iteration and after the last.
+Imagined success above physics success after RL measures how much the policy learned to exploit
+the world model rather than to solve the task.
+
+Outputs in the RL run's folder: eval_before.json / eval_after.json (per-episode results),
+rl_eval.json, rl_eval.md (the before/after table with Wilson intervals) and learning_curve.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from eval.policy import EpisodeResults, matched_starts, run_episodes
+from eval.success import wilson_interval
+
+log = logging.getLogger(__name__)
+
+
+def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, episodes: int, seed: int,
+                         num_envs: int, world_model: Path, progress: Path, stats_root=None, device: str = "cpu",
+                         imagined: bool = True, desc: str = "") -> dict[str, EpisodeResults]:
+    """Success of ``policy`` over ``episodes`` physics episodes (seeds seed, seed + 1, ...) and, with
+    ``imagined``, over the imagined episodes from the same starts (the horizon is physics')."""
+    from simulator.env import ImaginedEnv
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    was_stochastic = getattr(policy, "stochastic", False)
+    policy.stochastic = False
+    results = {}
+    physics = PhysicsEnv(PhysicsEnvConfig(task=task, num_envs=num_envs, views=views, height=size, width=size))
+    with torch.no_grad():
+        results["physics"] = run_episodes(physics, policy, episodes, seed, f"{desc} physics")
+        physics.close()
+        if imagined:
+            starts = matched_starts(task, views, size, episodes, seed, num_envs)
+            env = ImaginedEnv.from_pretrained(world_model, progress, starts, views, stats_root=stats_root,
+                                              device=device, num_envs=num_envs, max_steps=physics.max_steps)
+            results["imagined"] = run_episodes(env, policy, episodes, 0, f"{desc} imagined")
+    policy.stochastic = was_stochastic
+    return results
+
+
+def evaluate_before_after(cfg, policy, label: str) -> dict[str, EpisodeResults]:
+    """The RL run's evaluation ``label`` ("before" or "after"), saved as eval_<label>.json; the
+    "before" one is reused when the run resumes."""
+    path = Path(cfg.output_dir) / f"eval_{label}.json"
+    if label == "before" and path.is_file():
+        return {k: EpisodeResults(**v) for k, v in json.loads(path.read_text()).items()}
+    spec = policy.spec
+    results = physics_and_imagined(policy, tuple(spec.views), spec.image_size, cfg.task, cfg.eval_episodes,
+                                   cfg.eval_seed, cfg.eval_num_envs, cfg.world_model, cfg.progress, cfg.stats_root,
+                                   cfg.device, desc=label)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: asdict(v) for k, v in results.items()}))
+    log.info("%s RL: %s", label, {k: rate(v) for k, v in results.items()})
+    return results
+
+
+def rate(results: EpisodeResults) -> float:
+    return sum(results.success) / max(1, len(results.success))
+
+
+def summary(before: dict, after: dict) -> dict:
+    """Success rates with 95% Wilson intervals, the physics gain, and the imagined-minus-physics gap."""
+    table = {}
+    for when, res in (("before", before), ("after", after)):
+        for where, r in res.items():
+            k, n = sum(r.success), len(r.success)
+            table[f"{where}_{when}"] = {"rate": k / n, "ci95": list(wilson_interval(k, n)), "n": n}
+    out = {"table": table, "physics_gain": rate(after["physics"]) - rate(before["physics"])}
+    if "imagined" in after:
+        out["exploitation_gap_after"] = rate(after["imagined"]) - rate(after["physics"])
+        out["exploitation_gap_before"] = rate(before["imagined"]) - rate(before["physics"])
+    return out
+
+
+def save_rl_report(cfg, before: dict, after: dict) -> Path:
+    """rl_eval.json, rl_eval.md and learning_curve.png in the run's folder."""
+    out = Path(cfg.output_dir)
+    result = summary(before, after)
+    (out / "rl_eval.json").write_text(json.dumps({"config": asdict(cfg), **result}, indent=1, default=str))
+    lines = ["| | success | 95% interval | episodes |", "|---|---|---|---|"]
+    for key, row in result["table"].items():
+        lines.append(f"| {key.replace('_', ' ')} | {row['rate']:.2f} | [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}] "
+                     f"| {row['n']} |")
+    lines.append(f"\nPhysics gain: {result['physics_gain']:+.2f}.")
+    if "exploitation_gap_after" in result:
+        lines.append(f"Imagined minus physics success: {result['exploitation_gap_before']:+.2f} before, "
+                     f"{result['exploitation_gap_after']:+.2f} after.")
+    (out / "rl_eval.md").write_text("\n".join(lines) + "\n")
+    plot_learning_curve(out, result)
+    return out
+
+
+def plot_learning_curve(out: Path, result: dict | None = None) -> Path:
+    """The imagined rollouts' success and return per iteration, with the physics success before
+    and after RL (and their intervals) as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    it = [r["iteration"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(it, [r["success"] for r in records], "o-", label="imagined rollouts (training, stochastic)")
+    if result:
+        for when, color in (("before", "tab:gray"), ("after", "tab:green")):
+            row = result["table"][f"physics_{when}"]
+            x = 0 if when == "before" else max(it, default=1)
+            ax1.errorbar([x], [row["rate"]], yerr=[[row["rate"] - row["ci95"][0]], [row["ci95"][1] - row["rate"]]],
+                         fmt="s", color=color, capsize=4, label=f"physics {when} (n={row['n']})")
+    ax1.set(xlabel="iteration", ylabel="success", ylim=(-0.05, 1.05), title="success")
+    ax1.legend(fontsize=7)
+    ax2.plot(it, [r["return"] for r in records], "o-")
+    ax2.set(xlabel="iteration", ylabel="mean return (progress reward)", title="imagined return")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=110)
+    plt.close(fig)
+    return out / "learning_curve.png"

@@ -1,0 +1,103 @@
+"""The RL maths against hand computations, and whole RL runs on tiny real models and a tiny dataset."""
+
+import json
+
+import pytest
+import torch
+
+from data.clips import DatasetConfig
+from policy.flow import FlowPolicy
+from simulator.progress import ProgressModel
+from simulator.world_model import WorldModel
+from train.rl.advantage_conditioned import AdvantageConditionedConfig
+from train.rl.base import clipped_surrogate, gae, group_advantages, kl_k3
+from train.rl.grpo import GRPOConfig
+from train.rl.loop import ALGORITHMS, RLConfig, train
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared CPU waiting threads slow them down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_group_advantages_standardise_within_groups_and_drop_equal_groups():
+    returns = torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 0.0, 5.0, 1.0])
+    adv, kept = group_advantages(returns, 2)
+    assert torch.allclose(adv, torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0]), atol=1e-5)
+    assert kept.tolist() == [True, True, False, False, False, False, True, True]
+    adv4, _ = group_advantages(torch.tensor([0.0, 1.0, 2.0, 3.0]), 4)
+    std = torch.tensor([0.0, 1.0, 2.0, 3.0]).std(correction=0)
+    assert torch.allclose(adv4, (torch.tensor([0.0, 1.0, 2.0, 3.0]) - 1.5) / std, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        group_advantages(torch.zeros(5), 2)
+
+
+def test_gae_matches_a_hand_computation_and_stops_at_episode_ends():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[1.0], [0.0], [2.0]])
+    values = torch.tensor([[0.5], [0.2], [0.1], [9.0]])  # the bootstrap 9 must be ignored: the episode ends at t=2
+    alive = torch.ones(3, 1, dtype=torch.bool)
+    adv, targets = gae(rewards, values, alive, gamma, lam)
+    d2 = 2.0 - 0.1
+    d1 = 0.0 + gamma * 0.1 - 0.2
+    d0 = 1.0 + gamma * 0.2 - 0.5
+    expected = torch.tensor([d0 + gamma * lam * (d1 + gamma * lam * d2), d1 + gamma * lam * d2, d2])
+    assert torch.allclose(adv[:, 0], expected, atol=1e-6)
+    assert torch.allclose(targets[:, 0], expected + values[:3, 0], atol=1e-6)
+    # an episode that ended after step 0 takes nothing from the (dead) steps after it
+    alive = torch.tensor([[True], [False], [False]])
+    adv, _ = gae(rewards, values, alive, gamma, lam)
+    assert adv[:, 0].tolist() == pytest.approx([1.0 - 0.5, 0.0, 0.0])
+
+
+def test_the_surrogate_has_ratio_one_before_an_update_and_clips_after():
+    old = torch.randn(6, 2) * 10
+    loss, m = clipped_surrogate(old.clone(), old, torch.tensor([1.0, -1.0, 2.0, 0.5, -0.5, 0.0]), clip=0.2, dims=56)
+    assert m["ratio"] == pytest.approx(1.0) and m["clip_fraction"] == 0.0 and m["approx_kl"] == pytest.approx(0.0)
+    assert loss.item() == pytest.approx(-torch.tensor([1.0, -1.0, 2.0, 0.5, -0.5, 0.0]).mean().item())
+    # a positive advantage gains nothing past 1 + clip
+    new = old + 56 * torch.log(torch.tensor(1.5))
+    loss, m = clipped_surrogate(new, old, torch.ones(6), clip=0.2, dims=56)
+    assert loss.item() == pytest.approx(-1.2, abs=1e-5) and m["clip_fraction"] == 1.0
+    assert kl_k3(old, old).item() == 0.0 and kl_k3(old, old + 1.0).item() > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_dataset, tmp_path_factory):
+    """A tiny world model, progress model and flow policy, saved as training saves them."""
+    root = tmp_path_factory.mktemp("rl_models")
+    torch.manual_seed(0)
+    wm = WorldModel(views=2, image_size=SIZE, context=2, horizon=8, block_out_channels=(32, 32), cond_dim=32,
+                    scale_noisy_input=True)
+    with torch.no_grad():  # heads start at zero (copy-last): make the imagination move
+        for p in wm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wm.save_pretrained(root / "world_model")
+    ProgressModel(image_size=SIZE, channels=(8, 8), norm_num_groups=4, width=32, head_width=16,
+                  ensemble=3).save_pretrained(root / "progress")
+    FlowPolicy(image_size=SIZE, channels=(8, 8), width=32, depth=1, heads=2).save_pretrained(root / "policy")
+    return root
+
+
+def rl_config(tiny_dataset, models, out, **kw) -> RLConfig:
+    return RLConfig(policy=models / "policy", world_model=models / "world_model", progress=models / "progress",
+                    dataset=DatasetConfig(root=tiny_dataset, val_episodes=1), stats_root=tiny_dataset, iterations=1,
+                    num_envs=4, max_steps=16, eval_episodes=0, output_dir=out, grpo=GRPOConfig(group_size=2),
+                    advantage_conditioned=AdvantageConditionedConfig(group_size=2, steps_per_iteration=2, batch_size=8),
+                    **kw)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_one_iteration_of_every_algorithm_runs_and_changes_the_policy(algorithm, tiny_dataset, tiny_models, tmp_path):
+    train(rl_config(tiny_dataset, tiny_models, tmp_path / "run", algorithm=algorithm))
+    before = FlowPolicy.from_pretrained(tiny_models / "policy").state_dict()
+    after = FlowPolicy.from_pretrained(tmp_path / "run" / "policy").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["iteration"] == 1 and record["chunks"] >= 4 and 0.0 <= record["success"] <= 1.0

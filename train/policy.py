@@ -1,0 +1,195 @@
+"""Behaviour cloning of a policy on a LeRobot dataset (``reverie-train policy``).
+
+    reverie-train policy --dataset.root outputs/demo/dataset --output_dir outputs/policy
+    reverie-eval policy --policies bc=outputs/policy/model ...
+
+A sample is one frame of a training episode (every view, the state, the task) and the action
+chunk that follows it (padded past the episode's end, padding left out of the loss). The policy
+is the flow-matching policy of ``policy.flow`` (``--policy.*`` sets its size); images get random
+shifts of a few pixels (DrQ), which a policy trained on a few hundred episodes needs not to
+memorise pixel positions. ``--episodes success`` clones only the successful episodes; the default
+clones them all, failures included, as a dataset of mixed quality would be used.
+
+The loop is the world model's (``train.loop``): EMA, checkpoints, exact resume, metrics.jsonl.
+
+Dimension legend: B batch, V views, H chunk length, A action dim, h x w image size.
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from data.clips import DatasetConfig
+from policy.flow import FlowPolicy, FlowPolicyConfig
+from simulator import keys
+from train import loop
+from train.loop import to_device
+
+log = logging.getLogger(__name__)
+
+EPISODE_CHOICES = ("all", "success")
+
+
+@dataclass
+class TrainPolicyConfig(loop.LoopConfig):
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=20))
+    # Views, image size and action/state dims are filled in from the dataset.
+    policy: FlowPolicyConfig = field(default_factory=FlowPolicyConfig)
+    episodes: str = "all"  # all | success: which training episodes are cloned
+    shift: int = 4  # random image shift in pixels (0 = none)
+    output_dir: Path = Path("outputs/policy")
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-4
+    ema_decay: float = 0.995
+    checkpoint_every: int = 500
+    num_workers: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.dataset.require()
+        self.output_dir = Path(self.output_dir)
+        if self.episodes not in EPISODE_CHOICES:
+            raise ValueError(f"episodes must be one of {EPISODE_CHOICES}, got {self.episodes=}")
+        if self.shift < 0:
+            raise ValueError(f"shift must be >= 0, got {self.shift=}")
+
+
+def training_episodes(cfg: TrainPolicyConfig) -> list[int]:
+    """The training episodes of the split, only the successful ones with ``--episodes success``."""
+    train_episodes, _ = cfg.dataset.split()
+    if cfg.episodes == "all":
+        return train_episodes
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    table = LeRobotDataset(cfg.dataset.repo_id or "local/dataset", root=cfg.dataset.root).hf_dataset
+    if keys.EPISODE_SUCCESS not in table.column_names:
+        raise KeyError(f"--episodes success needs the {keys.EPISODE_SUCCESS!r} column, which the dataset lacks")
+    cols = table.select_columns(["episode_index", keys.EPISODE_SUCCESS]).with_format("torch")[:]
+    good = set(cols["episode_index"][cols[keys.EPISODE_SUCCESS].bool().flatten()].tolist())
+    chosen = [ep for ep in train_episodes if ep in good]
+    if not chosen:
+        raise ValueError("no successful training episodes to clone")
+    return chosen
+
+
+def policy_for(cfg: TrainPolicyConfig, data) -> FlowPolicy:
+    """The policy with the shapes and statistics that the dataset decides."""
+    features = data.meta.features
+    h, w, _ = features[keys.image_key(data.views[0])]["shape"]
+    if h != w:
+        raise ValueError(f"the policy expects square frames, the dataset has {h}x{w}")
+    spec = asdict(cfg.policy) | {"views": tuple(data.views), "image_size": h,
+                                 "action_dim": features[keys.ACTION]["shape"][0],
+                                 "state_dim": features[keys.STATE]["shape"][0]}
+    stats = data.stats
+    return FlowPolicy(**spec, action_mean=stats[keys.ACTION]["mean"], action_std=stats[keys.ACTION]["std"],
+                      state_mean=stats[keys.STATE]["mean"], state_std=stats[keys.STATE]["std"])
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-v2's augmentation: each image shifted by a random whole number of pixels in [-pad, pad],
+    the border replicated. images (N, 3, h, w) -> (N, 3, h, w)."""
+    if pad == 0:
+        return images
+    N, _, h, w = images.shape
+    shift = torch.randint(-pad, pad + 1, (N, 1, 1, 2), generator=generator).to(images) * 2 / torch.tensor([w, h]).to(images)
+    theta = torch.eye(2, 3, device=images.device, dtype=images.dtype).expand(N, 2, 3)
+    grid = F.affine_grid(theta, (N, 3, h, w), align_corners=False) + shift
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
+class FrameTable:
+    """Every frame of the chosen episodes in memory as tensors, indexed without a DataLoader: the
+    frames (N, V, 3, h, w) uint8, the state (N, S), the action chunk starting at each frame
+    (N, H, A) with its padding mask (N, H), and the task. A batch is a gather, which keeps the
+    data side negligible beside the model on a CPU.
+
+    With ``with_success`` it also holds ``success`` (N,) bool, the label of each frame's episode
+    (``keys.EPISODE_SUCCESS``), which advantage-conditioned RL turns into the frame's bin
+    (``train.rl.advantage_conditioned``); otherwise ``success`` is None."""
+
+    def __init__(self, clips, chunk_size: int, with_success: bool = False):
+        rows = [clips._rows[ep] for ep in clips.episodes]
+        self.frames = torch.cat([clips._cache[ep].transpose(0, 1) for ep in clips.episodes])
+        self.state = clips.columns[keys.STATE]
+        actions = clips.columns[keys.ACTION]
+        offsets = torch.arange(chunk_size)
+        chunk_idx, masks = [], []
+        for first, end in rows:
+            idx = torch.arange(first, end)[:, None] + offsets  # (n, H)
+            masks.append(idx < end)
+            chunk_idx.append(idx.clamp(max=end - 1))
+        self.action_mask = torch.cat(masks)
+        self.actions = actions[torch.cat(chunk_idx)] * self.action_mask[..., None]
+        self.task = [clips.tasks[int(i)] for i in clips.task_of]
+        self.views = clips.views
+        self.success = episode_success(clips) if with_success else None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def batches(self, cfg: TrainPolicyConfig, step: int, rank: int = 0, world: int = 1):
+        """This process's batches from micro-step ``step`` on; the order depends only on (seed, step),
+        as in ``train.world_model.batches_from``."""
+        B = cfg.batch_size
+        per_epoch = len(self) // (B * world)
+        if per_epoch == 0:
+            raise ValueError(f"batch_size {B} x {world} processes is larger than the dataset ({len(self)} frames)")
+        while True:
+            epoch, offset = divmod(step, per_epoch)
+            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            for idx in order[: per_epoch * B * world].reshape(per_epoch, world, B)[offset:, rank]:
+                yield {"frames": self.frames[idx].float() / 255.0, "state": self.state[idx],
+                       "action": self.actions[idx], "action_mask": self.action_mask[idx],
+                       "task": [self.task[i] for i in idx.tolist()]}
+                step += 1
+
+
+def episode_success(clips) -> torch.Tensor:
+    """(N,) bool: the success label of the episode of each loaded frame, in the clips' row order."""
+    table = clips.lerobot.hf_dataset
+    if keys.EPISODE_SUCCESS not in table.column_names:
+        raise KeyError(f"the dataset has no {keys.EPISODE_SUCCESS!r} column: no success label per episode")
+    cols = table.select_columns(["episode_index", keys.EPISODE_SUCCESS]).with_format("torch")[:]
+    if not torch.equal(cols["episode_index"].long(), clips.episode_of):
+        raise ValueError("the dataset's rows are not the loaded episodes' rows, in order")
+    return cols[keys.EPISODE_SUCCESS].bool().flatten()
+
+
+def observation_of(batch: dict, views: tuple[str, ...], shift: int, generator: torch.Generator) -> dict:
+    """The policy's observation from a batch, every view randomly shifted."""
+    frames = batch["frames"]  # (B, V, 3, h, w)
+    frames = random_shift(frames.flatten(0, 1), shift, generator).view(frames.shape)
+    obs = {keys.image_key(v): frames[:, i] for i, v in enumerate(views)}
+    return obs | {keys.STATE: batch["state"], keys.TASK: batch["task"]}
+
+
+def train(cfg: TrainPolicyConfig) -> Path:
+    """Trains (or resumes) until ``cfg.steps``; returns the folder of the final EMA policy."""
+    accelerator = loop.make_accelerator(cfg)
+    episodes = training_episodes(cfg)
+    clips = cfg.dataset.clips(episodes, context=1, horizon=1, normalize=False, cache_frames=True)
+    model = policy_for(cfg, clips)
+    data = FrameTable(clips, cfg.policy.chunk_size)
+    model, ema, opt, sched, step = loop.prepare(accelerator, cfg, model, asdict(cfg), "policy")
+    log.info("policy: %.2fM parameters, %d episodes (%s), %d frames, from step %d",
+             sum(p.numel() for p in model.parameters()) / 1e6, len(episodes), cfg.episodes, len(data), step)
+    batches = data.batches(cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)
+
+    def train_step(s: int) -> dict:
+        def micro_loss(micro: int):
+            batch = to_device(next(batches), accelerator.device)
+            # Noise and shifts depend only on (seed, step, micro, process): a resumed run continues exactly.
+            seed = cfg.seed * 1_000_003 + (s * cfg.grad_accumulation + micro) * 131 + accelerator.process_index
+            gen = torch.Generator().manual_seed(seed)
+            obs = observation_of(batch, data.views, cfg.shift, gen)
+            loss = model(obs, batch["action"], batch["action_mask"], generator=gen)
+            return loss, {"loss": loss.detach()}
+
+        return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
+
+    return loop.run(accelerator, model, ema, opt, sched, cfg, cfg.output_dir, step, train_step, "train policy")

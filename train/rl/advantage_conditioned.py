@@ -1,0 +1,233 @@
+"""Advantage-conditioned policy improvement in imagination (RECAP of pi0.6, RISE).
+
+No likelihoods and no ratios: the policy learns with its own flow-matching loss what a better
+than average chunk looks like, told apart by words in its task string. Each iteration:
+
+1. groups of ``group_size`` imagined episodes start from identical frames (as GRPO); an episode's
+   advantage is its return standardised within its group; groups whose returns are all equal
+   say nothing and are dropped;
+2. the advantage is binned (``advantage_bins``: with 2 bins, negative / positive) and the bin
+   becomes words appended to the task (``advantage_words``), left out with probability
+   ``dropout`` so that the plain task keeps meaning the average behaviour;
+3. the policy trains on batches that mix imagined chunks (the observation the chunk was chosen
+   from, the executed actions) with real dataset chunks (``real_share`` of each batch), whose bin
+   is their episode's success label: a successful episode gets the top bin, a failed one the
+   bottom bin. The real share keeps the policy anchored to real data where the world model errs;
+4. afterwards the policy acts with the top bin's words (``set_task_suffix``), also in the next
+   iteration's rollouts and once saved.
+
+Works with any policy that has ``loss(obs, actions, action_mask, generator)`` and
+``set_task_suffix`` (``policy.flow.FlowPolicy``); it does not need log-probabilities.
+
+Dimension legend: T chunk steps, B envs, n batch, V views, h x w image size, S state dim,
+H chunk length, A action dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from simulator import keys
+from train.rl.base import Algorithm, Rollouts, group_advantages
+
+
+@dataclass
+class AdvantageConditionedConfig:
+    group_size: int = 8  # envs per group (the same start frames)
+    bins: int = 2  # advantage bins; the policy acts with the top one
+    dropout: float = 0.3  # probability that a training chunk gets the plain task (no bin words)
+    real_share: float = 0.6  # share of each batch drawn from the real dataset (0 = imagined only)
+    steps_per_iteration: int = 20  # gradient steps per update
+    batch_size: int = 64  # chunks per gradient step, imagined and real together
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    shift: int = 4  # random image shift in pixels (DrQ), as in behaviour cloning (0 = none)
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"a group needs >= 2 rollouts to have an advantage, got {self.group_size=}")
+        if self.bins < 2:
+            raise ValueError(f"advantage conditioning needs >= 2 bins, got {self.bins=}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout=}")
+        if not 0 <= self.real_share < 1:
+            raise ValueError(f"real_share must be in [0, 1) (the imagined chunks carry what is learned), "
+                             f"got {self.real_share=}")
+        for name in ("steps_per_iteration", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        if self.lr <= 0 or self.grad_clip <= 0 or self.shift < 0:
+            raise ValueError(f"need lr > 0, grad_clip > 0, shift >= 0, got {self.lr=} {self.grad_clip=} {self.shift=}")
+
+
+def advantage_words(bin: int) -> str:
+    """The words appended to a task to condition the policy on advantage bin ``bin``."""
+    return f" advantage {bin}"
+
+
+def bin_edges(bins: int) -> Tensor:
+    """(bins - 1,) fixed edges on the standardised advantage: the standard normal's quantiles at
+    i / bins, equal-mass bins for advantages ~ N(0, 1), independent of the batch. 2 bins: [0]."""
+    if bins < 2:
+        raise ValueError(f"need >= 2 bins, got {bins=}")
+    return torch.distributions.Normal(0.0, 1.0).icdf(torch.arange(1, bins) / bins)
+
+
+def advantage_bins(advantages: Tensor, bins: int) -> Tensor:
+    """(B,) standardised advantages -> (B,) long bins in [0, bins), higher is better. An
+    advantage on an edge goes to the lower bin: with 2 bins only positive advantages reach the top."""
+    return torch.bucketize(advantages.float(), bin_edges(bins), right=False)
+
+
+def success_bins(success: Tensor, bins: int) -> Tensor:
+    """(n,) bool episode success of real chunks -> (n,) long bins: the top one for a successful
+    episode, the bottom one for a failed one."""
+    return torch.where(success.bool(), bins - 1, 0)
+
+
+def conditioned_tasks(tasks: list[str], bins: Tensor, dropout: float, generator: torch.Generator) -> list[str]:
+    """Each task (n) with its bin's words, or plain with probability ``dropout``."""
+    plain = (torch.rand(len(tasks), generator=generator) < dropout).tolist()
+    return [t if p else t + advantage_words(int(k)) for t, k, p in zip(tasks, bins.tolist(), plain)]
+
+
+def real_frames(dataset, views: tuple[str, ...], chunk_size: int):
+    """The training episodes of ``dataset`` (a ``data.clips.DatasetConfig``) in memory, as
+    ``views``, in env units, with each frame's episode success: the real share of the batches."""
+    from train.policy import FrameTable
+
+    train_episodes, _ = dataset.split()
+    clips = replace(dataset, views=tuple(views)).clips(train_episodes, context=1, horizon=1, normalize=False,
+                                                       cache_frames=True)
+    return FrameTable(clips, chunk_size, with_success=True)
+
+
+def chunk_size_of(policy) -> int:
+    for value in (getattr(getattr(policy, "spec", None), "chunk_size", None), getattr(policy, "chunk_size", None)):
+        if value is not None:
+            return int(value)
+    raise TypeError(f"cannot tell the chunk size of a {type(policy).__name__}; pass frames= instead of dataset=")
+
+
+class AdvantageConditioned(Algorithm):
+    name = "advantage_conditioned"
+    needs_log_prob = False
+
+    def __init__(self, policy, config: AdvantageConditionedConfig, views: tuple[str, ...], dataset=None,
+                 frames=None):
+        """``dataset`` (a ``data.clips.DatasetConfig``: its training episodes are loaded) or
+        ``frames`` (a ``train.policy.FrameTable`` with ``success``) gives the real data; neither
+        is needed with ``real_share`` 0."""
+        missing = [m for m in ("loss", "set_task_suffix") if not callable(getattr(policy, m, None))]
+        if missing:
+            raise TypeError(f"{type(policy).__name__} has no {' or '.join(missing)}: {self.name} trains a policy with "
+                            f"its own flow/diffusion loss(obs, actions, action_mask, generator) and conditions it "
+                            f"with set_task_suffix (policy.flow.FlowPolicy does both)")
+        super().__init__(policy, config, views)
+        if dataset is not None and frames is not None:
+            raise ValueError("give the real data once: dataset= or frames=, not both")
+        if frames is None and dataset is not None and config.real_share > 0:
+            frames = real_frames(dataset, self.views, chunk_size_of(policy))
+        if config.real_share > 0:
+            if frames is None:
+                raise ValueError(f"{config.real_share=} needs real data: pass dataset= or frames=")
+            if getattr(frames, "success", None) is None:
+                raise ValueError("the real frames carry no episode success (build FrameTable(..., with_success=True))")
+            if tuple(frames.views) != self.views:
+                raise ValueError(f"the real frames hold the views {tuple(frames.views)}, the policy reads {self.views}")
+        self.frames = frames if config.real_share > 0 else None
+        self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+        self.updates = 0
+
+    @property
+    def top_bin(self) -> int:
+        return self.config.bins - 1
+
+    def start_index(self, num_envs: int, num_starts: int, generator: torch.Generator) -> Tensor:
+        G = self.config.group_size
+        if num_envs % G:
+            raise ValueError(f"num_envs ({num_envs}) must be a multiple of the group size ({G})")
+        return torch.randint(0, num_starts, (num_envs // G,), generator=generator).repeat_interleave(G)
+
+    def update(self, rollouts: Rollouts, generator: torch.Generator) -> dict:
+        cfg = self.config
+        advantages, kept = group_advantages(rollouts.returns, cfg.group_size)
+        episode_bins = advantage_bins(advantages, cfg.bins)  # (B,)
+        t_idx, b_idx = torch.nonzero(rollouts.alive & kept[None], as_tuple=True)
+        n_real = round(cfg.real_share * cfg.batch_size) if self.frames is not None else 0
+        n_imagined = cfg.batch_size - n_real if len(t_idx) else 0
+        metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx),
+                   "top_bin_share": (episode_bins[kept] == self.top_bin).float().mean().item() if kept.any() else 0.0}
+        if n_real + n_imagined == 0:  # every group's returns were equal and there is no real data
+            return metrics
+        totals = {"flow_loss": 0.0, "grad_norm": 0.0}
+        device = next(iter(self.policy.parameters())).device
+        self.policy.set_task_suffix("")  # the batches carry their conditioned tasks explicitly
+        self.policy.train()
+        try:
+            for _ in range(cfg.steps_per_iteration):
+                imagined = self._imagined(rollouts, t_idx, b_idx, episode_bins, n_imagined, generator)
+                real = self._real(n_real, generator)
+                obs, actions, mask = self._batch([p for p in (imagined, real) if p is not None], generator)
+                loss = self.policy.loss(obs, actions.to(device), mask.to(device), generator)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+                self.opt.step()
+                totals["flow_loss"] += loss.item() / cfg.steps_per_iteration
+                totals["grad_norm"] += float(grad_norm) / cfg.steps_per_iteration
+        finally:
+            self.policy.eval()
+            self.policy.set_task_suffix(advantage_words(self.top_bin))  # act as the best bin
+        self.updates += 1
+        return metrics | totals | {"real_share": n_real / (n_real + n_imagined)}
+
+    def _imagined(self, rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor, episode_bins: Tensor, n: int,
+                  generator: torch.Generator) -> dict | None:
+        """n imagined chunks drawn with replacement from the kept alive steps (t_idx, b_idx)."""
+        if n == 0:
+            return None
+        pick = torch.randint(len(t_idx), (n,), generator=generator)
+        t, b = t_idx[pick], b_idx[pick]
+        H = rollouts.actions.shape[2]
+        return {"images": rollouts.images[t, b], "state": rollouts.state[t, b].float(),
+                "task": [rollouts.task[i] for i in b.tolist()], "actions": rollouts.actions[t, b].float(),
+                "mask": torch.ones(n, H, dtype=torch.bool), "bins": episode_bins[b]}
+
+    def _real(self, n: int, generator: torch.Generator) -> dict | None:
+        """n real chunks; a successful episode's frames get the top bin, a failed one's the bottom."""
+        if n == 0:
+            return None
+        f = self.frames
+        pick = torch.randint(len(f), (n,), generator=generator)
+        return {"images": f.frames[pick], "state": f.state[pick].float(), "task": [f.task[i] for i in pick.tolist()],
+                "actions": f.actions[pick].float(), "mask": f.action_mask[pick],
+                "bins": success_bins(f.success[pick], self.config.bins)}
+
+    def _batch(self, parts: list[dict], generator: torch.Generator) -> tuple[dict, Tensor, Tensor]:
+        """The policy's observation (every view shifted, tasks conditioned), actions (n, H, A) and
+        mask (n, H) of the parts put together."""
+        from train.policy import random_shift
+
+        for key in ("images", "actions"):
+            if len(shapes := {tuple(p[key].shape[1:]) for p in parts}) > 1:
+                raise ValueError(f"imagined and real chunks differ in {key} shape: {sorted(shapes)}")
+        images = torch.cat([p["images"] for p in parts]).float() / 255.0  # (n, V, 3, h, w)
+        images = random_shift(images.flatten(0, 1), self.config.shift, generator).view(images.shape)
+        tasks = conditioned_tasks([t for p in parts for t in p["task"]], torch.cat([p["bins"] for p in parts]),
+                                  self.config.dropout, generator)
+        obs = {keys.image_key(v): images[:, i] for i, v in enumerate(self.views)}
+        obs |= {keys.STATE: torch.cat([p["state"] for p in parts]), keys.TASK: tasks}
+        return obs, torch.cat([p["actions"] for p in parts]), torch.cat([p["mask"] for p in parts])
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.updates = state["updates"]
+        if self.updates:  # the suffix lives in the policy's config, which a weights-only restore loses
+            self.policy.set_task_suffix(advantage_words(self.top_bin))

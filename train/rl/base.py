@@ -1,0 +1,166 @@
+"""What the RL algorithms share: rollouts in the frozen imagined env, the small maths, and the
+base class each algorithm extends.
+
+An iteration (``train.rl.loop``) resets ``num_envs`` imagined envs at start frames that the
+algorithm picks (GRPO: groups of envs at identical starts), runs the policy chunk by chunk until
+every episode ended (solved, ``max_steps``, or too uncertain) and hands the ``Rollouts`` to
+``Algorithm.update``. Rewards are the env's: gamma·Φ(next) − Φ(now) from the progress model,
+plus a bonus at success.
+
+Pure functions, unit-tested: ``group_advantages``, ``gae``, ``clipped_surrogate``, ``kl_k3``.
+
+Dimension legend: T chunk steps, B envs, K stochastic denoising steps, V views, S state dim,
+H chunk length, A action dim, h x w image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from policy.base import ActionSample, RLPolicy, no_log_prob_message
+from simulator import keys
+
+
+@dataclass
+class Rollouts:
+    """T chunk steps of B imagined episodes. Step t of env b counts only where ``alive[t, b]``."""
+
+    images: Tensor  # (T, B, V, 3, h, w) uint8: the observation each chunk was chosen from
+    state: Tensor  # (T, B, S)
+    task: list[str]  # B
+    actions: Tensor  # (T, B, H, A) executed, env units
+    samples: ActionSample | None  # flattened over (T, B) in t-major order; None for policies without log-probs
+    rewards: Tensor  # (T, B)
+    alive: Tensor  # (T, B) bool
+    success: Tensor  # (B,) bool: the episode ended solved
+    starts: Tensor  # (B,) start index of each env
+
+    @property
+    def returns(self) -> Tensor:
+        """(B,) undiscounted sum of each episode's rewards."""
+        return (self.rewards * self.alive).sum(0)
+
+    def observation(self, t_idx: Tensor, b_idx: Tensor, views: tuple[str, ...], task_suffix: str = "") -> dict:
+        """The policy's observation at steps (t_idx, b_idx) (N,) as the env gave it."""
+        images = self.images[t_idx, b_idx].float() / 255.0  # (N, V, 3, h, w)
+        obs = {keys.image_key(v): images[:, i] for i, v in enumerate(views)}
+        return obs | {keys.STATE: self.state[t_idx, b_idx], keys.TASK: [self.task[b] + task_suffix for b in b_idx.tolist()]}
+
+
+def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
+            generator: torch.Generator | None = None) -> Rollouts:
+    """Runs one imagined episode per env from ``start_index`` (B,), chunk by chunk. Policies with
+    log-probabilities (``RLPolicy``) sample through ``sample`` and the samples are kept."""
+    B = env.num_envs
+    obs, _ = env.reset(seed=seed, options={"start_index": start_index})
+    with_log_prob = isinstance(policy, RLPolicy)
+    done, success = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+    steps: dict[str, list] = {k: [] for k in ("images", "state", "actions", "samples", "rewards", "alive")}
+    task = list(obs[keys.TASK]) if not isinstance(obs[keys.TASK], str) else [obs[keys.TASK]] * B
+    while not done.all():
+        with torch.no_grad():
+            if with_log_prob:
+                sample = policy.sample(obs, generator)
+                actions = sample.actions.float().cpu()
+                steps["samples"].append(sample)
+            else:
+                actions = policy.select_action_chunk(obs).float().cpu()
+        steps["images"].append(torch.stack([(obs[keys.image_key(v)] * 255).round().to(torch.uint8) for v in views], 1))
+        steps["state"].append(obs[keys.STATE].float().cpu())
+        steps["actions"].append(actions)
+        steps["alive"].append(~done)
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        steps["rewards"].append(torch.where(done, torch.zeros(B), reward.float().cpu()))
+        success |= terminated & ~done
+        done |= terminated | truncated
+    stack = lambda k: torch.stack(steps[k])
+    samples = ActionSample.cat([s.to("cpu") for s in steps["samples"]]) if with_log_prob else None
+    return Rollouts(images=stack("images"), state=stack("state"), task=task, actions=stack("actions"), samples=samples,
+                    rewards=stack("rewards"), alive=stack("alive"), success=success, starts=torch.as_tensor(start_index))
+
+
+def group_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """GRPO: (return − group mean) / group std over consecutive groups of ``group_size`` episodes
+    that started from the same frames. Returns (advantages (B,), kept (B,) bool): groups whose
+    returns are all equal teach nothing and are dropped."""
+    if returns.ndim != 1 or returns.shape[0] % group_size:
+        raise ValueError(f"returns must be (B,) with B a multiple of group_size {group_size}, got {tuple(returns.shape)}")
+    groups = returns.view(-1, group_size)
+    std = groups.std(1, correction=0, keepdim=True)
+    adv = (groups - groups.mean(1, keepdim=True)) / (std + eps)
+    kept = (std > eps).expand_as(groups)
+    return (adv * kept).flatten(), kept.flatten()
+
+
+def gae(rewards: Tensor, values: Tensor, alive: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over chunk steps. rewards, alive (T, B); values (T + 1, B)
+    with values[T] the bootstrap (0 where the episode ended). An episode ends at its last alive
+    step: nothing flows back across it. Returns (advantages (T, B), value targets (T, B))."""
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    alive = alive.float()
+    for t in reversed(range(T)):
+        next_alive = alive[t + 1] if t + 1 < T else torch.zeros_like(alive[0])
+        delta = rewards[t] + gamma * values[t + 1] * next_alive - values[t]
+        running = delta + gamma * lam * next_alive * running
+        adv[t] = running * alive[t]
+    return adv, (adv + values[:-1]) * alive
+
+
+def clipped_surrogate(new_log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float,
+                      dims: int = 1) -> tuple[Tensor, dict]:
+    """PPO's clipped objective, per stochastic denoising step (DPPO): log-probs (N, K), advantages
+    (N,). The log-ratio of a step is divided by ``dims``, the dimensions of its Gaussian (H x A),
+    as Flow-GRPO does: summed over a 56-dimensional chunk, the slightest change of the mean moves
+    the ratio past any clip, and the clip stops meaning a trust region. Returns (loss to minimise,
+    metrics: clip fraction, approximate KL per dimension, mean ratio)."""
+    ratio = ((new_log_probs - old_log_probs) / dims).exp()
+    adv = advantages[:, None].expand_as(ratio)
+    loss = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
+    with torch.no_grad():
+        metrics = {"clip_fraction": ((ratio - 1).abs() > clip).float().mean().item(),
+                   "approx_kl": ((ratio - 1) - ratio.log()).mean().item(), "ratio": ratio.mean().item()}
+    return loss, metrics
+
+
+def kl_k3(log_probs: Tensor, reference_log_probs: Tensor, dims: int = 1) -> Tensor:
+    """Schulman's k3 estimate of KL(policy || reference) from samples of the policy: mean of
+    (r − 1) − log r with r = p_ref / p; >= 0, unbiased, low variance. ``dims`` as in
+    ``clipped_surrogate`` (then a KL per dimension)."""
+    log_r = (reference_log_probs - log_probs) / dims
+    return (log_r.exp() - 1 - log_r).mean()
+
+
+class Algorithm:
+    """One RL algorithm: how it picks starts and how it updates the policy from rollouts."""
+
+    name = "base"
+    needs_log_prob = True
+
+    def __init__(self, policy, config, views: tuple[str, ...]):
+        if self.needs_log_prob and not isinstance(policy, RLPolicy):
+            raise TypeError(no_log_prob_message(type(policy).__name__, self.name))
+        self.policy, self.config, self.views = policy, config, tuple(views)
+
+    def start_index(self, num_envs: int, num_starts: int, generator: torch.Generator) -> Tensor:
+        """(B,) the start of each env: independent draws by default."""
+        return torch.randint(0, num_starts, (num_envs,), generator=generator)
+
+    def update(self, rollouts: Rollouts, generator: torch.Generator) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def minibatches(n: int, size: int, generator: torch.Generator):
+    """Shuffled index batches of at most ``size`` over range(n)."""
+    order = torch.randperm(n, generator=generator)
+    return [order[i:i + size] for i in range(0, n, size)]

@@ -1,0 +1,87 @@
+"""GRPO in imagination (SimpleVLA-RL, WMPO, Flow-GRPO): groups of rollouts from identical start
+frames, each episode's advantage its return standardised within its group, no critic.
+
+The world model makes identical starts free: the envs of a group start from the same real frames
+and differ only by the policy's and the world model's noise. Every chunk of an episode carries the
+episode's advantage; the loss is PPO's clipped surrogate per stochastic denoising step (DPPO),
+plus a KL anchor to the frozen base policy (k3 estimator on the rollout's own samples).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from train.rl.base import Algorithm, Rollouts, clipped_surrogate, group_advantages, kl_k3, minibatches
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8  # envs per group (the same start frames)
+    epochs: int = 2  # passes over an iteration's samples
+    minibatch_size: int = 64  # chunk samples per gradient step
+    lr: float = 3e-5
+    clip: float = 0.2  # ratio clip, per denoising step (log-ratio per action dimension)
+    kl_weight: float = 0.1  # anchor to the base policy (KL per action dimension)
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"a group needs >= 2 rollouts to have an advantage, got {self.group_size=}")
+        if self.epochs < 1 or self.minibatch_size < 1 or self.lr <= 0 or self.clip <= 0 or self.kl_weight < 0:
+            raise ValueError(f"bad GRPO settings: {self}")
+
+
+class GRPO(Algorithm):
+    name = "grpo"
+    needs_log_prob = True
+
+    def __init__(self, policy, config: GRPOConfig, views: tuple[str, ...]):
+        super().__init__(policy, config, views)
+        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+
+    def start_index(self, num_envs: int, num_starts: int, generator: torch.Generator) -> torch.Tensor:
+        G = self.config.group_size
+        if num_envs % G:
+            raise ValueError(f"num_envs ({num_envs}) must be a multiple of the group size ({G})")
+        return torch.randint(0, num_starts, (num_envs // G,), generator=generator).repeat_interleave(G)
+
+    def update(self, rollouts: Rollouts, generator: torch.Generator) -> dict:
+        cfg = self.config
+        advantages, kept = group_advantages(rollouts.returns, cfg.group_size)
+        t_idx, b_idx = torch.nonzero(rollouts.alive & kept[None], as_tuple=True)
+        metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx)}
+        if len(t_idx) == 0:  # every group's returns were equal: nothing to learn from
+            return metrics
+        B = rollouts.alive.shape[1]
+        totals: dict[str, float] = {}
+        batches = [mb for _ in range(cfg.epochs) for mb in minibatches(len(t_idx), cfg.minibatch_size, generator)]
+        self.policy.train()
+        for mb in batches:
+            t, b = t_idx[mb], b_idx[mb]
+            obs = rollouts.observation(t, b, self.views)
+            sample = rollouts.samples[t * B + b].to(self.policy.device)
+            new = self.policy.log_prob(obs, sample)
+            with torch.no_grad():
+                ref = self.reference.log_prob(obs, sample)
+            dims = sample.actions[0].numel()
+            loss, step_metrics = clipped_surrogate(new, sample.log_probs, advantages[b].to(new.device), cfg.clip, dims)
+            kl = kl_k3(new, ref, dims)
+            self.opt.zero_grad(set_to_none=True)
+            (loss + cfg.kl_weight * kl).backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            self.opt.step()
+            step_metrics |= {"policy_loss": loss.item(), "kl_to_base": kl.item(), "grad_norm": float(grad_norm)}
+            for k, v in step_metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / len(batches)
+        self.policy.eval()
+        return metrics | totals
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])

@@ -1,0 +1,192 @@
+"""On-policy RL of a policy inside the frozen world model (``reverie-rl``).
+
+    reverie-rl --policy outputs/policy/model --world_model outputs/world_model/model \\
+        --progress outputs/progress/model --dataset.root outputs/demo/dataset --algorithm grpo
+
+Each iteration resets ``num_envs`` imagined envs at real start frames (the first frames of the
+dataset's training episodes, and keyframes inside them with ``--start_every``), rolls the policy
+out for at most ``max_steps`` env steps, and lets the algorithm update the policy; the world
+model and the progress model stay frozen. Before the first iteration and after the last, the
+policy is evaluated in physics (the ground truth) and in imagination from the same matched
+physics starts (``eval.rl``): the gain that counts is the physics one, and imagined success above
+physics success measures how much the policy exploits the world model.
+
+Every iteration is checkpointed (policy, optimiser, RNG, metrics): re-running the same command
+resumes. Outputs: <output_dir>/policy (the trained policy), metrics.jsonl (the learning curve),
+rl_eval.json/.md and learning_curve.png.
+
+Dimension legend: B envs, T chunk steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data.clips import DatasetConfig
+from policy.base import LIKELIHOOD_ALGORITHMS, OTHER_ALGORITHMS
+from train.rl.advantage_conditioned import AdvantageConditionedConfig
+from train.rl.base import collect
+from train.rl.grpo import GRPO, GRPOConfig
+from train.rl.ppo import PPO, PPOConfig
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = LIKELIHOOD_ALGORITHMS + OTHER_ALGORITHMS
+
+
+@dataclass
+class RLConfig:
+    policy: Path = Path("outputs/policy/model")  # the base policy (reverie-train policy)
+    world_model: Path = Path("outputs/world_model/model")
+    progress: Path = Path("outputs/progress/model")
+    # Start frames come from the training episodes of this dataset (the held-out ones are never used).
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=20))
+    stats_root: Path | None = None  # for world models saved without normalization.json
+    task: str = "lift"
+    algorithm: str = "grpo"  # grpo | ppo | advantage_conditioned
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    advantage_conditioned: AdvantageConditionedConfig = field(default_factory=AdvantageConditionedConfig)
+    iterations: int = 20
+    num_envs: int = 32  # imagined episodes per iteration
+    max_steps: int = 80  # imagined horizon in env steps: short rollouts from real frames
+    start_every: int | None = None  # also start from every n-th frame inside the episodes (keyframes)
+    sampling_steps: int = 1  # world-model denoising steps per chunk
+    success_threshold: float = 0.5
+    # Physics and imagined evaluation before and after, from the same matched physics starts.
+    eval_episodes: int = 100
+    eval_num_envs: int = 10
+    eval_seed: int = 100_000  # physics seed of start 0; data collection uses seeds from 0 up
+    output_dir: Path = Path("outputs/rl")
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        self.dataset.require()
+        for name in ("policy", "world_model", "progress", "output_dir"):
+            setattr(self, name, Path(getattr(self, name)))
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown {self.algorithm=}; choose one of {ALGORITHMS}")
+        for name in ("iterations", "num_envs", "max_steps", "eval_num_envs", "sampling_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        if self.eval_episodes < 0:
+            raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes=}")
+
+
+def make_algorithm(cfg: RLConfig, policy, views: tuple[str, ...]):
+    """The configured algorithm around ``policy`` (a clear error when the policy cannot serve it)."""
+    if cfg.algorithm == "grpo":
+        return GRPO(policy, cfg.grpo, views)
+    if cfg.algorithm == "ppo":
+        return PPO(policy, cfg.ppo, views)
+    from train.rl.advantage_conditioned import AdvantageConditioned
+
+    # its real share trains on the dataset's training episodes, labelled by success
+    return AdvantageConditioned(policy, cfg.advantage_conditioned, views, dataset=cfg.dataset)
+
+
+def make_env(cfg: RLConfig, views: tuple[str, ...]):
+    """The imagined env at the dataset's start frames."""
+    from simulator.env import ImaginedEnv, StartFrames
+
+    train_episodes, _ = cfg.dataset.split()
+    clips = cfg.dataset.clips(train_episodes, context=1, horizon=1, normalize=False, cache_frames=False)
+    starts = StartFrames.from_dataset(clips, train_episodes, every=cfg.start_every)
+    env = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
+                                      device=cfg.device, num_envs=cfg.num_envs, max_steps=cfg.max_steps,
+                                      sampling_steps=cfg.sampling_steps, success_threshold=cfg.success_threshold)
+    return env, len(starts)
+
+
+def train(cfg: RLConfig) -> Path:
+    """Runs (or resumes) RL for ``cfg.iterations``; returns the output folder."""
+    from eval.rl import evaluate_before_after, save_rl_report
+    from policy import load_policy
+
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    policy = load_policy(cfg.policy, cfg.task, device=cfg.device)
+    views = tuple(policy.spec.views)
+    algorithm = make_algorithm(cfg, policy, views)  # fails fast for a policy that cannot serve it
+    before = evaluate_before_after(cfg, policy, "before") if cfg.eval_episodes else None
+    env, num_starts = make_env(cfg, views)
+    done, generator = resume(out, policy, algorithm, cfg.seed)
+    if done == 0:
+        (out / "rl_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    for iteration in tqdm(range(done, cfg.iterations), initial=done, total=cfg.iterations, desc=f"RL ({cfg.algorithm})"):
+        clock = time.perf_counter()
+        start_index = algorithm.start_index(cfg.num_envs, num_starts, generator)
+        rollouts = collect(env, policy, views, start_index, seed=cfg.seed * 1_000_003 + iteration, generator=generator)
+        collect_s = time.perf_counter() - clock
+        metrics = algorithm.update(rollouts, generator)
+        record = {"iteration": iteration + 1, "success": rollouts.success.float().mean().item(),
+                  "return": rollouts.returns.mean().item(), "chunks": int(rollouts.alive.sum()),
+                  "collect_s": round(collect_s, 1), "update_s": round(time.perf_counter() - clock - collect_s, 1),
+                  **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}}
+        log.info("iteration %d: %s", iteration + 1, record)
+        save_checkpoint(out, policy, algorithm, generator, iteration + 1, record)
+    if cfg.eval_episodes:
+        after = evaluate_before_after(cfg, policy, "after")
+        save_rl_report(cfg, before, after)
+    return out
+
+
+def save_checkpoint(out: Path, policy, algorithm, generator: torch.Generator, iteration: int, record: dict) -> None:
+    """The policy (ready to load), the algorithm's state and the RNG, written atomically; the
+    iteration's metrics appended to metrics.jsonl."""
+    tmp = out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / "policy")
+    torch.save({"iteration": iteration, "algorithm": algorithm.state_dict(), "generator": generator.get_state()},
+               tmp / "state.pt")
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    tmp.rename(out / "checkpoint")
+    shutil.rmtree(out / "policy", ignore_errors=True)
+    shutil.copytree(out / "checkpoint" / "policy", out / "policy")
+
+
+def resume(out: Path, policy, algorithm, seed: int) -> tuple[int, torch.Generator]:
+    """(iteration, generator) of the last checkpoint in ``out`` with the policy and the algorithm
+    restored; (0, a fresh generator) for a new run. Metrics past the checkpoint are dropped."""
+    from policy import load_policy
+
+    generator = torch.Generator().manual_seed(seed)
+    ckpt = out / "checkpoint"
+    if not (ckpt / "state.pt").is_file():
+        return 0, generator
+    policy.load_state_dict(load_policy(ckpt / "policy").state_dict())
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    algorithm.load_state_dict(state["algorithm"])
+    generator.set_state(state["generator"])
+    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+    (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines[:state["iteration"]]))
+    log.info("resumed RL from iteration %d", state["iteration"])
+    return state["iteration"], generator
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    import draccus
+
+    cfg = draccus.parse(RLConfig, args=sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        print(f"done: {train(cfg)}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
