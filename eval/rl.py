@@ -55,8 +55,10 @@ def evaluate_before_after(cfg, policy, label: str) -> dict[str, EpisodeResults]:
     path = Path(cfg.output_dir) / f"eval_{label}.json"
     if label == "before" and path.is_file():
         return {k: EpisodeResults(**v) for k, v in json.loads(path.read_text()).items()}
-    spec = policy.spec
-    results = physics_and_imagined(policy, tuple(spec.views), spec.image_size, cfg.task, cfg.eval_episodes,
+    from policy import camera_views
+
+    views, size = camera_views(policy)
+    results = physics_and_imagined(policy, views, size, cfg.task, cfg.eval_episodes,
                                    cfg.eval_seed, cfg.eval_num_envs, cfg.world_model, cfg.progress, cfg.stats_root,
                                    cfg.device, desc=label)
     path.parent.mkdir(parents=True, exist_ok=True)

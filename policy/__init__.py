@@ -29,3 +29,18 @@ def load_policy(name_or_path: str | Path, task: str = "lift", num_envs: int = 1,
     from policy.lerobot_adapter import LerobotPolicy
 
     return LerobotPolicy.from_pretrained(path, num_envs=num_envs)
+
+
+def camera_views(policy) -> tuple[tuple[str, ...], int | None]:
+    """(views, image size) a policy reads: a FlowPolicy's config, a lerobot policy's visual input
+    features; ((), None) for a policy that reads no images (scripted experts)."""
+    from simulator import keys
+
+    spec = getattr(policy, "spec", None)
+    if spec is not None and hasattr(spec, "views") and hasattr(spec, "image_size"):
+        return tuple(spec.views), spec.image_size
+    features = getattr(getattr(policy, "config", None), "input_features", None) or {}
+    images = {k: f.shape for k, f in features.items() if k.startswith(keys.IMAGE_PREFIX)}
+    if images:
+        return tuple(keys.view_of(k) for k in images), int(next(iter(images.values()))[-1])
+    return (), None

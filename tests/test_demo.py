@@ -19,11 +19,15 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     assert (results["progress"] / "config.json").exists()
     assert "=== stage: policy_eval ===" in out and "| policy | imagined success" in out and "Spearman rho" in out
     assert (results["policy_eval"] / "policy_eval.png").stat().st_size > 1000
+    assert "=== stage: policy ===" in out and (results["policy"] / "config.json").exists()
+    assert "=== stage: rl ===" in out and "| physics before |" in out and "Physics gain:" in out
+    assert (results["rl"] / "learning_curve.png").stat().st_size > 1000
 
     def written():
         files = [*(results["collect"] / "data").rglob("*.parquet"), *results["world_model"].parent.rglob("*.safetensors"),
                  *(tmp_path / "progress").rglob("*.safetensors"), tmp_path / "world_model_eval" / "fidelity.json",
-                 tmp_path / "progress_eval" / "value.json", tmp_path / "policy_eval" / "policy_eval.json"]
+                 tmp_path / "progress_eval" / "value.json", tmp_path / "policy_eval" / "policy_eval.json",
+                 *(tmp_path / "policy").rglob("*.safetensors"), tmp_path / "rl" / "rl_eval.json"]
         return {p: p.stat().st_mtime_ns for p in files}
 
     before = written()
@@ -31,6 +35,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     assert written() == before
     out = capsys.readouterr().out
     assert "world model already trained for 30 steps" in out and "progress model already trained for 30 steps" in out
+    assert "policy already trained for 20 steps" in out
 
 
 def test_demo_cli_rejects_unknown_preset(tmp_path):

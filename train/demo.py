@@ -3,8 +3,9 @@
 Stages so far: collect (physics dataset + summary), world_model (train it, then its fidelity
 report on held-out episodes), progress (train the progress value model on real frames and on the
 world model's re-generations, then its value report), policy_eval (a family of scripted policies
-in imagination and in physics from matched starts: the imagined-vs-physics table). Later work
-adds behaviour cloning and RL.
+in imagination and in physics from matched starts: the imagined-vs-physics table), policy
+(behaviour cloning of the flow-matching policy on the dataset), rl (RL of that policy purely in
+imagination, with its success in physics and in imagination before and after).
 Every stage reuses what an earlier run produced, so an interrupted demo continues where it
 stopped:
 
@@ -27,13 +28,18 @@ PRESETS = {
     # episodes: physics episodes to collect; wm_*: world-model training steps and batch;
     # eval_*: fidelity rollouts, their horizon in frames, and the state probe's training steps
     # progress_steps: progress-model training steps; policies/policy_episodes: the policy family
-    # (None = all of policy.scripted.policy_family) and episodes per policy and simulator
+    # (None = all of policy.scripted.policy_family) and episodes per policy and simulator;
+    # bc_steps: behaviour-cloning steps; rl_*: GRPO iterations, imagined envs per iteration, group
+    # size, imagined horizon, and physics/imagined evaluation episodes before and after
     "quick": {"episodes": 12, "wm_steps": 30, "wm_batch": 8,
               "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100,
-              "progress_steps": 30, "policies": ("expert", "fail-50%+noise", "stall"), "policy_episodes": 2},
+              "progress_steps": 30, "policies": ("expert", "fail-50%+noise", "stall"), "policy_episodes": 2,
+              "bc_steps": 20, "rl_iterations": 1, "rl_envs": 4, "rl_group": 2, "rl_max_steps": 16, "rl_eval_episodes": 2},
     "full": {"episodes": 200, "wm_steps": 1100, "wm_batch": 16,
              "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000,
-             "progress_steps": 1500, "policies": None, "policy_episodes": 20},
+             "progress_steps": 1500, "policies": None, "policy_episodes": 20,
+             "bc_steps": 2000, "rl_iterations": 20, "rl_envs": 32, "rl_group": 8, "rl_max_steps": 80,
+             "rl_eval_episodes": 100},
 }
 
 
@@ -129,8 +135,38 @@ def stage_policy_eval(cfg: DemoConfig) -> Path:
     return report
 
 
+def stage_policy(cfg: DemoConfig) -> Path:
+    """Behaviour cloning of the flow-matching policy on the dataset's training episodes."""
+    from train.policy import TrainPolicyConfig, train
+
+    steps, out = PRESETS[cfg.preset]["bc_steps"], cfg.output_dir / "policy"
+    if (out / "checkpoints" / f"step_{steps:07d}").exists():
+        print(f"policy already trained for {steps} steps: {out / 'model'}")
+    else:
+        train(TrainPolicyConfig(dataset=dataset_config(cfg), steps=steps, output_dir=out, seed=cfg.seed))
+    return out / "model"
+
+
+def stage_rl(cfg: DemoConfig) -> Path:
+    """GRPO of the cloned policy in imagination; its success in physics and imagination before and after."""
+    from train.rl.grpo import GRPOConfig
+    from train.rl.loop import RLConfig, train
+
+    preset, out = PRESETS[cfg.preset], cfg.output_dir / "rl"
+    if not (out / "rl_eval.json").exists():
+        train(RLConfig(policy=cfg.output_dir / "policy" / "model", world_model=cfg.output_dir / "world_model" / "model",
+                       progress=cfg.output_dir / "progress" / "model", dataset=dataset_config(cfg), task=cfg.task,
+                       grpo=GRPOConfig(group_size=preset["rl_group"]), iterations=preset["rl_iterations"],
+                       num_envs=preset["rl_envs"], max_steps=preset["rl_max_steps"],
+                       eval_episodes=preset["rl_eval_episodes"], eval_num_envs=min(10, preset["rl_eval_episodes"]),
+                       output_dir=out, seed=cfg.seed))
+    print((out / "rl_eval.md").read_text())
+    print(f"RL run: {out} (policy/, learning_curve.png)")
+    return out
+
+
 STAGES = [("collect", stage_collect), ("world_model", stage_world_model), ("progress", stage_progress),
-          ("policy_eval", stage_policy_eval)]
+          ("policy_eval", stage_policy_eval), ("policy", stage_policy), ("rl", stage_rl)]
 
 
 def run(cfg: DemoConfig) -> dict:

@@ -1,8 +1,8 @@
 """What every training loop here shares: the accelerator, EMA, AdamW and cosine schedule, one
 optimiser step over gradient-accumulation micro-batches, atomic checkpoints of accelerate state plus
 an EMA model ready for inference, exact resume, a Ctrl-C/SIGTERM stop that checkpoints first, and
-metrics.jsonl with the accumulated training time. Used by train.world_model and train.progress,
-whose configs extend ``LoopConfig``."""
+metrics.jsonl with the accumulated training time. Used by train.world_model, train.progress and
+train.policy, whose configs extend ``LoopConfig``."""
 
 import json
 import logging
@@ -10,6 +10,7 @@ import math
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +98,11 @@ def optimizer_step(accelerator, model, opt, sched, cfg, micro_loss) -> dict:
 
 
 def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3,
-                    assets: dict[str, str] | None = None) -> None:
+                    assets: dict[str, str] | None = None, save_model: Callable | None = None) -> None:
     """accelerate state (model, optimiser, schedule, EMA, RNG) + the EMA model ready for inference,
-    with ``assets`` ({file name: text}) written beside its weights."""
+    with ``assets`` ({file name: text}) written beside its weights. ``save_model(model, folder)``
+    writes the model (default: its ``save_pretrained``), for a model that needs more beside its
+    weights to load, such as a lerobot policy's processors."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -110,7 +113,10 @@ def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3
     model = accelerator.unwrap_model(model)
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
-    model.save_pretrained(tmp / "model")
+    if save_model is None:
+        model.save_pretrained(tmp / "model")
+    else:
+        save_model(model, tmp / "model")
     ema.restore(model.parameters())
     for name, text in (assets or {}).items():
         (tmp / "model" / name).write_text(text)
@@ -183,12 +189,12 @@ def append_jsonl(path: Path, record: dict, accelerator) -> None:
 
 
 def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_step, desc: str,
-        assets: dict[str, str] | None = None) -> Path:
+        assets: dict[str, str] | None = None, save_model: Callable | None = None) -> Path:
     """The loop both trainings share, from ``step`` to ``cfg.steps``: ``train_step(step)`` makes one
     optimiser step and returns float metrics; the EMA follows, metrics are logged every
     ``cfg.log_every`` steps (with the accumulated training time) and a checkpoint is written every
     ``cfg.checkpoint_every`` steps, at the end, and on Ctrl-C/SIGTERM (then KeyboardInterrupt).
-    ``assets`` are saved with every model (``save_checkpoint``). Returns the folder of the final EMA model."""
+    ``assets`` are saved with every model, which ``save_model`` writes (``save_checkpoint``). Returns the folder of the final EMA model."""
     from tqdm import tqdm
 
     stop = StopRequest()
@@ -206,7 +212,7 @@ def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_st
                 record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
                 append_jsonl(out / "metrics.jsonl", record, accelerator)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
-                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints, assets)
+                save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints, assets, save_model)
     bar.close()
     accelerator.end_training()
     if stop.requested:

@@ -3,21 +3,42 @@
     reverie-train policy --dataset.root outputs/demo/dataset --output_dir outputs/policy
     reverie-eval policy --policies bc=outputs/policy/model ...
 
+    reverie-train policy --policy_type diffusion --diffusion '{"down_dims": [32, 64, 128]}' ...
+
 A sample is one frame of a training episode (every view, the state, the task) and the action
-chunk that follows it (padded past the episode's end, padding left out of the loss). The policy
-is the flow-matching policy of ``policy.flow`` (``--policy.*`` sets its size); images get random
-shifts of a few pixels (DrQ), which a policy trained on a few hundred episodes needs not to
-memorise pixel positions. ``--episodes success`` clones only the successful episodes; the default
-clones them all, failures included, as a dataset of mixed quality would be used.
+chunk that follows it (padded past the episode's end, padding left out of the loss).
+``--episodes success`` clones only the successful episodes; the default clones them all,
+failures included, as a dataset of mixed quality would be used.
+
+``--policy_type`` picks the policy:
+
+* ``flow`` (default): the flow-matching policy of ``policy.flow`` (``--policy.*`` sets its
+  size). Images get random shifts of ``--shift`` pixels (DrQ), which a policy trained on a few
+  hundred episodes needs not to memorise pixel positions. ``<output_dir>/model`` is a FlowPolicy.
+* ``diffusion``: lerobot's Diffusion Policy (Chi et al. 2023), built by
+  ``policy.lerobot_adapter.cpu_diffusion_config`` with ``--policy.chunk_size`` actions per chunk
+  (its ``n_action_steps``; the other ``--policy.*`` fields are the flow policy's and unused) and
+  ``--diffusion`` (JSON) overriding any other ``DiffusionConfig`` field. lerobot's own
+  ``forward`` gives the loss, on a batch that lerobot's preprocessor has normalised with the
+  dataset's statistics; the chunk spans the config's ``horizon``, padded with copies of the
+  episode's last action as lerobot's datasets pad, the padding left out of the loss
+  (``do_mask_loss_for_padding``). Its augmentation is lerobot's random crop (``crop_shape``), not
+  ``--shift``. ``<output_dir>/model`` is a lerobot checkpoint (weights, config, processors) that
+  ``policy.load_policy`` opens as a ``LerobotDiffusionPolicy``, which RL can fine-tune (DPPO).
 
 The loop is the world model's (``train.loop``): EMA, checkpoints, exact resume, metrics.jsonl.
+A resumed diffusion run continues exactly too: lerobot draws its noise, timesteps and crops from
+the global RNG, which the checkpoints hold.
 
-Dimension legend: B batch, V views, H chunk length, A action dim, h x w image size.
+Dimension legend: B batch, V views, H chunk length, T diffusion horizon (>= H), A action dim,
+S state dim, h x w image size.
 """
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +52,26 @@ from train.loop import to_device
 log = logging.getLogger(__name__)
 
 EPISODE_CHOICES = ("all", "success")
+POLICY_TYPES = ("flow", "diffusion")
+ACTION_IS_PAD = keys.ACTION + "_is_pad"  # lerobot's padding flags of the action chunk (B, T)
+# Our defaults for the diffusion policy, over cpu_diffusion_config's; --diffusion overrides them.
+DIFFUSION_DEFAULTS = {"do_mask_loss_for_padding": True}
+# DiffusionConfig fields that the dataset and the other options decide.
+DIFFUSION_FIXED = ("input_features", "output_features", "n_obs_steps", "n_action_steps", "device")
 
 
 @dataclass
 class TrainPolicyConfig(loop.LoopConfig):
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=20))
-    # Views, image size and action/state dims are filled in from the dataset.
+    policy_type: str = "flow"  # flow (policy.flow) | diffusion (lerobot's Diffusion Policy)
+    # The flow policy; views, image size and action/state dims are filled in from the dataset.
+    # The diffusion policy takes only chunk_size from here.
     policy: FlowPolicyConfig = field(default_factory=FlowPolicyConfig)
+    # The diffusion policy: DiffusionConfig fields over cpu_diffusion_config's and
+    # DIFFUSION_DEFAULTS, e.g. --diffusion '{"down_dims": [32, 64, 128], "num_inference_steps": 10}'.
+    diffusion: dict[str, Any] = field(default_factory=dict)
     episodes: str = "all"  # all | success: which training episodes are cloned
-    shift: int = 4  # random image shift in pixels (0 = none)
+    shift: int = 4  # random image shift in pixels for the flow policy (0 = none)
     output_dir: Path = Path("outputs/policy")
     steps: int = 3000
     batch_size: int = 64
@@ -56,6 +88,18 @@ class TrainPolicyConfig(loop.LoopConfig):
             raise ValueError(f"episodes must be one of {EPISODE_CHOICES}, got {self.episodes=}")
         if self.shift < 0:
             raise ValueError(f"shift must be >= 0, got {self.shift=}")
+        if self.policy_type not in POLICY_TYPES:
+            raise ValueError(f"policy_type must be one of {POLICY_TYPES}, got {self.policy_type=}")
+        if self.diffusion and self.policy_type != "diffusion":
+            raise ValueError(f"diffusion options are for --policy_type diffusion, got {self.diffusion=} "
+                             f"with {self.policy_type=}")
+        if self.diffusion:
+            from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+
+            known = {f.name for f in dataclasses.fields(DiffusionConfig)} - set(DIFFUSION_FIXED)
+            if unknown := sorted(set(self.diffusion) - known):
+                raise ValueError(f"diffusion options must be DiffusionConfig fields other than {DIFFUSION_FIXED} "
+                                 f"(set by the dataset, --policy.chunk_size and the device), got {unknown}")
 
 
 def training_episodes(cfg: TrainPolicyConfig) -> list[int]:
@@ -76,18 +120,37 @@ def training_episodes(cfg: TrainPolicyConfig) -> list[int]:
     return chosen
 
 
-def policy_for(cfg: TrainPolicyConfig, data) -> FlowPolicy:
-    """The policy with the shapes and statistics that the dataset decides."""
+def dataset_shapes(data) -> dict:
+    """The views, (square) image size and action/state dims of the dataset."""
     features = data.meta.features
     h, w, _ = features[keys.image_key(data.views[0])]["shape"]
     if h != w:
         raise ValueError(f"the policy expects square frames, the dataset has {h}x{w}")
-    spec = asdict(cfg.policy) | {"views": tuple(data.views), "image_size": h,
-                                 "action_dim": features[keys.ACTION]["shape"][0],
-                                 "state_dim": features[keys.STATE]["shape"][0]}
+    return {"views": tuple(data.views), "image_size": h, "action_dim": features[keys.ACTION]["shape"][0],
+            "state_dim": features[keys.STATE]["shape"][0]}
+
+
+def policy_for(cfg: TrainPolicyConfig, data) -> FlowPolicy:
+    """The policy with the shapes and statistics that the dataset decides."""
+    spec = asdict(cfg.policy) | dataset_shapes(data)
     stats = data.stats
     return FlowPolicy(**spec, action_mean=stats[keys.ACTION]["mean"], action_std=stats[keys.ACTION]["std"],
                       state_mean=stats[keys.STATE]["mean"], state_std=stats[keys.STATE]["std"])
+
+
+def diffusion_policy_for(cfg: TrainPolicyConfig, data, device: torch.device):
+    """Lerobot's Diffusion Policy with the shapes the dataset decides, and its (preprocessor,
+    postprocessor), which normalise with the dataset's statistics. Returns (policy, pre, post)."""
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from policy.lerobot_adapter import cpu_diffusion_config
+
+    config = cpu_diffusion_config(**dataset_shapes(data), chunk_size=cfg.policy.chunk_size, device=device.type,
+                                  **(DIFFUSION_DEFAULTS | cfg.diffusion))
+    stats = {key: {name: torch.tensor(v, dtype=torch.float32) for name, v in stat.items()}
+             for key, stat in data.stats.items()}
+    return DiffusionPolicy(config), *make_pre_post_processors(config, dataset_stats=stats)
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -168,13 +231,40 @@ def observation_of(batch: dict, views: tuple[str, ...], shift: int, generator: t
     return obs | {keys.STATE: batch["state"], keys.TASK: batch["task"]}
 
 
+def hold_last_action(actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The chunks padded with copies of their last unpadded action, as lerobot's datasets pad.
+    actions (B, T, A), mask (B, T) True on a prefix of each row -> (B, T, A)."""
+    last = actions[torch.arange(len(actions)), mask.sum(1) - 1]  # (B, A)
+    return torch.where(mask[..., None], actions, last[:, None])
+
+
+def diffusion_batch(batch: dict, views: tuple[str, ...]) -> dict:
+    """Lerobot's training batch for a Diffusion Policy with one observation step: each view's
+    images (B, 3, h, w) (lerobot adds the time axis), the state (B, 1, S), the action chunk
+    (B, T, A) and its padding flags (B, T)."""
+    assert batch["action"].ndim == 3 and batch["action_mask"].shape == batch["action"].shape[:2]
+    images = {keys.image_key(v): batch["frames"][:, i] for i, v in enumerate(views)}
+    return images | {keys.STATE: batch["state"].unsqueeze(1),
+                     keys.ACTION: hold_last_action(batch["action"], batch["action_mask"]),
+                     ACTION_IS_PAD: ~batch["action_mask"]}
+
+
 def train(cfg: TrainPolicyConfig) -> Path:
     """Trains (or resumes) until ``cfg.steps``; returns the folder of the final EMA policy."""
     accelerator = loop.make_accelerator(cfg)
     episodes = training_episodes(cfg)
     clips = cfg.dataset.clips(episodes, context=1, horizon=1, normalize=False, cache_frames=True)
-    model = policy_for(cfg, clips)
-    data = FrameTable(clips, cfg.policy.chunk_size)
+    if cfg.policy_type == "flow":
+        model, save_model = policy_for(cfg, clips), None
+        data = FrameTable(clips, cfg.policy.chunk_size)
+    else:
+        from policy.lerobot_adapter import LerobotPolicy
+
+        model, preprocessor, postprocessor = diffusion_policy_for(cfg, clips, accelerator.device)
+        data = FrameTable(clips, model.config.horizon)
+
+        def save_model(policy, folder: Path) -> None:  # a lerobot checkpoint, processors included
+            LerobotPolicy(policy, preprocessor, postprocessor).save_pretrained(folder)
     model, ema, opt, sched, step = loop.prepare(accelerator, cfg, model, asdict(cfg), "policy")
     log.info("policy: %.2fM parameters, %d episodes (%s), %d frames, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(episodes), cfg.episodes, len(data), step)
@@ -186,10 +276,14 @@ def train(cfg: TrainPolicyConfig) -> Path:
             # Noise and shifts depend only on (seed, step, micro, process): a resumed run continues exactly.
             seed = cfg.seed * 1_000_003 + (s * cfg.grad_accumulation + micro) * 131 + accelerator.process_index
             gen = torch.Generator().manual_seed(seed)
-            obs = observation_of(batch, data.views, cfg.shift, gen)
-            loss = model(obs, batch["action"], batch["action_mask"], generator=gen)
+            if cfg.policy_type == "diffusion":  # lerobot's loss draws its noise from the global RNG
+                loss, _ = model(preprocessor(diffusion_batch(batch, data.views)))
+            else:
+                obs = observation_of(batch, data.views, cfg.shift, gen)
+                loss = model(obs, batch["action"], batch["action_mask"], generator=gen)
             return loss, {"loss": loss.detach()}
 
         return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
 
-    return loop.run(accelerator, model, ema, opt, sched, cfg, cfg.output_dir, step, train_step, "train policy")
+    return loop.run(accelerator, model, ema, opt, sched, cfg, cfg.output_dir, step, train_step, "train policy",
+                    save_model=save_model)

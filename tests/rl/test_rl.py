@@ -86,11 +86,11 @@ def tiny_models(tiny_dataset, tmp_path_factory):
 
 
 def rl_config(tiny_dataset, models, out, **kw) -> RLConfig:
-    return RLConfig(policy=models / "policy", world_model=models / "world_model", progress=models / "progress",
+    settings = dict(policy=models / "policy", world_model=models / "world_model", progress=models / "progress",
                     dataset=DatasetConfig(root=tiny_dataset, val_episodes=1), stats_root=tiny_dataset, iterations=1,
                     num_envs=4, max_steps=16, eval_episodes=0, output_dir=out, grpo=GRPOConfig(group_size=2),
-                    advantage_conditioned=AdvantageConditionedConfig(group_size=2, steps_per_iteration=2, batch_size=8),
-                    **kw)
+                    advantage_conditioned=AdvantageConditionedConfig(group_size=2, steps_per_iteration=2, batch_size=8))
+    return RLConfig(**settings | kw)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -101,3 +101,29 @@ def test_one_iteration_of_every_algorithm_runs_and_changes_the_policy(algorithm,
     assert any(not torch.equal(before[k], after[k]) for k in before)
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["iteration"] == 1 and record["chunks"] >= 4 and 0.0 <= record["success"] <= 1.0
+
+
+def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_dataset, tiny_models, tmp_path):
+    whole = rl_config(tiny_dataset, tiny_models, tmp_path / "whole", iterations=2)
+    train(whole)
+    split = rl_config(tiny_dataset, tiny_models, tmp_path / "split", iterations=1, eval_episodes=2, eval_num_envs=2)
+    train(split)
+    assert (tmp_path / "split" / "eval_before.json").is_file() and (tmp_path / "split" / "rl_eval.md").is_file()
+    split.iterations = 2
+    train(split)  # resumes at iteration 1; the "before" evaluation is reused
+    a = FlowPolicy.from_pretrained(tmp_path / "whole" / "policy").state_dict()
+    b = FlowPolicy.from_pretrained(tmp_path / "split" / "policy").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+    report = json.loads((tmp_path / "split" / "rl_eval.json").read_text())
+    assert set(report["table"]) == {"physics_before", "imagined_before", "physics_after", "imagined_after"}
+    assert report["table"]["physics_before"]["n"] == 2 and (tmp_path / "split" / "learning_curve.png").stat().st_size > 0
+
+
+def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="unknown self.algorithm='dqn'"):
+        rl_config(tiny_dataset, tiny_models, tmp_path, algorithm="dqn")
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        train(rl_config(tiny_dataset, tiny_models, tmp_path / "odd", num_envs=3))
+    with pytest.raises(TypeError, match="which grpo needs"):
+        train(rl_config(tiny_dataset, tiny_models, tmp_path / "scripted", policy="expert"))

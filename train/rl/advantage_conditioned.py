@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from simulator import keys
-from train.rl.base import Algorithm, Rollouts, group_advantages
+from train.rl.base import Algorithm, Rollouts, group_advantages, group_starts
 
 
 @dataclass
@@ -147,10 +147,7 @@ class AdvantageConditioned(Algorithm):
         return self.config.bins - 1
 
     def start_index(self, num_envs: int, num_starts: int, generator: torch.Generator) -> Tensor:
-        G = self.config.group_size
-        if num_envs % G:
-            raise ValueError(f"num_envs ({num_envs}) must be a multiple of the group size ({G})")
-        return torch.randint(0, num_starts, (num_envs // G,), generator=generator).repeat_interleave(G)
+        return group_starts(num_envs, num_starts, self.config.group_size, generator)
 
     def update(self, rollouts: Rollouts, generator: torch.Generator) -> dict:
         cfg = self.config

@@ -95,6 +95,13 @@ def group_advantages(returns: Tensor, group_size: int, eps: float = 1e-6) -> tup
     return (adv * kept).flatten(), kept.flatten()
 
 
+def group_starts(num_envs: int, num_starts: int, group_size: int, generator: torch.Generator) -> Tensor:
+    """(B,) start indices in groups: ``group_size`` consecutive envs share a randomly drawn start."""
+    if num_envs % group_size:
+        raise ValueError(f"num_envs ({num_envs}) must be a multiple of the group size ({group_size})")
+    return torch.randint(0, num_starts, (num_envs // group_size,), generator=generator).repeat_interleave(group_size)
+
+
 def gae(rewards: Tensor, values: Tensor, alive: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over chunk steps. rewards, alive (T, B); values (T + 1, B)
     with values[T] the bootstrap (0 where the episode ended). An episode ends at its last alive

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-from train.rl.base import Algorithm, Rollouts, clipped_surrogate, group_advantages, kl_k3, minibatches
+from train.rl.base import (
+    Algorithm,
+    Rollouts,
+    clipped_surrogate,
+    group_advantages,
+    group_starts,
+    kl_k3,
+    minibatches,
+)
 
 
 @dataclass
@@ -44,10 +52,7 @@ class GRPO(Algorithm):
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
 
     def start_index(self, num_envs: int, num_starts: int, generator: torch.Generator) -> torch.Tensor:
-        G = self.config.group_size
-        if num_envs % G:
-            raise ValueError(f"num_envs ({num_envs}) must be a multiple of the group size ({G})")
-        return torch.randint(0, num_starts, (num_envs // G,), generator=generator).repeat_interleave(G)
+        return group_starts(num_envs, num_starts, self.config.group_size, generator)
 
     def update(self, rollouts: Rollouts, generator: torch.Generator) -> dict:
         cfg = self.config

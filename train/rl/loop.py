@@ -110,12 +110,12 @@ def make_env(cfg: RLConfig, views: tuple[str, ...]):
 def train(cfg: RLConfig) -> Path:
     """Runs (or resumes) RL for ``cfg.iterations``; returns the output folder."""
     from eval.rl import evaluate_before_after, save_rl_report
-    from policy import load_policy
+    from policy import camera_views, load_policy
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(cfg.policy, cfg.task, device=cfg.device)
-    views = tuple(policy.spec.views)
+    views, _ = camera_views(policy)
     algorithm = make_algorithm(cfg, policy, views)  # fails fast for a policy that cannot serve it
     before = evaluate_before_after(cfg, policy, "before") if cfg.eval_episodes else None
     env, num_starts = make_env(cfg, views)
