@@ -52,7 +52,7 @@ def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):
 
 def test_unknown_kind_and_missing_dataset_are_named(tmp_path):
     run = subprocess.run([sys.executable, "-m", "train.cli", "painting"], capture_output=True, text=True)
-    assert run.returncode != 0 and "KIND is one of ['autoencoder', 'progress', 'world_model'], got 'painting'" in run.stderr
+    assert run.returncode != 0 and "KIND is one of ['autoencoder', 'policy', 'progress', 'world_model'], got 'painting'" in run.stderr
     run = subprocess.run([sys.executable, "-m", "train.cli", "world_model", "--steps", "1"], capture_output=True, text=True)
     assert run.returncode != 0 and "give a dataset: --dataset.root PATH" in run.stderr
 

@@ -194,7 +194,8 @@ def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_st
     optimiser step and returns float metrics; the EMA follows, metrics are logged every
     ``cfg.log_every`` steps (with the accumulated training time) and a checkpoint is written every
     ``cfg.checkpoint_every`` steps, at the end, and on Ctrl-C/SIGTERM (then KeyboardInterrupt).
-    ``assets`` are saved with every model, which ``save_model`` writes (``save_checkpoint``). Returns the folder of the final EMA model."""
+    ``assets`` are saved with every model, which ``save_model`` writes (``save_checkpoint``).
+    Returns the folder of the final EMA model."""
     from tqdm import tqdm
 
     stop = StopRequest()

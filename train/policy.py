@@ -98,8 +98,9 @@ class TrainPolicyConfig(loop.LoopConfig):
 
             known = {f.name for f in dataclasses.fields(DiffusionConfig)} - set(DIFFUSION_FIXED)
             if unknown := sorted(set(self.diffusion) - known):
-                raise ValueError(f"diffusion options must be DiffusionConfig fields other than {DIFFUSION_FIXED} "
-                                 f"(set by the dataset, --policy.chunk_size and the device), got {unknown}")
+                raise ValueError(f"diffusion options must be DiffusionConfig fields other than "
+                                 f"{DIFFUSION_FIXED} (set by the dataset, --policy.chunk_size and the device), "
+                                 f"got {unknown}")
 
 
 def training_episodes(cfg: TrainPolicyConfig) -> list[int]:
@@ -146,8 +147,8 @@ def diffusion_policy_for(cfg: TrainPolicyConfig, data, device: torch.device):
 
     from policy.lerobot_adapter import cpu_diffusion_config
 
-    config = cpu_diffusion_config(**dataset_shapes(data), chunk_size=cfg.policy.chunk_size, device=device.type,
-                                  **(DIFFUSION_DEFAULTS | cfg.diffusion))
+    config = cpu_diffusion_config(**dataset_shapes(data), chunk_size=cfg.policy.chunk_size,
+                                  device=device.type, **(DIFFUSION_DEFAULTS | cfg.diffusion))
     stats = {key: {name: torch.tensor(v, dtype=torch.float32) for name, v in stat.items()}
              for key, stat in data.stats.items()}
     return DiffusionPolicy(config), *make_pre_post_processors(config, dataset_stats=stats)
@@ -273,17 +274,20 @@ def train(cfg: TrainPolicyConfig) -> Path:
     def train_step(s: int) -> dict:
         def micro_loss(micro: int):
             batch = to_device(next(batches), accelerator.device)
-            # Noise and shifts depend only on (seed, step, micro, process): a resumed run continues exactly.
-            seed = cfg.seed * 1_000_003 + (s * cfg.grad_accumulation + micro) * 131 + accelerator.process_index
-            gen = torch.Generator().manual_seed(seed)
-            if cfg.policy_type == "diffusion":  # lerobot's loss draws its noise from the global RNG
+            if cfg.policy_type == "diffusion":
+                # lerobot draws noise, timesteps and crops from the global RNG, which checkpoints hold.
                 loss, _ = model(preprocessor(diffusion_batch(batch, data.views)))
             else:
+                # Noise and shifts depend only on (seed, step, micro, process): a resumed run continues
+                # exactly.
+                micro_step = s * cfg.grad_accumulation + micro
+                seed = cfg.seed * 1_000_003 + micro_step * 131 + accelerator.process_index
+                gen = torch.Generator().manual_seed(seed)
                 obs = observation_of(batch, data.views, cfg.shift, gen)
                 loss = model(obs, batch["action"], batch["action_mask"], generator=gen)
             return loss, {"loss": loss.detach()}
 
         return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
 
-    return loop.run(accelerator, model, ema, opt, sched, cfg, cfg.output_dir, step, train_step, "train policy",
-                    save_model=save_model)
+    return loop.run(accelerator, model, ema, opt, sched, cfg, cfg.output_dir, step, train_step,
+                    "train policy", save_model=save_model)
