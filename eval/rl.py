@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, episodes: int, seed: int,
                          num_envs: int, world_model: Path, progress: Path, stats_root=None, device: str = "cpu",
-                         imagined: bool = True, desc: str = "") -> dict[str, EpisodeResults]:
+                         imagined: bool = True, desc: str = "", success_threshold: float = 0.5) -> dict[str, EpisodeResults]:
     """Success of ``policy`` over ``episodes`` physics episodes (seeds seed, seed + 1, ...) and, with
     ``imagined``, over the imagined episodes from the same starts (the horizon is physics')."""
     from simulator.env import ImaginedEnv
@@ -43,7 +43,8 @@ def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, e
         if imagined:
             starts = matched_starts(task, views, size, episodes, seed, num_envs)
             env = ImaginedEnv.from_pretrained(world_model, progress, starts, views, stats_root=stats_root,
-                                              device=device, num_envs=num_envs, max_steps=physics.max_steps)
+                                              device=device, num_envs=num_envs, max_steps=physics.max_steps,
+                                              success_threshold=success_threshold)
             results["imagined"] = run_episodes(env, policy, episodes, 0, f"{desc} imagined")
     policy.stochastic = was_stochastic
     return results
@@ -60,7 +61,7 @@ def evaluate_before_after(cfg, policy, label: str) -> dict[str, EpisodeResults]:
     views, size = camera_views(policy)
     results = physics_and_imagined(policy, views, size, cfg.task, cfg.eval_episodes,
                                    cfg.eval_seed, cfg.eval_num_envs, cfg.world_model, cfg.progress, cfg.stats_root,
-                                   cfg.device, desc=label)
+                                   cfg.device, desc=label, success_threshold=cfg.success_threshold)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: asdict(v) for k, v in results.items()}))
     log.info("%s RL: %s", label, {k: rate(v) for k, v in results.items()})

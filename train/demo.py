@@ -5,7 +5,8 @@ report on held-out episodes), progress (train the progress value model on real f
 world model's re-generations, then its value report), policy_eval (a family of scripted policies
 in imagination and in physics from matched starts: the imagined-vs-physics table), policy
 (behaviour cloning of the flow-matching policy on the dataset), rl (RL of that policy purely in
-imagination, with its success in physics and in imagination before and after).
+imagination, with its success in physics and in imagination before and after), report (one HTML
+page over all of it, with real-vs-imagined videos: report/index.html).
 Every stage reuses what an earlier run produced, so an interrupted demo continues where it
 stopped:
 
@@ -65,10 +66,15 @@ def stage_collect(cfg: DemoConfig) -> Path:
     return root
 
 
+def held_out_count(episodes: int) -> int:
+    """Held-out episodes of a demo dataset of ``episodes``: a tenth, at least one."""
+    return max(1, episodes // 10)
+
+
 def dataset_config(cfg: DemoConfig) -> DatasetConfig:
-    """The demo dataset with its held-out episodes (a tenth, at least one): the split every stage shares."""
+    """The demo dataset with its held-out episodes: the split every stage shares."""
     episodes = cfg.episodes if cfg.episodes is not None else PRESETS[cfg.preset]["episodes"]
-    return DatasetConfig(root=cfg.output_dir / "dataset", val_episodes=max(1, episodes // 10), cache_frames=True)
+    return DatasetConfig(root=cfg.output_dir / "dataset", val_episodes=held_out_count(episodes), cache_frames=True)
 
 
 def stage_world_model(cfg: DemoConfig) -> Path:
@@ -165,8 +171,18 @@ def stage_rl(cfg: DemoConfig) -> Path:
     return out
 
 
+def stage_report(cfg: DemoConfig) -> Path:
+    """One HTML page (and report.md) over every stage's outputs, with real-vs-imagined videos."""
+    from eval.report import check_media, write_report
+
+    page = write_report(cfg.output_dir, seed=cfg.seed)
+    check_media(page)
+    print(f"report: {page} (report.md beside it)")
+    return page
+
+
 STAGES = [("collect", stage_collect), ("world_model", stage_world_model), ("progress", stage_progress),
-          ("policy_eval", stage_policy_eval), ("policy", stage_policy), ("rl", stage_rl)]
+          ("policy_eval", stage_policy_eval), ("policy", stage_policy), ("rl", stage_rl), ("report", stage_report)]
 
 
 def run(cfg: DemoConfig) -> dict:

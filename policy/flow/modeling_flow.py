@@ -91,7 +91,7 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         self.action_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, action_dim))
         self.task_suffix = task_suffix
         self.stochastic = False  # select_action_chunk: ODE (False) or the SDE of sample() (True)
-        self._generator: torch.Generator | None = None
+        self._env_generators: dict[int, torch.Generator] = {}  # per env, seeded by reset(seeds=...)
 
     # ---- the network ---------------------------------------------------------------------
     def encode(self, obs: dict) -> Tensor:
@@ -151,13 +151,13 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         cfg, times = self.spec, self.times
         prefix = self.encode(obs)
         B, N, K = prefix.shape[0], cfg.num_steps, cfg.rl_steps
-        x = torch.randn(B, cfg.chunk_size, cfg.action_dim, generator=generator, device=prefix.device)
+        x = self._noise((B, cfg.chunk_size, cfg.action_dim), generator)
         for i in range(N - K):
             x = x + (times[i + 1] - times[i]) * self.velocity(prefix, x, times[i].expand(B).to(x.device))
         chain, log_probs = [x], []
         for i in range(N - K, N):
             mean, std = self._sde_step(prefix, x, float(times[i]), float(times[i + 1]))
-            x = mean + std * torch.randn(x.shape, generator=generator, device=x.device)
+            x = mean + std * self._noise(x.shape, generator)
             chain.append(x)
             log_probs.append(gaussian_log_prob(x, mean, std))
         return ActionSample(actions=self._unnormalize(x), log_probs=torch.stack(log_probs, 1),
@@ -179,21 +179,27 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         cfg, times = self.spec, self.times
         prefix = self.encode(obs)
         B = prefix.shape[0]
-        x = torch.randn(B, cfg.chunk_size, cfg.action_dim, generator=generator, device=prefix.device)
+        x = self._noise((B, cfg.chunk_size, cfg.action_dim), generator)
         for i in range(cfg.num_steps):
             x = x + (times[i + 1] - times[i]) * self.velocity(prefix, x, times[i].expand(B).to(x.device))
         return self._unnormalize(x)
 
     # ---- the chunk-policy interface (policy.base.ChunkPolicy) -------------------------------
     def reset(self, obs: dict, info: dict, mask: Tensor | None = None, seeds: list[int] | None = None) -> None:
-        """Stateless between chunks; the seeds fix the sampling noise of the episodes started."""
-        if seeds:
-            self._generator = torch.Generator(device=self.device).manual_seed(int(seeds[0]))
+        """Stateless between chunks; ``seeds`` (one per started env, in env order) fix each env's
+        sampling noise, so that episode i draws the same noise whatever batch it runs in."""
+        if seeds is None:
+            return
+        envs = torch.nonzero(torch.as_tensor(mask).bool()).flatten().tolist() if mask is not None else range(len(seeds))
+        if len(envs) != len(seeds):
+            raise ValueError(f"reset got {len(seeds)} seeds for {len(envs)} started envs")
+        for b, seed in zip(envs, seeds):
+            self._env_generators[b] = torch.Generator().manual_seed(int(seed))
 
     def select_action_chunk(self, obs: dict) -> Tensor:
         if self.stochastic:
-            return self.sample(obs, self._generator).actions.float().cpu()
-        return self.sample_ode(obs, self._generator).float().cpu()
+            return self.sample(obs).actions.float().cpu()
+        return self.sample_ode(obs).float().cpu()
 
     def set_task_suffix(self, suffix: str) -> None:
         """Words appended to every task from now on, and saved with the policy."""
@@ -205,6 +211,15 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         cfg = self.spec
         v = self.velocity(prefix, x, torch.full((x.shape[0],), t, device=x.device))
         return flow_sde_step(x, v, t, s, cfg.noise_level, cfg.t_max, cfg.min_std)
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+        """Standard normal noise: from ``generator``, else from each env's own generator when
+        reset seeded one for every row, else from the global RNG."""
+        if generator is None and self._env_generators and set(range(shape[0])) <= set(self._env_generators):
+            rows = [torch.randn(shape[1:], generator=self._env_generators[b]) for b in range(shape[0])]
+            return torch.stack(rows).to(self.device)
+        where = generator.device if generator is not None else self.device
+        return torch.randn(shape, generator=generator, device=where).to(self.device)
 
     def _unnormalize(self, x: Tensor) -> Tensor:
         return x * self._action_std + self._action_mean

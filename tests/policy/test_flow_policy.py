@@ -110,3 +110,20 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         FlowPolicy.from_pretrained(tmp_path)
     assert math.isfinite(policy.loss(obs, torch.randn(B, 8, 7)).item())
+
+
+def test_each_env_draws_its_own_seeded_noise_whatever_the_batch():
+    policy = tiny_policy()
+    obs = observation(3)
+    policy.reset(obs, {}, seeds=[10, 11, 12])
+    together = policy.select_action_chunk(obs)
+    alone = tiny_policy()
+    one = {k: (v[1:2] if torch.is_tensor(v) else v[1:2]) for k, v in obs.items()}
+    alone.reset(one, {}, seeds=[11])
+    assert torch.allclose(alone.select_action_chunk(one)[0], together[1], atol=1e-5)
+    # a partial reset re-seeds only the envs it starts
+    policy.reset(obs, {}, mask=torch.tensor([False, True, False]), seeds=[11])
+    again = policy.select_action_chunk(obs)
+    assert torch.allclose(again[1], together[1], atol=1e-5) and not torch.allclose(again[0], together[0])
+    with pytest.raises(ValueError, match="2 seeds for 1 started envs"):
+        policy.reset(obs, {}, mask=torch.tensor([True, False, False]), seeds=[1, 2])

@@ -127,3 +127,11 @@ def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "odd", num_envs=3))
     with pytest.raises(TypeError, match="which grpo needs"):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "scripted", policy="expert"))
+
+
+def test_dr_grpo_keeps_the_size_of_return_differences():
+    returns = torch.tensor([1.0, 1.02, 0.0, 1.0])
+    scaled, _ = group_advantages(returns, 2)
+    raw, kept = group_advantages(returns, 2, scale_by_std=False)
+    assert torch.allclose(scaled, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-4)  # noise and success alike
+    assert torch.allclose(raw, torch.tensor([-0.01, 0.01, -0.5, 0.5]), atol=1e-6) and kept.all()

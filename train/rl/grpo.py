@@ -28,6 +28,11 @@ from train.rl.base import (
 @dataclass
 class GRPOConfig:
     group_size: int = 8  # envs per group (the same start frames)
+    # Divide advantages by the group's std (GRPO) or not (Dr. GRPO, the default): on Lift the
+    # imagined returns of a group often differ only by how fast the episode succeeded, and the
+    # division turned those small differences into full-size advantages that made the policy
+    # drift (docs/benchmarks.md, RL in imagination).
+    scale_by_std: bool = False
     epochs: int = 2  # passes over an iteration's samples
     minibatch_size: int = 64  # chunk samples per gradient step
     lr: float = 3e-5
@@ -56,7 +61,7 @@ class GRPO(Algorithm):
 
     def update(self, rollouts: Rollouts, generator: torch.Generator) -> dict:
         cfg = self.config
-        advantages, kept = group_advantages(rollouts.returns, cfg.group_size)
+        advantages, kept = group_advantages(rollouts.returns, cfg.group_size, cfg.scale_by_std)
         t_idx, b_idx = torch.nonzero(rollouts.alive & kept[None], as_tuple=True)
         metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx)}
         if len(t_idx) == 0:  # every group's returns were equal: nothing to learn from
