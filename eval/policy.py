@@ -77,7 +77,9 @@ class EvalPolicyConfig:
     # normalization.json beside them.
     stats_root: Path | None = None
     task: str = "lift"
-    policies: tuple[str, ...] | None = None  # names from policy.scripted.policy_family(); None = all
+    # Names from policy.scripted.policy_family(), or NAME=FOLDER of a saved policy (reverie-train
+    # policy, reverie-rl, a lerobot checkpoint); None = the whole scripted family.
+    policies: tuple[str, ...] | None = None
     episodes: int = 20  # per policy and simulator
     num_envs: int = 10
     seed: int = 100_000  # physics seed of start 0; collections use seeds from 0 up
@@ -109,28 +111,41 @@ def matched_starts(task: str, views: tuple[str, ...], size: int, episodes: int, 
     return StartFrames.cat(parts)
 
 
+def named_policies(entries: tuple[str, ...] | None) -> dict[str, str]:
+    """{name: scripted name or folder} from ``--policies`` entries (NAME or NAME=FOLDER)."""
+    from policy.scripted import policy_family
+
+    family = [p.name for p in policy_family()]
+    if not entries:
+        return {n: n for n in family}
+    named = dict(e.split("=", 1) if "=" in e else (e, e) for e in entries)
+    unknown = [n for n, src in named.items() if src not in family and not Path(src).is_dir()]
+    if unknown:
+        raise ValueError(f"unknown policies {unknown}: give names of the scripted family {family} or NAME=FOLDER "
+                         f"of a saved policy")
+    return named
+
+
 def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
-    from policy.scripted import ScriptedPolicy, policy_family
+    from policy import camera_views, load_policy
     from simulator.env import ImaginedEnv
     from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
     from simulator.progress import ProgressModel
 
-    family = {p.name: p for p in policy_family()}
-    names = list(cfg.policies) if cfg.policies else list(family)
-    unknown = [n for n in names if n not in family]
-    if unknown:
-        raise ValueError(f"unknown policies {unknown}; the family has {list(family)}")
+    named = named_policies(cfg.policies)
     progress = ProgressModel.from_pretrained(cfg.progress).spec  # a clear error for a folder of another kind
     views, size = tuple(progress.views), progress.image_size
     starts = matched_starts(cfg.task, views, size, cfg.episodes, cfg.seed, cfg.num_envs)
     imagined = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
                                            device=cfg.device, num_envs=cfg.num_envs, sampling_steps=cfg.sampling_steps,
                                            success_threshold=cfg.success_threshold, **cfg.extra)
-    # Scripted experts read no images: physics runs without rendering (the starts were rendered above).
-    physics = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=()))
     runs = {}
-    for name in names:
-        policy = ScriptedPolicy(cfg.task, family[name].expert, num_envs=cfg.num_envs, name=name)
+    for name, source in named.items():
+        policy = load_policy(source, cfg.task, num_envs=cfg.num_envs, device=cfg.device)
+        # Scripted experts read no images: their physics runs without rendering (the starts were rendered above).
+        seen, seen_size = camera_views(policy)
+        physics = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=seen,
+                                              height=seen_size or size, width=seen_size or size))
         recorder = None
         if cfg.record:
             from simulator.recording import EpisodeRecorder
@@ -141,12 +156,14 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
                 shutil.rmtree(folder)
             recorder = EpisodeRecorder(folder / "dataset", views=views, video_dir=folder / "mp4",
                                        repo_id=f"reverie/imagined_{folder.name}")
-        runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined", recorder),
-                      "physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
+        with torch.no_grad():
+            runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined", recorder),
+                          "physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
+        physics.close()
         if recorder is not None:
             recorder.close()
         log.info("%s: imagined %.2f, physics %.2f", name, *(sum(r.success) / cfg.episodes for r in runs[name].values()))
-    physics.close()
+    names = list(named)
     comparison = PolicyComparison(
         names=names, imagined_successes=[sum(runs[n]["imagined"].success) for n in names],
         imagined_n=[cfg.episodes] * len(names), physics_successes=[sum(runs[n]["physics"].success) for n in names],

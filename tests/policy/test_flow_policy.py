@@ -118,7 +118,7 @@ def test_each_env_draws_its_own_seeded_noise_whatever_the_batch():
     policy.reset(obs, {}, seeds=[10, 11, 12])
     together = policy.select_action_chunk(obs)
     alone = tiny_policy()
-    one = {k: (v[1:2] if torch.is_tensor(v) else v[1:2]) for k, v in obs.items()}
+    one = {k: v[1:2] for k, v in obs.items()}
     alone.reset(one, {}, seeds=[11])
     assert torch.allclose(alone.select_action_chunk(one)[0], together[1], atol=1e-5)
     # a partial reset re-seeds only the envs it starts

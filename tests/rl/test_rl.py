@@ -7,6 +7,7 @@ import torch
 
 from data.clips import DatasetConfig
 from policy.flow import FlowPolicy
+from simulator.env import NORMALIZATION_FILE
 from simulator.progress import ProgressModel
 from simulator.world_model import WorldModel
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
@@ -79,6 +80,8 @@ def tiny_models(tiny_dataset, tmp_path_factory):
         for p in wm.parameters():
             p.add_(0.05 * torch.randn_like(p))
     wm.save_pretrained(root / "world_model")
+    stats = DatasetConfig(root=tiny_dataset, val_episodes=1).clips([0], context=1, horizon=1).stats
+    (root / "world_model" / NORMALIZATION_FILE).write_text(json.dumps(stats))  # as world-model training saves it
     ProgressModel(image_size=SIZE, channels=(8, 8), norm_num_groups=4, width=32, head_width=16,
                   ensemble=3).save_pretrained(root / "progress")
     FlowPolicy(image_size=SIZE, channels=(8, 8), width=32, depth=1, heads=2).save_pretrained(root / "policy")
@@ -135,3 +138,16 @@ def test_dr_grpo_keeps_the_size_of_return_differences():
     raw, kept = group_advantages(returns, 2, scale_by_std=False)
     assert torch.allclose(scaled, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-4)  # noise and success alike
     assert torch.allclose(raw, torch.tensor([-0.01, 0.01, -0.5, 0.5]), atol=1e-6) and kept.all()
+
+
+def test_saved_policies_are_evaluated_beside_scripted_ones(tiny_dataset, tiny_models, tmp_path):
+    from eval.policy import EvalPolicyConfig, evaluate
+
+    cfg = EvalPolicyConfig(world_model=tiny_models / "world_model", progress=tiny_models / "progress",
+                           stats_root=tiny_dataset, policies=("stall", f"bc={tiny_models / 'policy'}"), episodes=2,
+                           num_envs=2, output_dir=tmp_path)
+    comparison, runs = evaluate(cfg)
+    assert comparison.names == ["stall", "bc"] and comparison.physics_successes[0] == 0
+    assert all(len(r[k].success) == 2 for r in runs.values() for k in ("imagined", "physics"))
+    with pytest.raises(ValueError, match="NAME=FOLDER"):
+        evaluate(EvalPolicyConfig(world_model=cfg.world_model, progress=cfg.progress, policies=("bc=/nowhere",)))
