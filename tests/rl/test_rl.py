@@ -151,3 +151,12 @@ def test_saved_policies_are_evaluated_beside_scripted_ones(tiny_dataset, tiny_mo
     assert all(len(r[k].success) == 2 for r in runs.values() for k in ("imagined", "physics"))
     with pytest.raises(ValueError, match="NAME=FOLDER"):
         evaluate(EvalPolicyConfig(world_model=cfg.world_model, progress=cfg.progress, policies=("bc=/nowhere",)))
+
+
+def test_the_console_script_lists_every_algorithm():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "train.rl.loop", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--algorithm" in out.stdout and "--grpo.group_size" in out.stdout and "--ppo.gae_lambda" in out.stdout
