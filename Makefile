@@ -18,16 +18,17 @@ bench: system-libs $(STAMP)
 	$(BIN)/python -m benchmarks.collect_throughput $(ARGS) && $(BIN)/python -m benchmarks.expert_success
 
 # System libraries: EGL (Mesa) for headless MuJoCo rendering, FFmpeg's shared libraries for the
-# torchcodec video backend (pyav and decord bring their own). Installed with apt when missing and
-# running as root; otherwise a note says what to install.
-SYSTEM_LIBS := libegl1 libgl1-mesa-dri libavdevice59 libavfilter8 libavformat59 libavcodec59 libswscale6 libswresample4 libavutil57
+# torchcodec video backend (pyav and decord bring their own), Chromium for the report's headless
+# screenshot (eval.report.screenshot). Installed with apt when missing and running as root;
+# otherwise a note says what to install.
+SYSTEM_LIBS := libegl1 libgl1-mesa-dri libavdevice59 libavfilter8 libavformat59 libavcodec59 libswscale6 libswresample4 libavutil57 chromium
 system-libs:
-	@if ! ldconfig -p | grep -q 'libEGL.so.1 ' || ! ldconfig -p | grep -q 'libavcodec.so.59 '; then \
+	@if ! ldconfig -p | grep -q 'libEGL.so.1 ' || ! ldconfig -p | grep -q 'libavcodec.so.59 ' || [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing system libraries: $(SYSTEM_LIBS)"; \
 	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_LIBS) >/dev/null \
-	      || echo "warning: apt-get could not install $(SYSTEM_LIBS); rendering or the torchcodec backend may be unavailable"; \
-	  else echo "note: install $(SYSTEM_LIBS) (EGL for rendering, FFmpeg for torchcodec) with your package manager"; fi; \
+	      || echo "warning: apt-get could not install $(SYSTEM_LIBS); rendering, the torchcodec backend or the report screenshot may be unavailable"; \
+	  else echo "note: install $(SYSTEM_LIBS) (EGL for rendering, FFmpeg for torchcodec, Chromium for the report screenshot) with your package manager"; fi; \
 	fi
 
 # Python 3.12 from the PATH, else from pyenv (PYENV_ROOT or ~/.pyenv), else a clear message.
@@ -39,7 +40,7 @@ $(STAMP): pyproject.toml
 	echo "using $$py"; \
 	[ -x $(BIN)/python ] || "$$py" -m venv $(VENV); \
 	$(BIN)/python -m pip install -q --upgrade pip && \
-	$(BIN)/python -m pip install -q -e ".[dev]" && touch $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,notebooks]" && touch $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)

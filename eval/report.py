@@ -177,7 +177,7 @@ def dataset_section(demo_dir: Path, out: Path) -> Section:
         s.missing = _missing("collect", strip)
         return s
     src = _copy(strip, out, "dataset_strip.png")
-    s.html, s.markdown = figure(src, "episodes of the dataset", width=560), f"![dataset]({src})"
+    s.html, s.markdown = figure(src, "episodes of the dataset", width=480), f"![dataset]({src})"
     return s
 
 
@@ -243,7 +243,7 @@ def fidelity_section(demo_dir: Path, out: Path) -> Section:
     strips = ""
     if (report / "strips.png").is_file():
         src = _copy(report / "strips.png", out, "fidelity_strips.png")
-        strips = figure(src, "rollouts: real (upper) and imagined (lower) rows", width=380)
+        strips = figure(src, "rollouts: real (upper) and imagined (lower) rows", width=300)
         s.markdown += f"\n![strips]({src})"
     s.html += f"<div class='row'><div>{table_html}</div>{strips}</div>"
     s.markdown += "\n\n" + table_md
@@ -508,7 +508,7 @@ def check_media(page: Path) -> list[Path]:
     return files
 
 
-def screenshot(page: Path, png: Path | None = None, chromium: Path = CHROMIUM, size: tuple[int, int] = (1280, 4000),
+def screenshot(page: Path, png: Path | None = None, chromium: Path = CHROMIUM, size: tuple[int, int] = (1280, 9000),
                timeout: float = 180) -> Path:
     """Renders the page in headless Chromium to ``png`` (default: screenshot.png beside the page).
     The flags keep Chromium off the network (it has none here) and out of the user's profile."""

@@ -22,6 +22,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     assert "=== stage: policy ===" in out and (results["policy"] / "config.json").exists()
     assert "=== stage: rl ===" in out and "| physics before |" in out and "Physics gain:" in out
     assert (results["rl"] / "learning_curve.png").stat().st_size > 1000
+    assert "=== stage: report ===" in out and results["report"] == tmp_path / "report" / "index.html"
+    assert results["report"].is_file() and (tmp_path / "report" / "report.md").is_file()
 
     def written():
         files = [*(results["collect"] / "data").rglob("*.parquet"), *results["world_model"].parent.rglob("*.safetensors"),
