@@ -91,7 +91,7 @@ def tiny_models(tiny_dataset, tmp_path_factory):
 def rl_config(tiny_dataset, models, out, **kw) -> RLConfig:
     settings = dict(policy=models / "policy", world_model=models / "world_model", progress=models / "progress",
                     dataset=DatasetConfig(root=tiny_dataset, val_episodes=1), stats_root=tiny_dataset, iterations=1,
-                    num_envs=4, max_steps=16, eval_episodes=0, output_dir=out, grpo=GRPOConfig(group_size=2),
+                    num_envs=4, max_steps=16, eval_episodes=0, output_dir=out, grpo=GRPOConfig(group_size=2, min_return_std=0.0),
                     advantage_conditioned=AdvantageConditionedConfig(group_size=2, steps_per_iteration=2, batch_size=8))
     return RLConfig(**settings | kw)
 

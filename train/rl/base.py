@@ -83,20 +83,20 @@ def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
 
 
 def group_advantages(returns: Tensor, group_size: int, scale_by_std: bool = True,
-                     eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+                     min_std: float = 1e-6) -> tuple[Tensor, Tensor]:
     """GRPO: return − group mean over consecutive groups of ``group_size`` episodes that started
     from the same frames, divided by the group's std with ``scale_by_std`` (Dr. GRPO leaves that
     out: where a group's returns differ only by noise, the division blows the noise up into
     advantages of ±1). Returns (advantages (B,), kept (B,) bool): groups whose returns are all
-    equal teach nothing and are dropped."""
+    equal (a std of at most ``min_std``) teach nothing and are dropped."""
     if returns.ndim != 1 or returns.shape[0] % group_size:
         raise ValueError(f"returns must be (B,) with B a multiple of group_size {group_size}, got {tuple(returns.shape)}")
     groups = returns.view(-1, group_size)
     std = groups.std(1, correction=0, keepdim=True)
     adv = groups - groups.mean(1, keepdim=True)
     if scale_by_std:
-        adv = adv / (std + eps)
-    kept = (std > eps).expand_as(groups)
+        adv = adv / std.clamp_min(min_std)
+    kept = (std > min_std).expand_as(groups)
     return (adv * kept).flatten(), kept.flatten()
 
 

@@ -33,17 +33,23 @@ class GRPOConfig:
     # division turned those small differences into full-size advantages that made the policy
     # drift (docs/benchmarks.md, RL in imagination).
     scale_by_std: bool = False
+    # Groups whose returns spread less than this (std) are dropped: with every episode solved,
+    # returns differ only by speed and noise, and Adam turns even tiny gradients into full-size
+    # steps; on Lift that drift took the policy from all to no imagined successes in a few
+    # iterations (docs/benchmarks.md). 0.05 keeps every group where one episode of eight failed.
+    min_return_std: float = 0.05
     epochs: int = 2  # passes over an iteration's samples
     minibatch_size: int = 64  # chunk samples per gradient step
-    lr: float = 3e-5
+    lr: float = 1e-5
     clip: float = 0.2  # ratio clip, per denoising step (log-ratio per action dimension)
-    kl_weight: float = 0.1  # anchor to the base policy (KL per action dimension)
+    kl_weight: float = 1.0  # anchor to the base policy (KL per action dimension)
     grad_clip: float = 1.0
 
     def __post_init__(self):
         if self.group_size < 2:
             raise ValueError(f"a group needs >= 2 rollouts to have an advantage, got {self.group_size=}")
-        if self.epochs < 1 or self.minibatch_size < 1 or self.lr <= 0 or self.clip <= 0 or self.kl_weight < 0:
+        if (self.epochs < 1 or self.minibatch_size < 1 or self.lr <= 0 or self.clip <= 0 or self.kl_weight < 0
+                or self.min_return_std < 0):
             raise ValueError(f"bad GRPO settings: {self}")
 
 
@@ -61,7 +67,7 @@ class GRPO(Algorithm):
 
     def update(self, rollouts: Rollouts, generator: torch.Generator) -> dict:
         cfg = self.config
-        advantages, kept = group_advantages(rollouts.returns, cfg.group_size, cfg.scale_by_std)
+        advantages, kept = group_advantages(rollouts.returns, cfg.group_size, cfg.scale_by_std, cfg.min_return_std)
         t_idx, b_idx = torch.nonzero(rollouts.alive & kept[None], as_tuple=True)
         metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx)}
         if len(t_idx) == 0:  # every group's returns were equal: nothing to learn from
