@@ -5,6 +5,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 import pytest
+import torch
 
 from data.collect import CollectConfig, collect
 from simulator.physics import ExpertConfig
@@ -20,3 +21,14 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets") / "lift"
     collect(CollectConfig(root=root, **TINY))
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): they gain
+    nothing from threads, and on a shared CPU OpenMP threads that wait for each other make them many
+    times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,14 +22,7 @@ STATS = {keys.ACTION: {"min": ACTION_MIN, "max": ACTION_MAX},
          keys.STATE: {"min": -torch.ones(8), "max": torch.ones(8)}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP threads that wait for each
-    other make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_obs(seed: int = 0) -> dict:

@@ -29,13 +29,7 @@ TINY = {"flow": {"policy": FlowPolicyConfig(channels=(8, 8), width=32, depth=1, 
 LOADS_AS = {"flow": FlowPolicy, "diffusion": LerobotDiffusionPolicy}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU waiting OpenMP threads slow them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def config(root: Path, out: Path, policy_type: str, steps: int) -> TrainPolicyConfig:

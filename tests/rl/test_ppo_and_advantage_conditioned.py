@@ -26,13 +26,7 @@ VIEWS, SIZE, H, A, S = ("front", "wrist"), 32, 4, 7, 8
 TASK = "lift the cube"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared CPU waiting OpenMP threads slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_policy() -> FlowPolicy:

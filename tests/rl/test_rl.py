@@ -18,13 +18,7 @@ from train.rl.loop import ALGORITHMS, RLConfig, train
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared CPU waiting threads slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_group_advantages_standardise_within_groups_and_drop_equal_groups():
