@@ -50,11 +50,11 @@ def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, e
     return results
 
 
-def evaluate_before_after(cfg, policy, label: str) -> dict[str, EpisodeResults]:
-    """The RL run's evaluation ``label`` ("before" or "after"), saved as eval_<label>.json; the
-    "before" one is reused when the run resumes."""
+def evaluate_before_after(cfg, policy, label: str, reuse: bool | None = None) -> dict[str, EpisodeResults]:
+    """The RL run's evaluation ``label`` ("before" or "after"), saved as eval_<label>.json. A saved
+    one is reused when ``reuse`` (default: for "before", which a resumed run needs again)."""
     path = Path(cfg.output_dir) / f"eval_{label}.json"
-    if label == "before" and path.is_file():
+    if (label == "before" if reuse is None else reuse) and path.is_file():
         return {k: EpisodeResults(**v) for k, v in json.loads(path.read_text()).items()}
     from policy import camera_views
 

@@ -54,10 +54,12 @@ class FlowPolicy(ModelMixin, ConfigMixin):
                  norm_num_groups: int = 8, task_buckets: int = 1024, width: int = 128, depth: int = 4, heads: int = 4,
                  num_steps: int = 4, rl_steps: int = 2, noise_level: float = 0.5, t_max: float = 0.9,
                  min_std: float = 0.05, action_mean: list[float] | None = None, action_std: list[float] | None = None,
-                 state_mean: list[float] | None = None, state_std: list[float] | None = None, task_suffix: str = ""):
+                 state_mean: list[float] | None = None, state_std: list[float] | None = None, task_suffix: str = "",
+                 frozen_early_steps: bool = False):
         """Arguments as in FlowPolicyConfig, plus the dataset's action and state statistics, and
         ``task_suffix``: words appended to every task it reads (an advantage-conditioned policy acts
-        with its best bin's words, ``train.rl.advantage_conditioned``)."""
+        with its best bin's words, ``train.rl.advantage_conditioned``), and ``frozen_early_steps``:
+        the first N - K denoising steps run a frozen copy of the network (``start_fine_tuning``)."""
         super().__init__()
         cfg = self.spec = FlowPolicyConfig(
             views=tuple(views), image_size=image_size, state_dim=state_dim, action_dim=action_dim,
@@ -90,6 +92,11 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.action_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, action_dim))
         self.task_suffix = task_suffix
+        # The base network for the first N - K (deterministic) denoising steps once RL fine-tunes
+        # the last K; saved with the policy so that a fine-tuned policy acts as it was trained.
+        self.early = None
+        if frozen_early_steps:
+            self.early = FlowPolicy(**self._base_kwargs()).requires_grad_(False).eval()
         self.stochastic = False  # select_action_chunk: ODE (False) or the SDE of sample() (True)
         self._env_generators: dict[int, torch.Generator] = {}  # per env, seeded by reset(seeds=...)
 
@@ -151,9 +158,10 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         cfg, times = self.spec, self.times
         prefix = self.encode(obs)
         B, N, K = prefix.shape[0], cfg.num_steps, cfg.rl_steps
+        net, early_prefix = self._early_velocity(obs, prefix)
         x = self._noise((B, cfg.chunk_size, cfg.action_dim), generator)
         for i in range(N - K):
-            x = x + (times[i + 1] - times[i]) * self.velocity(prefix, x, times[i].expand(B).to(x.device))
+            x = x + (times[i + 1] - times[i]) * net.velocity(early_prefix, x, times[i].expand(B).to(x.device))
         chain, log_probs = [x], []
         for i in range(N - K, N):
             mean, std = self._sde_step(prefix, x, float(times[i]), float(times[i + 1]))
@@ -178,10 +186,12 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         """The deterministic chunk (B, H, A) in env units: N Euler steps of the flow ODE."""
         cfg, times = self.spec, self.times
         prefix = self.encode(obs)
-        B = prefix.shape[0]
+        B, N, K = prefix.shape[0], cfg.num_steps, cfg.rl_steps
+        net, early_prefix = self._early_velocity(obs, prefix)
         x = self._noise((B, cfg.chunk_size, cfg.action_dim), generator)
-        for i in range(cfg.num_steps):
-            x = x + (times[i + 1] - times[i]) * self.velocity(prefix, x, times[i].expand(B).to(x.device))
+        for i in range(N):
+            step_net, step_prefix = (net, early_prefix) if i < N - K else (self, prefix)
+            x = x + (times[i + 1] - times[i]) * step_net.velocity(step_prefix, x, times[i].expand(B).to(x.device))
         return self._unnormalize(x)
 
     # ---- the chunk-policy interface (policy.base.ChunkPolicy) -------------------------------
@@ -200,6 +210,26 @@ class FlowPolicy(ModelMixin, ConfigMixin):
         if self.stochastic:
             return self.sample(obs).actions.float().cpu()
         return self.sample_ode(obs).float().cpu()
+
+    def start_fine_tuning(self) -> None:
+        """Freezes the network of the first N - K denoising steps at its current weights (DPPO
+        fine-tunes only the last K): RL's log-probabilities and KL see only the last K steps, so
+        a shared network would let the deterministic early steps drift unseen. Idempotent."""
+        if self.early is not None:
+            return
+        early = FlowPolicy(**self._base_kwargs())
+        early.load_state_dict(self.state_dict())
+        self.early = early.requires_grad_(False).eval().to(self.device)
+        self.register_to_config(frozen_early_steps=True)
+
+    def _base_kwargs(self) -> dict:
+        return {k: v for k, v in self.config.items() if not k.startswith("_")} | {"frozen_early_steps": False}
+
+    def _early_velocity(self, obs: dict, prefix: Tensor):
+        """(network, its prefix) for the first N - K steps: the frozen copy once fine-tuning started."""
+        if self.early is None:
+            return self, prefix
+        return self.early, self.early.encode(obs)
 
     def set_task_suffix(self, suffix: str) -> None:
         """Words appended to every task from now on, and saved with the policy."""

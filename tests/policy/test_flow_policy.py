@@ -127,3 +127,27 @@ def test_each_env_draws_its_own_seeded_noise_whatever_the_batch():
     assert torch.allclose(again[1], together[1], atol=1e-5) and not torch.allclose(again[0], together[0])
     with pytest.raises(ValueError, match="2 seeds for 1 started envs"):
         policy.reset(obs, {}, mask=torch.tensor([True, False, False]), seeds=[1, 2])
+
+
+def test_fine_tuning_freezes_the_early_denoising_steps_and_round_trips(tmp_path):
+    policy, obs = tiny_policy(num_steps=4, rl_steps=2), observation()
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    before = policy.sample_ode(obs, g())
+    policy.start_fine_tuning()
+    assert torch.allclose(policy.sample_ode(obs, g()), before, atol=1e-6)  # same weights, same chunk
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and not any(n.startswith("early.") for n in trainable)
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    # the first N - K steps still run the frozen copy: its ODE state before the last K steps is the base's
+    early, prefix = policy.early, policy.early.encode(obs)
+    sample = policy.sample(obs, g())
+    x, times = torch.randn(B, 8, 7, generator=g()), policy.times
+    for i in range(2):
+        x = x + (times[i + 1] - times[i]) * early.velocity(prefix, x, times[i].expand(B))
+    assert torch.allclose(sample.chain[:, 0], x, atol=1e-5)
+    policy.save_pretrained(tmp_path / "ft")
+    loaded = FlowPolicy.from_pretrained(tmp_path / "ft")
+    assert loaded.early is not None and torch.allclose(loaded.sample_ode(obs, g()), policy.sample_ode(obs, g()), atol=1e-5)

@@ -59,6 +59,8 @@ class GRPO(Algorithm):
 
     def __init__(self, policy, config: GRPOConfig, views: tuple[str, ...]):
         super().__init__(policy, config, views)
+        if hasattr(policy, "start_fine_tuning"):  # only the last K denoising steps are trained (DPPO)
+            policy.start_fine_tuning()
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
 

@@ -135,7 +135,8 @@ def train(cfg: RLConfig) -> Path:
         log.info("iteration %d: %s", iteration + 1, record)
         save_checkpoint(out, policy, algorithm, generator, iteration + 1, record)
     if cfg.eval_episodes:
-        after = evaluate_before_after(cfg, policy, "after")
+        # a finished run re-run (to rebuild its report) reuses its evaluation
+        after = evaluate_before_after(cfg, policy, "after", reuse=done == cfg.iterations)
         save_rl_report(cfg, before, after)
     return out
 

@@ -146,6 +146,8 @@ class PPO(Algorithm):
 
     def __init__(self, policy, config: PPOConfig, views: tuple[str, ...]):
         super().__init__(policy, config, views)
+        if hasattr(policy, "start_fine_tuning"):  # only the last K denoising steps are trained (DPPO)
+            policy.start_fine_tuning()
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
         self.critic = Critic(len(self.views), state_dim_of(policy), config.critic_channels,
