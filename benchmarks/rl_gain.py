@@ -92,6 +92,9 @@ def main() -> None:
         gains.append(rate(after["physics"]) - rate(before["physics"]))
         lines.append(f"| after RL, seed {seed} | {cell(after['physics'])} | {cell(after['imagined'])} | {gains[-1]:+.2f} | "
                      f"{rate(after['imagined']) - rate(after['physics']):+.2f} |")
+    rl_minutes = [sum(r["collect_s"] + r["update_s"] for r in map(json.loads, (
+        args.output_dir / f"seed{seed}" / "metrics.jsonl").read_text().splitlines())) / 60 for seed in args.seeds]
+    eval_minutes = sum(r.seconds for r in before.values()) / 60
     lo, hi = t_interval(gains)
     mean = sum(gains) / len(gains)
     table = "\n".join(lines)
@@ -108,7 +111,9 @@ def main() -> None:
         f"model `{args.progress}`), {args.iterations} iterations of {args.num_envs} imagined episodes of at most "
         f"{args.max_steps} steps from the dataset's training-episode starts. Evaluation: {args.episodes} episodes in "
         f"physics and {args.episodes} in imagination from the same starts (physics seeds 100000 on), deterministic "
-        f"actions (the flow ODE). Success with 95% Wilson intervals. {minutes:.0f} min on this machine in all."),
+        f"actions (the flow ODE). Success with 95% Wilson intervals. RL wall time per seed "
+        f"{', '.join(f'{m:.0f}' for m in rl_minutes)} min; one evaluation (physics and imagined) {eval_minutes:.0f} min; "
+        f"this invocation {minutes:.0f} min (runs already finished are reused, not re-run)."),
         table, verdict, "![learning curve, first seed](figures/rl_learning_curve.png)"]))
 
 
