@@ -285,15 +285,8 @@ def policy_eval_section(demo_dir: Path, out: Path) -> Section:
                 "policy: physics success across, imagined success up, with 95% Wilson intervals; the "
                 "dashed diagonal is perfect agreement. What matters is the ranking: a high rank "
                 "correlation means the imagined simulator orders policies as physics does.")
-    report = demo_dir / "policy_eval"
-    if not (report / "policy_eval.png").is_file():
-        s.missing = _missing("policy_eval", report / "policy_eval.png")
-        return s
-    src = _copy(report / "policy_eval.png", out, "policy_eval.png")
-    table_html, table_md = _table(report / "policy_eval.md")
-    s.html = figure(src, "imagined against physics success per policy") + table_html
-    s.markdown = f"![policy evaluation]({src})\n\n{table_md}"
-    return s
+    return _figure_and_table(s, demo_dir / "policy_eval", "policy_eval.png", "policy_eval.md", "policy_eval", out,
+                             "imagined against physics success per policy")
 
 
 def rl_section(demo_dir: Path, out: Path) -> Section:
@@ -304,14 +297,19 @@ def rl_section(demo_dir: Path, out: Path) -> Section:
                 "table is the ground truth: success in physics (and in imagination) before and after "
                 "RL. Imagined success rising while physics success does not means the policy learned to "
                 "exploit the world model.")
-    run = demo_dir / "rl"
-    if not (run / "learning_curve.png").is_file():
-        s.missing = _missing("rl", run / "learning_curve.png")
+    return _figure_and_table(s, demo_dir / "rl", "learning_curve.png", "rl_eval.md", "rl", out,
+                             "success and return per RL iteration")
+
+
+def _figure_and_table(s: Section, folder: Path, png: str, md: str, stage: str, out: Path, caption: str) -> Section:
+    """A section of one stage's figure and markdown table, or its note when the stage has not run."""
+    if not (folder / png).is_file():
+        s.missing = _missing(stage, folder / png)
         return s
-    src = _copy(run / "learning_curve.png", out, "learning_curve.png")
-    table_html, table_md = _table(run / "rl_eval.md")
-    s.html = figure(src, "success and return per RL iteration") + table_html
-    s.markdown = f"![learning curve]({src})\n\n{table_md}"
+    src = _copy(folder / png, out, png)
+    table_html, table_md = _table(folder / md)
+    s.html = figure(src, caption) + table_html
+    s.markdown = f"![{caption}]({src})\n\n{table_md}"
     return s
 
 

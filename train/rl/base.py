@@ -15,6 +15,7 @@ H chunk length, A action dim, h x w image size.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -170,6 +171,16 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def fine_tuning_setup(policy, lr: float) -> tuple:
+    """What a likelihood-based algorithm sets up: the policy's early denoising steps frozen when it
+    can (DPPO fine-tunes only the last K), a frozen copy of it as the KL anchor, and AdamW over what
+    is left to train. Returns (reference, optimiser)."""
+    if hasattr(policy, "start_fine_tuning"):
+        policy.start_fine_tuning()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    return reference, torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
 
 
 def minibatches(n: int, size: int, generator: torch.Generator):

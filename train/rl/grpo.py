@@ -9,7 +9,6 @@ plus a KL anchor to the frozen base policy (k3 estimator on the rollout's own sa
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ from train.rl.base import (
     Algorithm,
     Rollouts,
     clipped_surrogate,
+    fine_tuning_setup,
     group_advantages,
     group_starts,
     kl_k3,
@@ -59,10 +59,7 @@ class GRPO(Algorithm):
 
     def __init__(self, policy, config: GRPOConfig, views: tuple[str, ...]):
         super().__init__(policy, config, views)
-        if hasattr(policy, "start_fine_tuning"):  # only the last K denoising steps are trained (DPPO)
-            policy.start_fine_tuning()
-        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+        self.reference, self.opt = fine_tuning_setup(policy, config.lr)
 
     def start_index(self, num_envs: int, num_starts: int, generator: torch.Generator) -> torch.Tensor:
         return group_starts(num_envs, num_starts, self.config.group_size, generator)

@@ -18,14 +18,13 @@ h x w image size, H chunk length, A action dim, K stochastic denoising steps.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from simulator import keys
-from train.rl.base import Algorithm, Rollouts, clipped_surrogate, gae, kl_k3, minibatches
+from train.rl.base import Algorithm, Rollouts, clipped_surrogate, fine_tuning_setup, gae, kl_k3, minibatches
 
 
 @dataclass
@@ -146,10 +145,7 @@ class PPO(Algorithm):
 
     def __init__(self, policy, config: PPOConfig, views: tuple[str, ...]):
         super().__init__(policy, config, views)
-        if hasattr(policy, "start_fine_tuning"):  # only the last K denoising steps are trained (DPPO)
-            policy.start_fine_tuning()
-        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+        self.reference, self.opt = fine_tuning_setup(policy, config.lr)
         self.critic = Critic(len(self.views), state_dim_of(policy), config.critic_channels,
                              config.critic_width).to(policy.device)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr, weight_decay=0.0)
