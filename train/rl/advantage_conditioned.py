@@ -106,9 +106,12 @@ def real_frames(dataset, views: tuple[str, ...], chunk_size: int):
 
 
 def chunk_size_of(policy) -> int:
-    for value in (getattr(getattr(policy, "spec", None), "chunk_size", None), getattr(policy, "chunk_size", None)):
-        if value is not None:
-            return int(value)
+    """The action-chunk length of ``policy``: a FlowPolicy's spec, or a ``chunk_size`` attribute."""
+    value = getattr(getattr(policy, "spec", None), "chunk_size", None)
+    if value is None:
+        value = getattr(policy, "chunk_size", None)
+    if value is not None:
+        return int(value)
     raise TypeError(f"cannot tell the chunk size of a {type(policy).__name__}; pass frames= instead of dataset=")
 
 
