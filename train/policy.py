@@ -199,14 +199,10 @@ class FrameTable:
     def batches(self, cfg: TrainPolicyConfig, step: int, rank: int = 0, world: int = 1):
         """This process's batches from micro-step ``step`` on; the order depends only on (seed, step),
         as in ``train.world_model.batches_from``."""
-        B = cfg.batch_size
-        per_epoch = len(self) // (B * world)
-        if per_epoch == 0:
-            raise ValueError(f"batch_size {B} x {world} processes is larger than the dataset ({len(self)} frames)")
+        per_epoch = loop.batches_per_epoch(len(self), cfg.batch_size, world)
         while True:
             epoch, offset = divmod(step, per_epoch)
-            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-            for idx in order[: per_epoch * B * world].reshape(per_epoch, world, B)[offset:, rank]:
+            for idx in loop.epoch_batches(len(self), cfg.batch_size, world, cfg.seed, epoch)[offset:, rank]:
                 yield {"frames": self.frames[idx].float() / 255.0, "state": self.state[idx],
                        "action": self.actions[idx], "action_mask": self.action_mask[idx],
                        "task": [self.task[i] for i in idx.tolist()]}

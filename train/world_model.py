@@ -77,13 +77,10 @@ def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, 
     (k * world + r) of it, so processes see disjoint clips and the order depends only on the step.
     """
     B = cfg.batch_size
-    per_epoch = len(dataset) // (B * world)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {B} x {world} processes is larger than the dataset ({len(dataset)} clips)")
+    per_epoch = loop.batches_per_epoch(len(dataset), B, world)
     while True:
         epoch, offset = divmod(step, per_epoch)
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        mine = order[: per_epoch * B * world].reshape(per_epoch, world, B)[offset:, rank].flatten().tolist()
+        mine = loop.epoch_batches(len(dataset), B, world, cfg.seed, epoch)[offset:, rank].flatten().tolist()
         loader = torch.utils.data.DataLoader(dataset, batch_size=B, sampler=mine, num_workers=cfg.num_workers,
                                              drop_last=True)
         for batch in loader:
