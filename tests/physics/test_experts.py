@@ -1,9 +1,13 @@
-"""Scripted experts solve every task at zero noise; each injected failure mode makes Lift fail."""
+"""Scripted experts solve every task at zero noise; each injected failure mode makes Lift fail,
+except near_miss, whose grasps straddle the edge of what holds."""
 
 import pytest
 
 from data.collect import run_episode
+import numpy as np
+
 from simulator.physics import FAILURE_MODES, ExpertConfig, PhysicsEnv, PhysicsEnvConfig, ScriptedExpert
+from simulator.physics.experts import GRASP_OFFSETS
 
 
 def episodes(task, cfg, seeds):
@@ -20,10 +24,25 @@ def test_expert_solves_task(task):
     assert all(e["success"] and e["failure_mode"] == "none" for e in labels)
 
 
-@pytest.mark.parametrize("mode", FAILURE_MODES[1:])
+@pytest.mark.parametrize("mode", [m for m in FAILURE_MODES[1:] if m != "near_miss"])
 def test_each_failure_mode_fails_lift(mode):
     labels = episodes("lift", ExpertConfig(failure_mix={mode: 1.0}), seeds=[21, 22])
     assert all(not e["success"] and e["failure_mode"] == mode for e in labels)
+
+
+def test_near_miss_grasps_beside_the_cube_and_physics_decides():
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", views=(), terminate_on_success=False))
+    expert = ScriptedExpert(env.spec, ExpertConfig(failure_mix={"near_miss": 1.0}))
+    outcomes = []
+    for seed in range(8):
+        frames, labels = run_episode(env, expert, seed, hold_steps=2)
+        cube = np.asarray(frames[0]["observation.environment_state"][:3])
+        miss = np.linalg.norm(expert.plan.grasp[:2] - cube[:2])
+        lo, hi = GRASP_OFFSETS["near_miss"]
+        assert labels["failure_mode"] == "near_miss" and lo - 1e-3 <= miss <= hi + 1e-3, miss
+        outcomes.append(labels["success"])
+    env.close()
+    assert any(outcomes) and not all(outcomes), outcomes  # the offsets straddle the edge of a hold
 
 
 @pytest.mark.parametrize("start", [0, 1234, 10_000])
