@@ -89,6 +89,20 @@ class DatasetConfig:
         return ClipDataset(self.repo_id, self.root, config, episodes=episodes)
 
 
+# Trainings with other defaults subclass the config (and type their field with the subclass) rather
+# than pass a default_factory lambda: draccus rebuilds a nested config from the defaults of the
+# field's annotated class as soon as one of its fields is given on the command line, so
+# `--dataset.root X` would silently drop a lambda's cache_frames=True.
+@dataclass
+class CachedDatasetConfig(DatasetConfig):
+    cache_frames: bool = True  # the world model's and the autoencoder's trainings
+
+
+@dataclass
+class DemoSplitDatasetConfig(DatasetConfig):
+    val_episodes: int = 20  # the demo's split (a tenth of 200 episodes): policy cloning and RL starts
+
+
 class Normalizer:
     """Mean/std normalisation per feature, from ``meta/reverie_stats.json``."""
 

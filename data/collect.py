@@ -36,6 +36,16 @@ _STATE_DIR = ".reverie"  # commit snapshot and "writing" marker
 
 
 @dataclass
+class CollectionExpertConfig(ExpertConfig):
+    """The collection's expert: 10% of episodes in each of three failure modes. A subclass rather
+    than a default_factory lambda, so that `--expert.action_noise 0.3` keeps the mix (see
+    data.clips.CachedDatasetConfig)."""
+
+    failure_mix: dict[str, float] = field(
+        default_factory=lambda: {"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1})
+
+
+@dataclass
 class CollectConfig:
     task: str = "lift"  # lift | stack | pick_place_can
     episodes: int = 50  # total episodes wanted in the dataset (a resumed run adds the missing ones)
@@ -46,9 +56,7 @@ class CollectConfig:
     height: int = 64
     width: int = 64
     render_quality: str = "fast"
-    expert: ExpertConfig = field(
-        default_factory=lambda: ExpertConfig(failure_mix={"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1})
-    )
+    expert: CollectionExpertConfig = field(default_factory=CollectionExpertConfig)
     hold_steps: int = 10  # steps recorded after the first success
     max_steps: int | None = None  # episode horizon; None = the task's default
     vcodec: str = "h264"  # h264 decodes with every backend (pyav, torchcodec, decord); libsvtav1 is smaller

@@ -7,8 +7,9 @@ import sys
 
 import torch
 
+from data.clips import DatasetConfig
 from simulator.world_model import WorldModel, WorldModelConfig
-from train.world_model import DatasetConfig, TrainWorldModelConfig, train
+from train.world_model import TrainWorldModelConfig, train
 
 TINY_MODEL = WorldModelConfig(context=2, future=2, horizon=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
                               cond_dim=32)

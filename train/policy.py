@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from data.clips import DatasetConfig
+from data.clips import DemoSplitDatasetConfig
 from policy.flow import FlowPolicy, FlowPolicyConfig
 from simulator import keys
 from train import loop
@@ -62,7 +62,7 @@ DIFFUSION_FIXED = ("input_features", "output_features", "n_obs_steps", "n_action
 
 @dataclass
 class TrainPolicyConfig(loop.LoopConfig):
-    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=20))
+    dataset: DemoSplitDatasetConfig = field(default_factory=DemoSplitDatasetConfig)
     policy_type: str = "flow"  # flow (policy.flow) | diffusion (lerobot's Diffusion Policy)
     # The flow policy; views, image size and action/state dims are filled in from the dataset.
     # The diffusion policy takes only chunk_size from here.

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data.clips import DatasetConfig
+from data.clips import DemoSplitDatasetConfig
 from policy.base import LIKELIHOOD_ALGORITHMS, OTHER_ALGORITHMS
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
 from train.rl.base import collect
@@ -48,7 +48,7 @@ class RLConfig:
     world_model: Path = Path("outputs/world_model/model")
     progress: Path = Path("outputs/progress/model")
     # Start frames come from the training episodes of this dataset (the held-out ones are never used).
-    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=20))
+    dataset: DemoSplitDatasetConfig = field(default_factory=DemoSplitDatasetConfig)
     stats_root: Path | None = None  # for world models saved without normalization.json
     task: str = "lift"
     algorithm: str = "grpo"  # grpo | ppo | advantage_conditioned
