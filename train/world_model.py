@@ -50,7 +50,7 @@ class TrainWorldModelConfig(loop.LoopConfig):
     objective: CPURecipeObjective = field(default_factory=CPURecipeObjective)
     frame_stride: int = 1  # frames per predicted frame: horizon / stride frames are predicted per chunk
     output_dir: Path = Path("outputs/world_model")
-    steps: int = 1100  # 40 min on 2 CPU cores with the default model, batch 16 and unroll
+    steps: int = 1100  # 40 min on 2 CPU cores with the default model and batch 16 (run 3)
     num_workers: int = 0
 
     def __post_init__(self):
