@@ -9,6 +9,9 @@ model and the progress model frozen, no physics during training) and is evaluate
 same starts. Reported: success before and after per seed with Wilson intervals, the mean physics
 gain over seeds with a t interval, and imagined minus physics success (how much the policy
 exploits the world model).
+
+``--env physics`` runs the same algorithm with its rollouts in physics (the control, written to a
+section of its own): what RL could gain here were the imagined simulator faithful.
 """
 
 import argparse
@@ -20,10 +23,10 @@ from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
 from data.clips import DatasetConfig
-from eval.rl import rate
+from eval.rl import agreement, rate
 from eval.success import wilson_interval
 from train.rl.grpo import GRPOConfig
-from train.rl.loop import ALGORITHMS, RLConfig, train
+from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -43,6 +46,12 @@ def cell(results) -> str:
     return f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def phi_cell(results: dict) -> str:
+    """The episode-by-episode agreement of imagined and physics outcomes from the same starts."""
+    a = agreement(results["physics"], results["imagined"])
+    return "n/a (one side constant)" if math.isnan(a["phi"]) else f"{a['phi']:+.2f} [{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True)
@@ -51,6 +60,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="the dataset whose training episodes give the starts")
     parser.add_argument("--val-episodes", type=int, default=20)
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="grpo")
+    parser.add_argument("--env", choices=ENVS, default="imagined",
+                        help="where the rollouts run; physics is the control (what a faithful simulator would give)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--num-envs", type=int, default=32)
@@ -72,7 +83,7 @@ def main() -> None:
         grpo = GRPOConfig(group_size=args.group_size, **({"lr": args.lr} if args.lr else {}))
         cfg = RLConfig(policy=args.policy, world_model=args.world_model, progress=args.progress,
                        dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
-                       grpo=grpo, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
+                       env=args.env, grpo=grpo, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
                        eval_episodes=args.episodes, output_dir=out, seed=seed)
         train(cfg)
     minutes = (time.perf_counter() - t0) / 60
@@ -82,16 +93,16 @@ def main() -> None:
     load = lambda seed, when: {k: EpisodeResults(**v) for k, v in json.loads(
         (args.output_dir / f"seed{seed}" / f"eval_{when}.json").read_text()).items()}
     before = load(args.seeds[0], "before")
-    lines = ["| run | physics success | imagined success | physics gain | imagined − physics |",
-             "|---|---|---|---|---|",
+    lines = ["| run | physics success | imagined success | physics gain | imagined − physics | per-episode phi |",
+             "|---|---|---|---|---|---|",
              (f"| base policy | {cell(before['physics'])} | {cell(before['imagined'])} | | "
-             f"{rate(before['imagined']) - rate(before['physics']):+.2f} |")]
+             f"{rate(before['imagined']) - rate(before['physics']):+.2f} | {phi_cell(before)} |")]
     gains = []
     for seed in args.seeds:
         after = load(seed, "after")
         gains.append(rate(after["physics"]) - rate(before["physics"]))
         lines.append(f"| after RL, seed {seed} | {cell(after['physics'])} | {cell(after['imagined'])} | {gains[-1]:+.2f} | "
-                     f"{rate(after['imagined']) - rate(after['physics']):+.2f} |")
+                     f"{rate(after['imagined']) - rate(after['physics']):+.2f} | {phi_cell(after)} |")
     rl_minutes = [sum(r["collect_s"] + r["update_s"] for r in map(json.loads, (
         args.output_dir / f"seed{seed}" / "metrics.jsonl").read_text().splitlines())) / 60 for seed in args.seeds]
     eval_minutes = sum(r.seconds for r in before.values()) / 60
@@ -105,16 +116,24 @@ def main() -> None:
         return
     figures = DOC.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / "rl_learning_curve.png")
-    write_section("RL in imagination: physics success before and after", command(), "\n\n".join([
-        (f"Base policy `{args.policy}`; {args.algorithm} in the imagined env (world model `{args.world_model}`, progress "
-        f"model `{args.progress}`), {args.iterations} iterations of {args.num_envs} imagined episodes of at most "
-        f"{args.max_steps} steps from the dataset's training-episode starts. Evaluation: {args.episodes} episodes in "
+    figure = "rl_learning_curve.png" if args.env == "imagined" else "rl_physics_learning_curve.png"
+    shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
+    title, where = {"imagined": ("RL in imagination: physics success before and after", (
+        f"in the imagined env (world model `{args.world_model}`, progress model `{args.progress}`), {args.iterations} "
+        f"iterations of {args.num_envs} imagined episodes")),
+        "physics": ("RL in physics, the control: what a faithful simulator would give", (
+        f"with its rollouts in physics (the control; reward 1 at success), {args.iterations} iterations of "
+        f"{args.num_envs} physics episodes"))}[args.env]
+    write_section(title, command(), "\n\n".join([
+        (f"Base policy `{args.policy}`; {args.algorithm} {where} of at most {args.max_steps} steps from the "
+        f"dataset's training-episode starts. Evaluation: {args.episodes} episodes in "
         f"physics and {args.episodes} in imagination from the same starts (physics seeds 100000 on), deterministic "
-        f"actions (the flow ODE). Success with 95% Wilson intervals. RL wall time per seed "
+        f"actions (the flow ODE). Success with 95% Wilson intervals; per-episode phi: the correlation of "
+        f"imagined and physics outcomes over the paired starts (0: imagination does not tell which episodes fail), "
+        f"with a bootstrap 95% interval. RL wall time per seed "
         f"{', '.join(f'{m:.0f}' for m in rl_minutes)} min; one evaluation (physics and imagined) {eval_minutes:.0f} min; "
         f"this invocation {minutes:.0f} min (runs already finished are reused, not re-run)."),
-        table, verdict, "![learning curve, first seed](figures/rl_learning_curve.png)"]))
+        table, verdict, f"![learning curve, first seed](figures/{figure})"]))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ The policy runs ``eval_episodes`` episodes in the physics env from seeds ``eval_
 many in the imagined env from the same starts (rendered once, ``eval.policy.matched_starts``),
 with its deterministic actions (the flow ODE), before the first RL iteration and after the last.
 Imagined success above physics success after RL measures how much the policy learned to exploit
-the world model rather than to solve the task.
+the world model rather than to solve the task; the episode-by-episode agreement of the two (their
+phi correlation over paired starts) measures whether imagination sees which episodes fail
+at all, the signal RL in it needs.
 
 Outputs in the RL run's folder: eval_before.json / eval_after.json (per-episode results),
 rl_eval.json, rl_eval.md (the before/after table with Wilson intervals) and learning_curve.png.
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 
 from eval.policy import EpisodeResults, matched_starts, run_episodes
-from eval.success import wilson_interval
+from eval.success import bootstrap_interval, pearson, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,23 @@ def rate(results: EpisodeResults) -> float:
     return sum(results.success) / max(1, len(results.success))
 
 
+def agreement(physics: EpisodeResults, imagined: EpisodeResults) -> dict:
+    """How often imagination and physics agree on the same start, episode by episode: the four
+    outcome counts and their phi (Matthews) correlation with a bootstrap 95% interval (1:
+    imagination predicts every physics outcome; 0: it tells nothing about which episodes fail, and
+    RL in it has no signal to fix them; nan where either side never or always succeeds)."""
+    p, i = torch.tensor(physics.success), torch.tensor(imagined.success)
+    if p.shape != i.shape:
+        raise ValueError(f"physics and imagined results must be paired, got {len(p)} and {len(i)} episodes")
+    counts = {"both": (p & i), "physics_only": (p & ~i), "imagined_only": (~p & i), "neither": (~p & ~i)}
+    phi = pearson(p.float(), i.float()) if len(p) >= 3 else float("nan")  # the phi coefficient is Pearson's on 0/1
+    ci = bootstrap_interval(p.float(), i.float(), pearson) if len(p) >= 3 else (float("nan"),) * 2
+    return {k: int(v.sum()) for k, v in counts.items()} | {"phi": phi, "phi_ci95": list(ci)}
+
+
 def summary(before: dict, after: dict) -> dict:
-    """Success rates with 95% Wilson intervals, the physics gain, and the imagined-minus-physics gap."""
+    """Success rates with 95% Wilson intervals, the physics gain, the imagined-minus-physics gap and
+    the episode-by-episode agreement of imagination with physics."""
     table = {}
     for when, res in (("before", before), ("after", after)):
         for where, r in res.items():
@@ -83,6 +100,8 @@ def summary(before: dict, after: dict) -> dict:
     if "imagined" in after:
         out["exploitation_gap_after"] = rate(after["imagined"]) - rate(after["physics"])
         out["exploitation_gap_before"] = rate(before["imagined"]) - rate(before["physics"])
+        for when, res in (("before", before), ("after", after)):
+            out[f"agreement_{when}"] = agreement(res["physics"], res["imagined"])
     return out
 
 
@@ -99,6 +118,9 @@ def save_rl_report(cfg, before: dict, after: dict) -> Path:
     if "exploitation_gap_after" in result:
         lines.append(f"Imagined minus physics success: {result['exploitation_gap_before']:+.2f} before, "
                      f"{result['exploitation_gap_after']:+.2f} after.")
+        lines.append("Episode by episode (same start), imagined vs physics outcome: phi correlation "
+                     + ", ".join(f"{result[f'agreement_{w}']['phi']:+.2f} [{result[f'agreement_{w}']['phi_ci95'][0]:+.2f}, "
+                                 f"{result[f'agreement_{w}']['phi_ci95'][1]:+.2f}] {w}" for w in ("before", "after")) + ".")
     (out / "rl_eval.md").write_text("\n".join(lines) + "\n")
     plot_learning_curve(out, result)
     return out

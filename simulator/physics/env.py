@@ -25,7 +25,8 @@ Envs that finished stay finished (their observation is frozen) until reset; ``re
 {"reset_mask": mask})`` resets only some of them, and ``autoreset=True`` does it automatically
 (the last observation before the reset is then in ``info["final_observation"]``).
 Determinism: ``reset(seed=s)`` gives env b the seed s + b, and later resets continue the count;
-the same seeds give the same frames.
+``reset(options={"seeds": seeds})`` gives each reset env its own; the same seeds give the same
+frames.
 """
 
 from __future__ import annotations
@@ -177,10 +178,17 @@ class PhysicsEnv:
             if mask.shape != (self.num_envs,):
                 raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
         # Seeds are a counter: reset(seed=s) gives the envs s, s+1, ...; later resets continue it.
+        # options={"seeds": [...]} instead names the seed of each reset env (RL groups share one).
         if seed is not None:
             self._next_seed = seed
+        chosen = options.get("seeds") if options else None
+        if chosen is not None and len(chosen) != mask.sum():
+            raise ValueError(f"seeds must give one seed per reset env ({int(mask.sum())}), got {len(chosen)}")
         seeds = {}
-        for b in np.flatnonzero(mask):
+        for i, b in enumerate(np.flatnonzero(mask)):
+            if chosen is not None:
+                seeds[int(b)] = int(chosen[i])
+                continue
             seeds[int(b)] = self._next_seed
             self._next_seed += 1
         for b, s in seeds.items():

@@ -59,6 +59,11 @@ def test_same_seed_same_frames_other_seed_other_scene(env):
     assert torch.equal(runs[0][2], runs[1][2])
     assert not torch.equal(runs[0][1], runs[2][1])  # another seed places the cube elsewhere
     assert not torch.equal(runs[0][1][0], runs[0][1][1])  # envs of a batch get different seeds
+    # explicit per-env seeds: both envs at seed 8 start where env 0 of reset(seed=8) did
+    _, info = env.reset(options={"seeds": [8, 8]})
+    assert torch.equal(info["object_state"][0], runs[2][1][0]) and torch.equal(info["object_state"][1], runs[2][1][0])
+    with pytest.raises(ValueError, match="one seed per reset env"):
+        env.reset(options={"seeds": [8]})
 
 
 def test_truncation_freezes_finished_envs_until_partial_reset(env):

@@ -100,6 +100,38 @@ def test_one_iteration_of_every_algorithm_runs_and_changes_the_policy(algorithm,
     assert record["iteration"] == 1 and record["chunks"] >= 4 and 0.0 <= record["success"] <= 1.0
 
 
+def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dataset, tiny_models, tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from policy import camera_views
+    from simulator import keys
+    from train.rl.base import collect
+    from train.rl.loop import make_env
+
+    cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "physics", env="physics")
+    policy = FlowPolicy.from_pretrained(tiny_models / "policy")
+    views, size = camera_views(policy)
+    env, num_starts = make_env(cfg, views, size)
+    train_episodes, _ = cfg.dataset.split()
+    assert num_starts == len(train_episodes)
+    obs, info = env.reset(options={"start_index": torch.tensor([0, 0, 1, 1])})
+    # the physics start of start i is the dataset's training episode i, as collected
+    data = LeRobotDataset("reverie/lift", root=tiny_dataset).hf_dataset
+    episode, frame = torch.as_tensor(data["episode_index"]), torch.as_tensor(data["frame_index"])
+    for b, i in ((0, 0), (2, 1)):
+        row = int(torch.nonzero((episode == int(train_episodes[i])) & (frame == 0))[0])
+        assert torch.allclose(info["object_state"][b], torch.as_tensor(data[row][keys.ENV_STATE]), atol=1e-5)
+    rollouts = collect(env, policy, views, torch.tensor([0, 0, 1, 1]), seed=0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rollouts.images[0, 0], rollouts.images[0, 1]) and not torch.equal(rollouts.images[0, 0], rollouts.images[0, 2])
+    assert not torch.equal(rollouts.actions[0, 0], rollouts.actions[0, 1])  # one start, different policy noise
+    env.env.close()
+    train(cfg)
+    record = json.loads((tmp_path / "physics" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["iteration"] == 1 and record["chunks"] >= 4 and record["return"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    with pytest.raises(ValueError, match="drop start_every"):
+        rl_config(tiny_dataset, tiny_models, tmp_path, env="physics", start_every=4)
+
+
 def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_dataset, tiny_models, tmp_path):
     whole = rl_config(tiny_dataset, tiny_models, tmp_path / "whole", iterations=2)
     train(whole)
@@ -114,6 +146,7 @@ def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_datas
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
     report = json.loads((tmp_path / "split" / "rl_eval.json").read_text())
     assert set(report["table"]) == {"physics_before", "imagined_before", "physics_after", "imagined_after"}
+    assert sum(report["agreement_after"][k] for k in ("both", "physics_only", "imagined_only", "neither")) == 2
     assert report["table"]["physics_before"]["n"] == 2 and (tmp_path / "split" / "learning_curve.png").stat().st_size > 0
 
 
@@ -124,6 +157,29 @@ def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "odd", num_envs=3))
     with pytest.raises(TypeError, match="which grpo needs"):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "scripted", policy="expert"))
+
+
+def test_agreement_counts_paired_outcomes_and_their_phi():
+    import math
+
+    from eval.policy import EpisodeResults
+    from eval.rl import agreement
+
+    def results(success):
+        return EpisodeResults(success=success, steps=[10] * len(success), seconds=1.0)
+
+    physics = results([True, True, False, False, True, False])
+    same = agreement(physics, results(list(physics.success)))
+    assert (same["both"], same["physics_only"], same["imagined_only"], same["neither"]) == (3, 0, 0, 3)
+    assert same["phi"] == pytest.approx(1.0)
+    flipped = agreement(physics, results([not s for s in physics.success]))
+    assert flipped["phi"] == pytest.approx(-1.0) and flipped["physics_only"] == flipped["imagined_only"] == 3
+    # 2x2 counts (2, 1, 1, 2): phi = (2*2 - 1*1) / 3^2
+    mixed = agreement(physics, results([True, True, True, False, False, False]))
+    assert mixed["phi"] == pytest.approx(1 / 3) and mixed["phi_ci95"][0] <= 1 / 3 <= mixed["phi_ci95"][1]
+    assert math.isnan(agreement(physics, results([True] * 6))["phi"])  # imagination that always succeeds says nothing
+    with pytest.raises(ValueError, match="paired"):
+        agreement(physics, results([True] * 5))
 
 
 def test_dr_grpo_keeps_the_size_of_return_differences():

@@ -11,6 +11,10 @@ policy is evaluated in physics (the ground truth) and in imagination from the sa
 physics starts (``eval.rl``): the gain that counts is the physics one, and imagined success above
 physics success measures how much the policy exploits the world model.
 
+``--env physics`` runs the same algorithm with rollouts in physics instead, from the seeds that
+collected the same training episodes and with physics' sparse success reward: the control that
+says what the algorithm could gain were the imagined simulator faithful.
+
 Every iteration is checkpointed (policy, optimiser, RNG, metrics): re-running the same command
 resumes. Outputs: <output_dir>/policy (the trained policy), metrics.jsonl (the learning curve),
 rl_eval.json/.md and learning_curve.png.
@@ -40,6 +44,7 @@ from train.rl.ppo import PPO, PPOConfig
 log = logging.getLogger(__name__)
 
 ALGORITHMS = LIKELIHOOD_ALGORITHMS + OTHER_ALGORITHMS
+ENVS = ("imagined", "physics")
 
 
 @dataclass
@@ -52,6 +57,9 @@ class RLConfig:
     stats_root: Path | None = None  # for world models saved without normalization.json
     task: str = "lift"
     algorithm: str = "grpo"  # grpo | ppo | advantage_conditioned
+    # Where the rollouts run: "imagined" (the point) or "physics", the control that tells an
+    # algorithm that cannot improve the policy from a world model that cannot show it how.
+    env: str = "imagined"
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     advantage_conditioned: AdvantageConditionedConfig = field(default_factory=AdvantageConditionedConfig)
@@ -73,6 +81,10 @@ class RLConfig:
         self.dataset.require()
         for name in ("policy", "world_model", "progress", "output_dir"):
             setattr(self, name, Path(getattr(self, name)))
+        if self.env not in ENVS:
+            raise ValueError(f"unknown {self.env=}; choose one of {ENVS}")
+        if self.env == "physics" and self.start_every:
+            raise ValueError("env=physics starts only where episodes start (their seeds); drop start_every")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown {self.algorithm=}; choose one of {ALGORITHMS}")
         for name in ("iterations", "num_envs", "max_steps", "eval_num_envs", "sampling_steps"):
@@ -94,11 +106,38 @@ def make_algorithm(cfg: RLConfig, policy, views: tuple[str, ...]):
     return AdvantageConditioned(policy, cfg.advantage_conditioned, views, dataset=cfg.dataset)
 
 
-def make_env(cfg: RLConfig, views: tuple[str, ...]):
-    """The imagined env at the dataset's start frames."""
+class PhysicsStarts:
+    """The physics env behind the imagined env's ``start_index`` option: start i is the physics seed
+    that collected the dataset's i-th training episode, so RL in physics starts where RL in
+    imagination does. Rewards are physics': 1 at success."""
+
+    def __init__(self, env, seeds: list[int]):
+        self.env, self.seeds, self.num_envs = env, seeds, env.num_envs
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        index = torch.as_tensor(options["start_index"]).tolist()
+        return self.env.reset(options={"seeds": [self.seeds[i] for i in index]})
+
+    def step(self, actions):
+        return self.env.step(actions)
+
+
+def make_env(cfg: RLConfig, views: tuple[str, ...], size: int):
+    """The rollout env at the dataset's training-episode starts; returns (env, number of starts)."""
     from simulator.env import ImaginedEnv, StartFrames
 
     train_episodes, _ = cfg.dataset.split()
+    if cfg.env == "physics":
+        from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+        meta = Path(cfg.dataset.root or "") / "meta" / "reverie.json"
+        if not meta.is_file():
+            raise ValueError(f"env=physics starts from the physics seeds of the dataset's episodes, and {meta} (written "
+                             "by reverie-collect) is missing: give a dataset collected by reverie-collect")
+        first = json.loads(meta.read_text())["collect"]["seed"]  # episode i was collected from seed first + i
+        env = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=views, height=size or 64,
+                                          width=size or 64, max_steps=cfg.max_steps))
+        return PhysicsStarts(env, [first + int(e) for e in train_episodes]), len(train_episodes)
     clips = cfg.dataset.clips(train_episodes, context=1, horizon=1, normalize=False, cache_frames=False)
     starts = StartFrames.from_dataset(clips, train_episodes, every=cfg.start_every)
     env = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
@@ -115,10 +154,10 @@ def train(cfg: RLConfig) -> Path:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(cfg.policy, cfg.task, device=cfg.device)
-    views, _ = camera_views(policy)
+    views, size = camera_views(policy)
     algorithm = make_algorithm(cfg, policy, views)  # fails fast for a policy that cannot serve it
     before = evaluate_before_after(cfg, policy, "before") if cfg.eval_episodes else None
-    env, num_starts = make_env(cfg, views)
+    env, num_starts = make_env(cfg, views, size)
     done, generator = resume(out, policy, algorithm, cfg.seed)
     if done == 0:
         (out / "rl_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
