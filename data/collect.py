@@ -11,6 +11,12 @@ Re-running the same command continues from the episodes already there: episode i
 seed ``seed + i``, so an interrupted and resumed collection equals an uninterrupted one.
 
     reverie-collect --task lift --episodes 20 --root outputs/datasets/lift
+
+``--policy FOLDER`` collects with a saved policy instead of the scripted expert (its
+deterministic action chunks, played one action at a time): the policy's own successes and
+failures, labelled by physics, with failure mode "none" (nothing injected). A world model
+fine-tuned on such rollouts learns what this policy's failures look like (WMPO's policy-behaviour
+alignment); use seeds no evaluation uses, e.g. ``--seed 50000``.
 """
 
 
@@ -57,6 +63,7 @@ class CollectConfig:
     width: int = 64
     render_quality: str = "fast"
     expert: CollectionExpertConfig = field(default_factory=CollectionExpertConfig)
+    policy: Path | None = None  # a saved policy (reverie-train policy) to collect with instead of the expert
     hold_steps: int = 10  # steps recorded after the first success
     max_steps: int | None = None  # episode horizon; None = the task's default
     vcodec: str = "h264"  # h264 decodes with every backend (pyav, torchcodec, decord); libsvtav1 is smaller
@@ -110,18 +117,41 @@ def dataset_features(cfg: CollectConfig) -> dict:
 
 # ---- one episode ----------------------------------------------------------------------------
 
-def run_episode(env, expert: ScriptedExpert, seed: int, hold_steps: int) -> tuple[list[dict], dict]:
-    """Runs one expert episode in a single-env PhysicsEnv; returns its frames and labels."""
+class PolicyActor:
+    """A saved policy in the expert's place: its deterministic action chunks, one action a step."""
+
+    def __init__(self, policy):
+        self.policy, self.queue = policy, []
+        policy.stochastic = False  # the flow ODE: the policy's own actions, no exploration noise
+
+    def reset(self, obs: dict, info: dict, seed: int) -> str:
+        self.queue = []
+        self.policy.reset(obs, info, seeds=[seed])  # its sampling noise: a function of the episode's seed
+        return "none"  # nothing injected: physics alone decides success
+
+    def act(self, obs: dict) -> np.ndarray:
+        import torch
+
+        if not self.queue:
+            with torch.no_grad():
+                self.queue = list(self.policy.select_action_chunk(obs)[0].float().cpu().numpy())
+        return self.queue.pop(0)
+
+
+def run_episode(env, expert: ScriptedExpert | PolicyActor, seed: int, hold_steps: int) -> tuple[list[dict], dict]:
+    """Runs one episode of the expert (or a policy) in a single-env PhysicsEnv; returns its frames
+    and labels."""
     import torch
 
     obs, info = env.reset(seed=seed)
-    mode = expert.reset(info["object_state"][0].numpy(), env.envs[0].env, seed)
+    policy_run = isinstance(expert, PolicyActor)
+    mode = expert.reset(obs, info, seed) if policy_run else expert.reset(info["object_state"][0].numpy(), env.envs[0].env, seed)
     images = _hwc_frames(info)
     stage = int(info["stage"][0])
     frames, first_success = [], None
     while True:
         state = obs[keys.STATE][0].numpy()
-        action = expert.act(state).astype(np.float32)
+        action = (expert.act(obs) if policy_run else expert.act(state)).astype(np.float32)
         frame = {keys.image_key(v): img for v, img in images.items()}
         frame |= {keys.STATE: state, keys.ENV_STATE: info["object_state"][0].numpy(), keys.ACTION: action,
                   keys.STAGE: np.array([stage], dtype=np.int64)}
@@ -151,6 +181,19 @@ def run_episode(env, expert: ScriptedExpert, seed: int, hold_steps: int) -> tupl
 def _hwc_frames(info: dict) -> dict:
     """The first frame of env 0 of every view, as (h, w, 3) uint8 arrays (what lerobot writes)."""
     return {v: f[0, 0].permute(1, 2, 0).numpy() for v, f in info["frames"].items()}
+
+
+def policy_actor(cfg: CollectConfig) -> PolicyActor:
+    """The saved policy at ``cfg.policy``, checked against the collection's views and resolution."""
+    from policy import camera_views, load_policy
+
+    policy = load_policy(cfg.policy, cfg.task)
+    views, size = camera_views(policy)
+    missing = [v for v in views if v not in cfg.views]
+    if missing or (size is not None and (size, size) != (cfg.height, cfg.width)):
+        raise ValueError(f"policy {cfg.policy} reads views {views} at {size}x{size}; the collection renders "
+                         f"{cfg.views} at {cfg.height}x{cfg.width}")
+    return PolicyActor(policy)
 
 
 # ---- commits and recovery -------------------------------------------------------------------
@@ -299,7 +342,7 @@ def collect(cfg: CollectConfig) -> Path:
         log.info("%s already holds %d episodes (>= %d requested)", root, start, cfg.episodes)
         return root
     env = PhysicsEnv(cfg.env_config())
-    expert = ScriptedExpert(env.spec, cfg.expert)
+    expert = ScriptedExpert(env.spec, cfg.expert) if cfg.policy is None else policy_actor(cfg)
     (root / _STATE_DIR).mkdir(exist_ok=True)
     (root / _STATE_DIR / "writing").touch()
     bar = tqdm(range(start, cfg.episodes), initial=start, total=cfg.episodes, desc=f"collect {cfg.task}", unit="ep")

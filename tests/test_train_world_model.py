@@ -36,6 +36,25 @@ def test_a_stopped_and_resumed_run_gives_the_same_losses(tiny_dataset, tmp_path)
     assert all(torch.equal(p, q) for p, q in zip(wa.parameters(), wb.parameters()))  # EMA weights too
 
 
+def test_fine_tuning_starts_from_the_saved_weights(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    train(replace(config(tiny_dataset, tmp_path / "base", steps=3), lr=1e-2))
+    saved = WorldModel.from_pretrained(tmp_path / "base" / "model").state_dict()
+    distance = lambda folder: max((WorldModel.from_pretrained(folder / "model").state_dict()[k] - saved[k]).abs().max().item()
+                                  for k in saved)
+    train(replace(config(tiny_dataset, tmp_path / "tuned", steps=1), init_from=tmp_path / "base" / "model"))
+    train(config(tiny_dataset, tmp_path / "scratch", steps=1))
+    # one Adam step at lr 1e-3 moves each weight by about 1e-3 from where it started
+    assert distance(tmp_path / "tuned") < 3e-3 < distance(tmp_path / "scratch")
+    other = replace(config(tiny_dataset, tmp_path / "other", steps=1),
+                    model=WorldModelConfig(**{**TINY_MODEL.__dict__, "cond_dim": 16}), init_from=tmp_path / "base" / "model")
+    with pytest.raises(ValueError, match="other shapes"):
+        train(other)
+
+
 def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):
     out = tmp_path / "wm"
     cmd = [sys.executable, "-m", "train.cli", "world_model", "--dataset.root", str(tiny_dataset), "--dataset.val_episodes", "1",

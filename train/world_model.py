@@ -52,11 +52,15 @@ class TrainWorldModelConfig(loop.LoopConfig):
     output_dir: Path = Path("outputs/world_model")
     steps: int = 1100  # 40 min on 2 CPU cores with the default model and batch 16 (run 3)
     num_workers: int = 0
+    # Start from a saved world model's weights instead of random ones: fine-tuning, e.g. on a dataset
+    # that adds a policy's own rollouts (reverie-collect --policy) so that its failures look like failures.
+    init_from: Path | None = None
 
     def __post_init__(self):
         super().__post_init__()
         self.dataset.require()
         self.output_dir = Path(self.output_dir)
+        self.init_from = Path(self.init_from) if self.init_from is not None else None
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -107,6 +111,8 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     accelerator = loop.make_accelerator(cfg)
     train_set, held_out = make_train_set(cfg)
     model = WorldModel(**asdict(model_config_for(cfg, train_set)))
+    if cfg.init_from is not None:
+        load_weights(model, cfg.init_from)  # a resumed run then replaces them with its checkpoint's
     model, ema, opt, sched, step = loop.prepare(accelerator, cfg, model, asdict(cfg), "world_model")
     log.info("world model: %.2fM parameters, %d train clips, %d held-out episodes, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), held_out, step)
@@ -119,6 +125,18 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     # The action/state statistics travel with the model: ImaginedEnv normalises a policy's actions with them.
     stats = {NORMALIZATION_FILE: json.dumps(train_set.stats, indent=1)}
     return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train world model", stats)
+
+
+def load_weights(model: WorldModel, folder: Path) -> None:
+    """``model`` takes the weights of the world model saved in ``folder``, which must have its shapes."""
+    saved = WorldModel.from_pretrained(folder).state_dict()
+    mine = model.state_dict()
+    wrong = sorted(k for k in set(saved) | set(mine) if k not in saved or k not in mine or saved[k].shape != mine[k].shape)
+    if wrong:
+        raise ValueError(f"--init_from {folder}: that world model has other shapes than this one ({', '.join(wrong[:3])}"
+                         f"{' ...' if len(wrong) > 3 else ''}); give the same --model settings and a dataset with the same "
+                         "views, resolution and action/state dims")
+    model.load_state_dict(saved)
 
 
 def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, step: int) -> dict:

@@ -159,3 +159,41 @@ def test_cli_reports_an_unknown_task(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0 and "unknown task 'juggle'" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_saved_policy_collects_its_own_actions_and_merges_before_the_collection(tiny_dataset, tmp_path):
+    """``--policy`` records the policy's own chunks; the README's recipe to fine-tune a world model on
+    them merges them *before* the collection (lerobot's merge keeps the order), so the held-out
+    last episodes stay the same."""
+    from lerobot.datasets import LeRobotDataset, merge_datasets
+
+    from data.clips import DatasetConfig
+    from policy.flow import FlowPolicy
+
+    torch.manual_seed(0)
+    FlowPolicy(image_size=32, channels=(8, 8), width=32, depth=1, heads=2).save_pretrained(tmp_path / "policy")
+    root = collect(CollectConfig(task="lift", episodes=2, height=32, width=32, max_steps=12, seed=50,
+                                 policy=tmp_path / "policy", root=tmp_path / "rollouts"))
+    df = table(root)
+    assert sorted(df["episode_index"].unique()) == [0, 1] and (df[keys.FAILURE_MODE] == 0).all()  # "none": nothing injected
+    # the first chunk recorded is the policy's deterministic chunk from the physics start of seed 50
+    policy = FlowPolicy.from_pretrained(tmp_path / "policy").eval()
+    policy.stochastic = False
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", height=32, width=32))
+    obs, info = env.reset(seed=50)
+    env.close()
+    policy.reset(obs, info, seeds=[50])  # the collector seeds the policy's noise with the episode's seed
+    with torch.no_grad():
+        chunk = policy.select_action_chunk(obs)[0].numpy()
+    recorded = np.stack(df[df["episode_index"] == 0][keys.ACTION].to_numpy())[: len(chunk)]
+    np.testing.assert_allclose(recorded, chunk, atol=1e-5)
+    with pytest.raises(ValueError, match="reads views"):  # a policy of another resolution is refused
+        collect(CollectConfig(task="lift", episodes=1, policy=tmp_path / "policy", root=tmp_path / "r64"))
+
+    merge_datasets([LeRobotDataset("r/policy", root=root), LeRobotDataset("r/lift", root=tiny_dataset)],
+                   output_repo_id="r/merged", output_dir=tmp_path / "merged")
+    merged, original = table(tmp_path / "merged"), table(tiny_dataset)
+    _, held_out = DatasetConfig(root=tmp_path / "merged", val_episodes=1).split()
+    assert held_out == [5]
+    last = merged[merged["episode_index"] == 5]
+    np.testing.assert_array_equal(np.stack(last[keys.ACTION]), np.stack(original[original["episode_index"] == 3][keys.ACTION]))
