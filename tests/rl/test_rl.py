@@ -124,7 +124,7 @@ def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dat
     rollouts = collect(env, policy, views, torch.tensor([0, 0, 1, 1]), seed=0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(rollouts.images[0, 0], rollouts.images[0, 1]) and not torch.equal(rollouts.images[0, 0], rollouts.images[0, 2])
     assert not torch.equal(rollouts.actions[0, 0], rollouts.actions[0, 1])  # one start, different policy noise
-    env.env.close()
+    env.close()
     train(cfg)
     record = json.loads((tmp_path / "physics" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["iteration"] == 1 and record["chunks"] >= 4 and record["return"] in (0.0, 0.25, 0.5, 0.75, 1.0)

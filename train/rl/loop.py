@@ -121,6 +121,9 @@ class PhysicsStarts:
     def step(self, actions):
         return self.env.step(actions)
 
+    def close(self) -> None:
+        self.env.close()
+
 
 def make_env(cfg: RLConfig, views: tuple[str, ...], size: int):
     """The rollout env at the dataset's training-episode starts; returns (env, number of starts)."""
@@ -173,6 +176,7 @@ def train(cfg: RLConfig) -> Path:
                   **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}}
         log.info("iteration %d: %s", iteration + 1, record)
         save_checkpoint(out, policy, algorithm, generator, iteration + 1, record)
+    env.close()  # with --env physics, 32 robosuite envs hold GBs that the evaluation's own envs need
     if cfg.eval_episodes:
         # a finished run re-run (to rebuild its report) reuses its evaluation
         after = evaluate_before_after(cfg, policy, "after", reuse=done == cfg.iterations)
