@@ -117,6 +117,20 @@ def dataset_features(cfg: CollectConfig) -> dict:
 
 # ---- one episode ----------------------------------------------------------------------------
 
+class ExpertActor:
+    """The scripted expert behind the collector's actor interface: ``reset(obs, info, env, seed)``
+    returns the episode's failure mode, ``act(obs)`` the next action."""
+
+    def __init__(self, expert: ScriptedExpert):
+        self.expert = expert
+
+    def reset(self, obs: dict, info: dict, env, seed: int) -> str:
+        return self.expert.reset(info["object_state"][0].numpy(), env.envs[0].env, seed)
+
+    def act(self, obs: dict) -> np.ndarray:
+        return self.expert.act(obs[keys.STATE][0].numpy())
+
+
 class PolicyActor:
     """A saved policy in the expert's place: its deterministic action chunks, one action a step."""
 
@@ -124,7 +138,7 @@ class PolicyActor:
         self.policy, self.queue = policy, []
         policy.stochastic = False  # the flow ODE: the policy's own actions, no exploration noise
 
-    def reset(self, obs: dict, info: dict, seed: int) -> str:
+    def reset(self, obs: dict, info: dict, env, seed: int) -> str:
         self.queue = []
         self.policy.reset(obs, info, seeds=[seed])  # its sampling noise: a function of the episode's seed
         return "none"  # nothing injected: physics alone decides success
@@ -138,20 +152,21 @@ class PolicyActor:
         return self.queue.pop(0)
 
 
-def run_episode(env, expert: ScriptedExpert | PolicyActor, seed: int, hold_steps: int) -> tuple[list[dict], dict]:
+def run_episode(env, expert: ScriptedExpert | ExpertActor | PolicyActor, seed: int,
+                hold_steps: int) -> tuple[list[dict], dict]:
     """Runs one episode of the expert (or a policy) in a single-env PhysicsEnv; returns its frames
     and labels."""
     import torch
 
+    actor = ExpertActor(expert) if isinstance(expert, ScriptedExpert) else expert
     obs, info = env.reset(seed=seed)
-    policy_run = isinstance(expert, PolicyActor)
-    mode = expert.reset(obs, info, seed) if policy_run else expert.reset(info["object_state"][0].numpy(), env.envs[0].env, seed)
+    mode = actor.reset(obs, info, env, seed)
     images = _hwc_frames(info)
     stage = int(info["stage"][0])
     frames, first_success = [], None
     while True:
         state = obs[keys.STATE][0].numpy()
-        action = (expert.act(obs) if policy_run else expert.act(state)).astype(np.float32)
+        action = actor.act(obs).astype(np.float32)
         frame = {keys.image_key(v): img for v, img in images.items()}
         frame |= {keys.STATE: state, keys.ENV_STATE: info["object_state"][0].numpy(), keys.ACTION: action,
                   keys.STAGE: np.array([stage], dtype=np.int64)}
