@@ -7,7 +7,8 @@ every episode ended (solved, ``max_steps``, or too uncertain) and hands the ``Ro
 ``Algorithm.update``. Rewards are the env's: gamma·Φ(next) − Φ(now) from the progress model,
 plus a bonus at success.
 
-Pure functions, unit-tested: ``group_advantages``, ``gae``, ``clipped_surrogate``, ``kl_k3``.
+Pure functions, unit-tested: ``group_advantages``, ``gae``, ``clipped_surrogate``, ``kl_k3``,
+``adapt_kl_weight``.
 
 Dimension legend: T chunk steps, B envs, K stochastic denoising steps, V views, S state dim,
 H chunk length, A action dim, h x w image size.
@@ -146,6 +147,20 @@ def kl_k3(log_probs: Tensor, reference_log_probs: Tensor, dims: int = 1) -> Tens
     ``clipped_surrogate`` (then a KL per dimension)."""
     log_r = (reference_log_probs - log_probs) / dims
     return (log_r.exp() - 1 - log_r).mean()
+
+
+def adapt_kl_weight(weight: float, kl: float, target: float) -> float:
+    """PPO's adaptive KL penalty (Schulman et al. 2017): the anchor's weight doubles when the
+    iteration's KL to the base policy exceeded 1.5 x ``target`` and halves below ``target`` / 1.5.
+    A fixed weight bounds each iteration but not the sum of twenty (docs/benchmarks.md: seed 1
+    ran away after 15 stable iterations); a weight that grows with the drift does."""
+    if target <= 0 or weight <= 0:
+        raise ValueError(f"need target > 0 and weight > 0, got {target=} {weight=}")
+    if kl > 1.5 * target:
+        return weight * 2.0
+    if kl < target / 1.5:
+        return weight / 2.0
+    return weight
 
 
 class Algorithm:

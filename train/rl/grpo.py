@@ -16,6 +16,7 @@ import torch
 from train.rl.base import (
     Algorithm,
     Rollouts,
+    adapt_kl_weight,
     clipped_surrogate,
     fine_tuning_setup,
     group_advantages,
@@ -43,6 +44,9 @@ class GRPOConfig:
     lr: float = 1e-5
     clip: float = 0.2  # ratio clip, per denoising step (log-ratio per action dimension)
     kl_weight: float = 1.0  # anchor to the base policy (KL per action dimension)
+    # With a target, the anchor's weight adapts after every iteration (PPO's adaptive KL): doubled
+    # when the iteration's KL to the base exceeded 1.5 x kl_target, halved below kl_target / 1.5.
+    kl_target: float | None = None
     grad_clip: float = 1.0
 
     def __post_init__(self):
@@ -51,6 +55,9 @@ class GRPOConfig:
         if (self.epochs < 1 or self.minibatch_size < 1 or self.lr <= 0 or self.clip <= 0 or self.kl_weight < 0
                 or self.min_return_std < 0):
             raise ValueError(f"bad GRPO settings: {self}")
+        if self.kl_target is not None and (self.kl_target <= 0 or self.kl_weight <= 0):
+            raise ValueError(f"an adaptive KL needs kl_target > 0 and a starting kl_weight > 0, got "
+                             f"{self.kl_target=} {self.kl_weight=}")
 
 
 class GRPO(Algorithm):
@@ -60,6 +67,7 @@ class GRPO(Algorithm):
     def __init__(self, policy, config: GRPOConfig, views: tuple[str, ...]):
         super().__init__(policy, config, views)
         self.reference, self.opt = fine_tuning_setup(policy, config.lr)
+        self.kl_weight = config.kl_weight  # adapted after each update when config.kl_target is set
 
     def start_index(self, num_envs: int, num_starts: int, generator: torch.Generator) -> torch.Tensor:
         return group_starts(num_envs, num_starts, self.config.group_size, generator)
@@ -68,7 +76,7 @@ class GRPO(Algorithm):
         cfg = self.config
         advantages, kept = group_advantages(rollouts.returns, cfg.group_size, cfg.scale_by_std, cfg.min_return_std)
         t_idx, b_idx = torch.nonzero(rollouts.alive & kept[None], as_tuple=True)
-        metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx)}
+        metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx), "kl_weight": self.kl_weight}
         if len(t_idx) == 0:  # every group's returns were equal: nothing to learn from
             return metrics
         B = rollouts.alive.shape[1]
@@ -86,17 +94,20 @@ class GRPO(Algorithm):
             loss, step_metrics = clipped_surrogate(new, sample.log_probs, advantages[b].to(new.device), cfg.clip, dims)
             kl = kl_k3(new, ref, dims)
             self.opt.zero_grad(set_to_none=True)
-            (loss + cfg.kl_weight * kl).backward()
+            (loss + self.kl_weight * kl).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
             self.opt.step()
             step_metrics |= {"policy_loss": loss.item(), "kl_to_base": kl.item(), "grad_norm": float(grad_norm)}
             for k, v in step_metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / len(batches)
         self.policy.eval()
+        if cfg.kl_target is not None:
+            self.kl_weight = adapt_kl_weight(self.kl_weight, totals["kl_to_base"], cfg.kl_target)
         return metrics | totals
 
     def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict()}
+        return {"opt": self.opt.state_dict(), "kl_weight": self.kl_weight}
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["opt"])
+        self.kl_weight = state.get("kl_weight", self.config.kl_weight)

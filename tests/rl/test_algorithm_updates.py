@@ -1,5 +1,5 @@
-"""PPO with a critic and advantage-conditioned training, on a tiny real FlowPolicy and hand-built
-rollouts (the samples drawn by the policy itself, so that log-probabilities are exact)."""
+"""The algorithms' updates (GRPO's adaptive KL, PPO with a critic, advantage-conditioned training)
+on a tiny real FlowPolicy and hand-built rollouts (the samples drawn by the policy itself, so that log-probabilities are exact)."""
 
 import pytest
 import torch
@@ -19,7 +19,8 @@ from train.rl.advantage_conditioned import (
     real_frames,
     success_bins,
 )
-from train.rl.base import Rollouts
+from train.rl.base import Rollouts, adapt_kl_weight
+from train.rl.grpo import GRPO, GRPOConfig
 from train.rl.ppo import PPO, Critic, PPOConfig, RunningNorm, normalize_advantages, spatial_softmax
 
 VIEWS, SIZE, H, A, S = ("front", "wrist"), 32, 4, 7, 8
@@ -64,6 +65,33 @@ def make_rollouts(policy, lengths=(3, 2, 3, 1), returns_scale: float = 1.0, seed
 
 def parameters_of(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+
+
+# ---- GRPO's adaptive KL ------------------------------------------------------------------
+def test_adapt_kl_weight_doubles_above_and_halves_below_the_target_band():
+    assert adapt_kl_weight(1.0, 0.016, 0.01) == 2.0
+    assert adapt_kl_weight(1.0, 0.006, 0.01) == 0.5
+    assert adapt_kl_weight(1.0, 0.012, 0.01) == 1.0  # inside [target / 1.5, 1.5 target]
+    with pytest.raises(ValueError, match="target > 0"):
+        adapt_kl_weight(1.0, 0.01, 0.0)
+
+
+def test_grpo_adapts_its_kl_weight_to_the_drift_and_resumes_it():
+    def update(kl_target):
+        policy = tiny_policy()
+        grpo = GRPO(policy, GRPOConfig(group_size=2, lr=1e-2, minibatch_size=4, kl_target=kl_target), VIEWS)
+        metrics = grpo.update(make_rollouts(policy), torch.Generator().manual_seed(0))
+        assert metrics["kl_weight"] == 1.0 and metrics["kl_to_base"] > 0  # the weight the update used
+        return grpo
+
+    assert update(kl_target=1e-9).kl_weight == 2.0  # any drift is past a target of 1e-9
+    grpo = update(kl_target=1e3)
+    assert grpo.kl_weight == 0.5
+    fresh = GRPO(tiny_policy(), GRPOConfig(group_size=2, kl_target=1e3), VIEWS)
+    fresh.load_state_dict(grpo.state_dict())
+    assert fresh.kl_weight == 0.5
+    with pytest.raises(ValueError, match="adaptive KL"):
+        GRPOConfig(kl_target=0.01, kl_weight=0.0)
 
 
 # ---- PPO -----------------------------------------------------------------------------------
