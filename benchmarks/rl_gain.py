@@ -19,13 +19,13 @@ import json
 import math
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
 from data.clips import DatasetConfig
 from eval.rl import agreement, rate
 from eval.success import wilson_interval
-from train.rl.grpo import GRPOConfig
 from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 
 
@@ -68,6 +68,10 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=80)
     parser.add_argument("--lr", type=float, default=None, help="the algorithm's learning rate (default: its config's)")
+    parser.add_argument("--kl-target", type=float, default=None,
+                        help="grpo: adapt the KL anchor's weight to this KL to the base per action dimension")
+    parser.add_argument("--real-share", type=float, default=None,
+                        help="advantage_conditioned: share of real dataset chunks per batch (1 = the offline ablation)")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/rl_gain"))
     parser.add_argument("--no-write", action="store_true")
@@ -80,11 +84,22 @@ def main() -> None:
         if i > 0 and first.is_file() and not (out / "eval_before.json").exists():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy(first, out / "eval_before.json")  # one evaluation of the base policy serves every seed
-        grpo = GRPOConfig(group_size=args.group_size, **({"lr": args.lr} if args.lr else {}))
         cfg = RLConfig(policy=args.policy, world_model=args.world_model, progress=args.progress,
                        dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
-                       env=args.env, grpo=grpo, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
+                       env=args.env, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
                        eval_episodes=args.episodes, output_dir=out, seed=seed)
+        algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
+        changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
+        changes |= {"lr": args.lr} if args.lr else {}
+        if args.kl_target is not None:
+            if args.algorithm != "grpo":
+                parser.error("--kl-target is a grpo setting")
+            changes["kl_target"] = args.kl_target
+        if args.real_share is not None:
+            if args.algorithm != "advantage_conditioned":
+                parser.error("--real-share is an advantage_conditioned setting")
+            changes["real_share"] = args.real_share
+        setattr(cfg, args.algorithm, replace(algo, **changes))
         train(cfg)
     minutes = (time.perf_counter() - t0) / 60
 
@@ -116,12 +131,15 @@ def main() -> None:
         return
     figures = DOC.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    figure = "rl_learning_curve.png" if args.env == "imagined" else "rl_physics_learning_curve.png"
+    # grpo keeps the plain names; another algorithm gets its own section and figure
+    tag = "" if args.algorithm == "grpo" else f" ({args.algorithm})"
+    figure = ("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve") + (
+        "" if args.algorithm == "grpo" else f"_{args.algorithm}") + ".png"
     shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
-    title, where = {"imagined": ("RL in imagination: physics success before and after", (
+    title, where = {"imagined": (f"RL in imagination{tag}: physics success before and after", (
         f"in the imagined env (world model `{args.world_model}`, progress model `{args.progress}`), {args.iterations} "
         f"iterations of {args.num_envs} imagined episodes")),
-        "physics": ("RL in physics, the control: what a faithful simulator would give", (
+        "physics": (f"RL in physics{tag}, the control: what a faithful simulator would give", (
         f"with its rollouts in physics (the control; reward 1 at success), {args.iterations} iterations of "
         f"{args.num_envs} physics episodes"))}[args.env]
     write_section(title, command(), "\n\n".join([

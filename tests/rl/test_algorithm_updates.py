@@ -200,6 +200,8 @@ def test_advantage_conditioned_errors():
         AdvantageConditioned(tiny_policy(), AdvantageConditionedConfig(), VIEWS)
     with pytest.raises(ValueError, match="dropout"):
         AdvantageConditionedConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="real_share"):
+        AdvantageConditionedConfig(real_share=1.5)
 
 
 def test_advantage_conditioned_mixes_real_frames_labelled_by_success(tiny_dataset):
@@ -216,3 +218,6 @@ def test_advantage_conditioned_mixes_real_frames_labelled_by_success(tiny_datase
     metrics = AdvantageConditioned(policy, cfg, VIEWS, frames=frames).update(make_rollouts(None), torch.Generator())
     assert metrics["real_share"] == 0.5 and torch.isfinite(torch.tensor(metrics["flow_loss"]))
     assert policy.task_suffix == advantage_words(1)
+    offline = AdvantageConditionedConfig(group_size=2, real_share=1.0, steps_per_iteration=1, batch_size=8)
+    metrics = AdvantageConditioned(tiny_policy(), offline, VIEWS, frames=frames).update(make_rollouts(None), torch.Generator())
+    assert metrics["real_share"] == 1.0  # the ablation: no imagined chunk in the batches

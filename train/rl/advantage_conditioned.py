@@ -39,7 +39,9 @@ class AdvantageConditionedConfig:
     group_size: int = 8  # envs per group (the same start frames)
     bins: int = 2  # advantage bins; the policy acts with the top one
     dropout: float = 0.3  # probability that a training chunk gets the plain task (no bin words)
-    real_share: float = 0.6  # share of each batch drawn from the real dataset (0 = imagined only)
+    # Share of each batch drawn from the real dataset: 0 = imagined only; 1 = the offline ablation,
+    # the dataset alone (the imagined rollouts unused), which says what imagination adds.
+    real_share: float = 0.6
     steps_per_iteration: int = 20  # gradient steps per update
     batch_size: int = 64  # chunks per gradient step, imagined and real together
     lr: float = 1e-4
@@ -53,9 +55,8 @@ class AdvantageConditionedConfig:
             raise ValueError(f"advantage conditioning needs >= 2 bins, got {self.bins=}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout=}")
-        if not 0 <= self.real_share < 1:
-            raise ValueError(f"real_share must be in [0, 1) (the imagined chunks carry what is learned), "
-                             f"got {self.real_share=}")
+        if not 0 <= self.real_share <= 1:
+            raise ValueError(f"real_share must be in [0, 1], got {self.real_share=}")
         for name in ("steps_per_iteration", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
