@@ -124,6 +124,15 @@ def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dat
     rollouts = collect(env, policy, views, torch.tensor([0, 0, 1, 1]), seed=0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(rollouts.images[0, 0], rollouts.images[0, 1]) and not torch.equal(rollouts.images[0, 0], rollouts.images[0, 2])
     assert not torch.equal(rollouts.actions[0, 0], rollouts.actions[0, 1])  # one start, different policy noise
+    # without log-probabilities (advantage_conditioned) the policy acts as it normally does: its ODE
+    # from per-env noise seeded by the generator, not the wider stochastic kernel
+    plain = collect(env, policy, views, torch.tensor([0, 0, 1, 1]), seed=0, generator=torch.Generator().manual_seed(1),
+                    log_prob=False)
+    assert plain.samples is None
+    seeds = torch.randint(0, 2**31 - 1, (4,), generator=torch.Generator().manual_seed(1)).tolist()
+    obs = plain.observation(torch.zeros(4, dtype=torch.long), torch.arange(4), views)
+    policy.reset(obs, {}, seeds=seeds)
+    assert torch.allclose(plain.actions[0], policy.sample_ode(obs), atol=1e-5)
     env.close()
     train(cfg)
     record = json.loads((tmp_path / "physics" / "metrics.jsonl").read_text().splitlines()[0])

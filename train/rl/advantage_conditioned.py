@@ -3,7 +3,9 @@
 No likelihoods and no ratios: the policy learns with its own flow-matching loss what a better
 than average chunk looks like, told apart by words in its task string. Each iteration:
 
-1. groups of ``group_size`` imagined episodes start from identical frames (as GRPO); an episode's
+1. groups of ``group_size`` imagined episodes start from identical frames (as GRPO), the policy
+   acting as it normally does (a flow policy: its ODE from fresh noise, not the stochastic kernel
+   that GRPO and PPO sample through, whose extra noise it would learn to imitate); an episode's
    advantage is its return standardised within its group; groups whose returns are all equal
    say nothing and are dropped;
 2. the advantage is binned (``advantage_bins``: with 2 bins, negative / positive) and the bin

@@ -53,12 +53,19 @@ class Rollouts:
 
 
 def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
-            generator: torch.Generator | None = None) -> Rollouts:
-    """Runs one imagined episode per env from ``start_index`` (B,), chunk by chunk. Policies with
-    log-probabilities (``RLPolicy``) sample through ``sample`` and the samples are kept."""
+            generator: torch.Generator | None = None, log_prob: bool = True) -> Rollouts:
+    """Runs one imagined episode per env from ``start_index`` (B,), chunk by chunk. With
+    ``log_prob``, policies with log-probabilities (``RLPolicy``) sample through ``sample`` (the
+    stochastic denoising kernel) and the samples are kept. Otherwise the policy acts as it
+    normally does (``select_action_chunk``; a flow policy: its ODE from fresh noise, seeded per env
+    from ``generator``): an algorithm that imitates its own rollouts must see its own action
+    distribution, not the kernel's wider one, or every iteration widens the policy."""
     B = env.num_envs
-    obs, _ = env.reset(seed=seed, options={"start_index": start_index})
-    with_log_prob = isinstance(policy, RLPolicy)
+    obs, info = env.reset(seed=seed, options={"start_index": start_index})
+    with_log_prob = log_prob and isinstance(policy, RLPolicy)
+    if not with_log_prob:
+        seeds = torch.randint(0, 2**31 - 1, (B,), generator=generator).tolist() if generator is not None else None
+        policy.reset(obs, info, seeds=seeds)
     done, success = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
     steps: dict[str, list] = {k: [] for k in ("images", "state", "actions", "samples", "rewards", "alive")}
     task = list(obs[keys.TASK]) if not isinstance(obs[keys.TASK], str) else [obs[keys.TASK]] * B

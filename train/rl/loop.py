@@ -167,7 +167,8 @@ def train(cfg: RLConfig) -> Path:
     for iteration in tqdm(range(done, cfg.iterations), initial=done, total=cfg.iterations, desc=f"RL ({cfg.algorithm})"):
         clock = time.perf_counter()
         start_index = algorithm.start_index(cfg.num_envs, num_starts, generator)
-        rollouts = collect(env, policy, views, start_index, seed=cfg.seed * 1_000_003 + iteration, generator=generator)
+        rollouts = collect(env, policy, views, start_index, seed=cfg.seed * 1_000_003 + iteration, generator=generator,
+                           log_prob=algorithm.needs_log_prob)
         collect_s = time.perf_counter() - clock
         metrics = algorithm.update(rollouts, generator)
         record = {"iteration": iteration + 1, "success": rollouts.success.float().mean().item(),
