@@ -1,5 +1,6 @@
 """The algorithms' updates (GRPO's adaptive KL, PPO with a critic, advantage-conditioned training)
-on a tiny real FlowPolicy and hand-built rollouts (the samples drawn by the policy itself, so that log-probabilities are exact)."""
+on a tiny real FlowPolicy and hand-built rollouts (the samples drawn by the policy itself, so that
+log-probabilities are exact)."""
 
 import pytest
 import torch

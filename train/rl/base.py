@@ -59,7 +59,7 @@ def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
     stochastic denoising kernel) and the samples are kept. Otherwise the policy acts as it
     normally does (``select_action_chunk``; a flow policy: its ODE from fresh noise, seeded per env
     from ``generator``): an algorithm that imitates its own rollouts must see its own action
-    distribution, not the kernel's wider one, or every iteration widens the policy."""
+    distribution, not the kernel's wider one, whose extra noise it would learn."""
     B = env.num_envs
     obs, info = env.reset(seed=seed, options={"start_index": start_index})
     with_log_prob = log_prob and isinstance(policy, RLPolicy)
@@ -160,7 +160,8 @@ def adapt_kl_weight(weight: float, kl: float, target: float) -> float:
     """PPO's adaptive KL penalty (Schulman et al. 2017): the anchor's weight doubles when the
     iteration's KL to the base policy exceeded 1.5 x ``target`` and halves below ``target`` / 1.5.
     A fixed weight bounds each iteration but not the sum of twenty (docs/benchmarks.md: seed 1
-    ran away after 15 stable iterations); a weight that grows with the drift does."""
+    ran away after 15 stable iterations); a weight that grows with the drift is meant to. It did
+    not hold GRPO at lr 1e-4 in physics: Adam's steps keep their size whatever the weight."""
     if target <= 0 or weight <= 0:
         raise ValueError(f"need target > 0 and weight > 0, got {target=} {weight=}")
     if kl > 1.5 * target:
