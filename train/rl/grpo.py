@@ -44,8 +44,7 @@ class GRPOConfig:
     lr: float = 1e-5
     clip: float = 0.2  # ratio clip, per denoising step (log-ratio per action dimension)
     kl_weight: float = 1.0  # anchor to the base policy (KL per action dimension)
-    # With a target, the anchor's weight adapts after every iteration (PPO's adaptive KL): doubled
-    # when the iteration's KL to the base exceeded 1.5 x kl_target, halved below kl_target / 1.5.
+    # With a target, the anchor's weight adapts after every iteration (train.rl.base.adapt_kl_weight).
     kl_target: float | None = None
     grad_clip: float = 1.0
 
