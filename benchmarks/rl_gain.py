@@ -28,6 +28,9 @@ from eval.rl import agreement, rate
 from eval.success import wilson_interval
 from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 
+# Settings of one algorithm that this script passes on (flag name = config field).
+ALGORITHM_FLAGS = {"kl_target": "grpo", "max_step_kl": "grpo", "real_share": "advantage_conditioned"}
+
 
 def t_interval(values: list[float]) -> tuple[float, float]:
     """95% t interval of the mean (normal quantile past 30 values)."""
@@ -70,6 +73,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="the algorithm's learning rate (default: its config's)")
     parser.add_argument("--kl-target", type=float, default=None,
                         help="grpo: adapt the KL anchor's weight to this KL to the base per action dimension")
+    parser.add_argument("--max-step-kl", type=float, default=None,
+                        help="grpo: stop an iteration's gradient steps past this approximate KL to the rollout policy")
     parser.add_argument("--real-share", type=float, default=None,
                         help="advantage_conditioned: share of real dataset chunks per batch (1 = the offline ablation)")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")
@@ -91,14 +96,11 @@ def main() -> None:
         algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
         changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
         changes |= {"lr": args.lr} if args.lr else {}
-        if args.kl_target is not None:
-            if args.algorithm != "grpo":
-                parser.error("--kl-target is a grpo setting")
-            changes["kl_target"] = args.kl_target
-        if args.real_share is not None:
-            if args.algorithm != "advantage_conditioned":
-                parser.error("--real-share is an advantage_conditioned setting")
-            changes["real_share"] = args.real_share
+        for name, algorithm in ALGORITHM_FLAGS.items():
+            if getattr(args, name) is not None:
+                if args.algorithm != algorithm:
+                    parser.error(f"--{name.replace('_', '-')} is a {algorithm} setting")
+                changes[name] = getattr(args, name)
         setattr(cfg, args.algorithm, replace(algo, **changes))
         train(cfg)
     minutes = (time.perf_counter() - t0) / 60

@@ -95,6 +95,22 @@ def test_grpo_adapts_its_kl_weight_to_the_drift_and_resumes_it():
         GRPOConfig(kl_target=0.01, kl_weight=0.0)
 
 
+def test_grpo_stops_an_iteration_once_it_moved_the_policy_by_max_step_kl():
+    def update(max_step_kl):
+        policy = tiny_policy()
+        grpo = GRPO(policy, GRPOConfig(group_size=2, lr=1e-2, minibatch_size=2, epochs=2, max_step_kl=max_step_kl), VIEWS)
+        return grpo.update(make_rollouts(policy), torch.Generator().manual_seed(0))
+
+    full = update(None)
+    assert full["gradient_steps"] == 2 * -(-full["samples"] // 2)  # every minibatch of both epochs
+    assert full["approx_kl"] > 1e-6  # so a tiny bound must stop it
+    stopped = update(1e-9)
+    assert stopped["gradient_steps"] == 1  # the first step always runs (ratio 1), the next one is past the bound
+    assert update(1e9)["gradient_steps"] == full["gradient_steps"]
+    with pytest.raises(ValueError, match="bad GRPO settings"):
+        GRPOConfig(max_step_kl=0.0)
+
+
 # ---- PPO -----------------------------------------------------------------------------------
 def test_ppo_small_maths():
     adv = normalize_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]))

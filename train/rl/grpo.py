@@ -46,13 +46,17 @@ class GRPOConfig:
     kl_weight: float = 1.0  # anchor to the base policy (KL per action dimension)
     # With a target, the anchor's weight adapts after every iteration (train.rl.base.adapt_kl_weight).
     kl_target: float | None = None
+    # Early stop (PPO's target_kl, as in Stable-Baselines3): the iteration's remaining gradient
+    # steps are skipped once a minibatch's approximate KL to the rollout policy (per dimension)
+    # passes this. Unlike the anchor's weight, this bounds how far one iteration moves the policy.
+    max_step_kl: float | None = None
     grad_clip: float = 1.0
 
     def __post_init__(self):
         if self.group_size < 2:
             raise ValueError(f"a group needs >= 2 rollouts to have an advantage, got {self.group_size=}")
         if (self.epochs < 1 or self.minibatch_size < 1 or self.lr <= 0 or self.clip <= 0 or self.kl_weight < 0
-                or self.min_return_std < 0):
+                or self.min_return_std < 0 or (self.max_step_kl is not None and self.max_step_kl <= 0)):
             raise ValueError(f"bad GRPO settings: {self}")
         if self.kl_target is not None and (self.kl_target <= 0 or self.kl_weight <= 0):
             raise ValueError(f"an adaptive KL needs kl_target > 0 and a starting kl_weight > 0, got "
@@ -79,26 +83,31 @@ class GRPO(Algorithm):
         if len(t_idx) == 0:  # every group's returns were equal: nothing to learn from
             return metrics
         B = rollouts.alive.shape[1]
-        totals: dict[str, float] = {}
+        sums: dict[str, float] = {}
         batches = [mb for _ in range(cfg.epochs) for mb in minibatches(len(t_idx), cfg.minibatch_size, generator)]
+        steps = 0
         self.policy.train()
         for mb in batches:
             t, b = t_idx[mb], b_idx[mb]
             obs = rollouts.observation(t, b, self.views)
             sample = rollouts.samples[t * B + b].to(self.policy.device)
             new = self.policy.log_prob(obs, sample)
-            with torch.no_grad():
-                ref = self.reference.log_prob(obs, sample)
             dims = sample.actions[0].numel()
             loss, step_metrics = clipped_surrogate(new, sample.log_probs, advantages[b].to(new.device), cfg.clip, dims)
+            if steps and cfg.max_step_kl is not None and step_metrics["approx_kl"] > cfg.max_step_kl:
+                break  # this iteration has moved the policy far enough
+            with torch.no_grad():
+                ref = self.reference.log_prob(obs, sample)
             kl = kl_k3(new, ref, dims)
             self.opt.zero_grad(set_to_none=True)
             (loss + self.kl_weight * kl).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
             self.opt.step()
+            steps += 1
             step_metrics |= {"policy_loss": loss.item(), "kl_to_base": kl.item(), "grad_norm": float(grad_norm)}
             for k, v in step_metrics.items():
-                totals[k] = totals.get(k, 0.0) + v / len(batches)
+                sums[k] = sums.get(k, 0.0) + v
+        totals = {k: v / steps for k, v in sums.items()} | {"gradient_steps": steps}
         self.policy.eval()
         if cfg.kl_target is not None:
             self.kl_weight = adapt_kl_weight(self.kl_weight, totals["kl_to_base"], cfg.kl_target)
