@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data.clips import ClipDataset, DatasetConfig
 from simulator import keys
-from simulator.world_model import WorldModel, WorldModelSampler
+from simulator.world_model import STILL_THRESHOLD, WorldModel, WorldModelSampler
 from simulator.world_model.objective import to_model_range
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ class EvalWorldModelConfig:
     # 1 step is the model's deterministic prediction (the best PSNR/SSIM, docs/benchmarks.md); more
     # steps add sampled detail and make several samples differ (the uncertainty needs >= 2).
     sampling_steps: int = 1
+    # Predicted pixels within this of the last context frame keep its value ([0, 1] intensity;
+    # simulator.world_model.sampler; 0 = off). 8/255, chosen on run 5 and checked on run 3 (docs/benchmarks.md).
+    still_threshold: float = STILL_THRESHOLD
     batch_size: int = 16
     probe: Path | None = None  # a saved StateProbe; None = train one on episodes before the held-out ones
     probe_steps: int = 1500
@@ -132,7 +135,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     if len(clips.views) != spec.views:
         raise ValueError(f"the model was trained on {spec.views} views, the dataset gives {len(clips.views)}: {clips.views}")
     probe = get_probe(cfg, train_episodes)
-    sampler = WorldModelSampler(model, num_steps=cfg.sampling_steps)
+    sampler = WorldModelSampler(model, num_steps=cfg.sampling_steps, still_threshold=cfg.still_threshold)
     gen = torch.Generator().manual_seed(cfg.seed)
     T = chunks * spec.future
     sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real")}

@@ -43,7 +43,7 @@ from data.clips import STATS_FILE, Normalizer
 from simulator import keys
 from simulator.progress import ProgressModel
 from simulator.progress.modeling_progress import history_indices
-from simulator.world_model import WorldModel, WorldModelSampler
+from simulator.world_model import STILL_THRESHOLD, WorldModel, WorldModelSampler
 
 NORMALIZATION_FILE = "normalization.json"  # dataset statistics saved beside a world model
 
@@ -136,6 +136,7 @@ class ImaginedEnvConfig:
     num_envs: int = 8
     max_steps: int = 120  # episode horizon in env steps (Lift's physics horizon)
     sampling_steps: int = 1  # world-model denoising steps per chunk
+    still_threshold: float = STILL_THRESHOLD  # predicted pixels this close to the last frame keep its value (sampler)
     num_samples: int = 1  # samples per chunk; >= 2 (with >= 2 sampling steps) gives the uncertainty
     uncertainty_limit: float | None = None  # truncate an episode when the world model's spread passes this
     gamma: float = 0.99  # discount of the progress-potential reward
@@ -164,7 +165,7 @@ class ImaginedEnv:
         self.views, self.starts, self.normalizer = tuple(views), starts, normalizer
         self.num_envs, self.action_dim, self.max_steps = cfg.num_envs, spec.action_dim, cfg.max_steps
         self.frame_stride = spec.horizon // spec.future  # env steps between imagined frames
-        self.sampler = WorldModelSampler(world_model, num_steps=cfg.sampling_steps)
+        self.sampler = WorldModelSampler(world_model, num_steps=cfg.sampling_steps, still_threshold=cfg.still_threshold)
         self._check_models(spec, progress)
         p = progress.spec
         self._progress_hop = p.history_stride // self.frame_stride  # buffer entries between progress frames

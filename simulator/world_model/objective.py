@@ -11,13 +11,6 @@ chunk d ~ U{0, ..., U-1}, and the d chunks before it are imagined by the model i
 gradient, the sampler's own steps), so the model learns to continue from its own predictions as
 it must in a rollout, not only from real frames.
 
-Frame weighting ``copy_last``: each future frame of each view is weighted by the inverse of
-copy-last-frame's squared error on it, so the loss is a mean of error ratios to copy-last, what the
-fidelity benchmark's per-frame PSNR gap measures. Under a plain mean, frames in which the robot
-hardly moves (a fifth of Lift's frames; copy-last scores 45-60 dB there) carry almost none of the
-loss, and the model shimmers where the scene is still (41-46 dB): the mean PSNR of its first frame
-fell below copy-last's although it wins by 2-5 dB wherever the arm moves (docs/benchmarks.md, run 6).
-
 Dimension legend as in modeling_world_model.
 """
 
@@ -28,9 +21,6 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 from torch import Tensor
 
 from simulator.world_model.modeling_world_model import WorldModel
-
-
-FRAME_WEIGHTINGS = ("uniform", "copy_last")
 
 
 @dataclass
@@ -44,8 +34,6 @@ class FlowMatchingConfig:
     regression_share: float = 0.0  # share of each batch trained at t = 1 (the deterministic prediction)
     unroll_chunks: int = 1  # U: chunks per training clip; the model imagines the ones before the trained one
     unroll_sampling_steps: int = 2  # sampling steps for the imagined chunks
-    frame_weighting: str = "uniform"  # uniform | copy_last: each frame weighted by 1 / copy-last's error on it
-    frame_weight_floor: float = 0.01  # copy_last: errors below this share of the batch's mean error count as it
 
     def __post_init__(self):
         if self.unroll_chunks < 1 or self.unroll_sampling_steps < 1:
@@ -55,10 +43,6 @@ class FlowMatchingConfig:
             raise ValueError(f"regression_share must be in [0, 1], got {self.regression_share=}")
         if not 0 <= self.action_dropout < 1:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout=}")
-        if self.frame_weighting not in FRAME_WEIGHTINGS:
-            raise ValueError(f"frame_weighting must be one of {FRAME_WEIGHTINGS}, got {self.frame_weighting!r}")
-        if not 0 < self.frame_weight_floor <= 1:
-            raise ValueError(f"frame_weight_floor must be in (0, 1], got {self.frame_weight_floor=}")
         if self.context_noise_max < 0:
             raise ValueError(f"context_noise_max must be >= 0, got {self.context_noise_max=}")
 
@@ -75,8 +59,6 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     with torch.no_grad():
         context, x0, actions, state, future_state, future_mask = unrolled_inputs(core, batch, cfg, generator)
     B, device = x0.shape[0], x0.device
-    frame_mask = future_mask.float().view(B, 1, -1, 1, 1, 1)  # (B, 1, F, 1, 1, 1)
-    weight = frame_weights(context[:, :, -1:], x0, frame_mask, cfg.frame_weighting, cfg.frame_weight_floor)  # clean context
     t = compute_density_for_timestep_sampling(cfg.weighting_scheme, B, cfg.logit_mean, cfg.logit_std,
                                               device=device, generator=generator).clamp(1e-3, 1.0)
     if cfg.regression_share > 0:
@@ -89,31 +71,13 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     drop = torch.rand(B, generator=generator, device=device) < cfg.action_dropout
     pred = model(noisy, t, context, actions, state, context_noise=context_noise, drop_actions=drop)
 
+    frame_mask = future_mask.float().view(B, 1, -1, 1, 1, 1)  # (B, 1, F, 1, 1, 1)
     per_pixel = (pred.frames - x0).square() * frame_mask
-    count = frame_mask.expand_as(per_pixel).sum().clamp_min(1.0)
-    frame_loss = (per_pixel * weight).sum() / count
-    frame_mse = per_pixel.sum().detach() / count  # unweighted, comparable across weightings
+    frame_loss = per_pixel.sum() / (frame_mask.expand_as(per_pixel).sum()).clamp_min(1.0)
     state_err = (pred.state - future_state).square().mean(-1)
     state_loss = (state_err * future_mask.float()).sum() / future_mask.float().sum().clamp_min(1.0)
     loss = frame_loss + cfg.state_loss_weight * state_loss
-    return loss, {"loss": loss.detach(), "frame_mse": frame_mse, "state_mse": state_loss.detach()}
-
-
-def frame_weights(last: Tensor, x0: Tensor, frame_mask: Tensor, scheme: str, floor: float = 0.01) -> Tensor:
-    """(B, V, F, 1, 1, 1) weights of the future frames x0, mean 1 over the frames that hold data.
-
-    ``copy_last``: 1 / copy-last's mean squared error on each frame (``last``: the last context
-    frame (B, V, 1, c, h, w)), that error floored at ``floor`` x its batch mean so that frames in
-    which nothing moves get a large weight but not all of it."""
-    B, V, F = x0.shape[:3]
-    if scheme == "uniform":
-        return torch.ones(1, 1, F, 1, 1, 1, device=x0.device).expand(B, V, F, 1, 1, 1)
-    present = frame_mask.expand(B, V, F, 1, 1, 1).bool()
-    if not present.any():
-        return torch.ones_like(frame_mask).expand(B, V, F, 1, 1, 1)
-    err = (x0 - last).square().mean((3, 4, 5), keepdim=True)  # (B, V, F, 1, 1, 1)
-    inv = 1.0 / err.clamp_min(floor * err[present].mean()).clamp_min(1e-12)
-    return torch.where(present, inv / inv[present].mean(), 0.0)
+    return loss, {"loss": loss.detach(), "frame_mse": frame_loss.detach(), "state_mse": state_loss.detach()}
 
 
 def unrolled_inputs(model: WorldModel, batch: dict, cfg: FlowMatchingConfig, generator: torch.Generator | None = None):

@@ -5,6 +5,13 @@ The scheduler (diffusers FlowMatchEulerDiscreteScheduler) owns the noise levels;
 calls the model is written out here. It runs in the model's sample space (pixels for the U-Net,
 latents for a latent backbone) and decodes to frames at the end of each chunk. Dimension legend
 as in modeling_world_model; N chunks, K samples.
+
+Still pixels (``still_threshold``): a decoded pixel whose every channel differs from the last
+context frame by less than the threshold keeps the last frame's value. The model predicts a change
+from that frame, and where the scene is still its change is a faint shimmer (41-46 dB where the
+rendered frames are identical); the arm and the cube change pixels by far more. This is the
+compositing of CDNA-style video predictors (Finn et al. 2016: the previous frame wherever nothing
+moves), with a fixed threshold for the mask. docs/benchmarks.md measures it on two models.
 """
 
 import torch
@@ -13,13 +20,19 @@ from torch import Tensor
 
 from simulator.world_model.modeling_world_model import Prediction, WorldModel
 
+STILL_THRESHOLD = 8 / 255  # the evaluation's and the imagined env's default (docs/benchmarks.md, recipe log)
+
 
 class WorldModelSampler:
-    def __init__(self, model: WorldModel, num_steps: int = 2, shift: float = 1.0):
+    def __init__(self, model: WorldModel, num_steps: int = 2, shift: float = 1.0, still_threshold: float = 0.0):
+        """``still_threshold``: in [0, 1] intensity (8 / 255 = 0.031); 0 keeps every predicted pixel."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps=}")
+        if not 0.0 <= still_threshold < 1.0:
+            raise ValueError(f"still_threshold is an intensity in [0, 1), got {still_threshold=}")
         self.model = model
         self.num_steps = num_steps
+        self.still_threshold = still_threshold
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
     @torch.no_grad()
@@ -32,8 +45,16 @@ class WorldModelSampler:
         ``uncertainty`` (B,) is the per-pixel standard deviation across the K, averaged over pixels.
         """
         pred = self.sample_latent(self.model.encode(context), actions, state, generator, num_samples)
-        return Prediction(frames=self.model.decode(pred.frames).clamp(-1.0, 1.0), state=pred.state,
-                          uncertainty=pred.uncertainty)
+        frames = self.keep_still(self.model.decode(pred.frames).clamp(-1.0, 1.0), context[:, :, -1:])
+        return Prediction(frames=frames, state=pred.state, uncertainty=pred.uncertainty)
+
+    def keep_still(self, frames: Tensor, last: Tensor) -> Tensor:
+        """frames (B, V, F, 3, h, w) in [-1, 1], with every pixel that differs from ``last``
+        (B, V, 1, 3, h, w) by less than ``still_threshold`` in every channel set back to it."""
+        if self.still_threshold <= 0:
+            return frames
+        still = (frames - last).abs().amax(dim=3, keepdim=True) < 2.0 * self.still_threshold  # [-1, 1] is twice [0, 1]
+        return torch.where(still, last.expand_as(frames), frames)
 
     @torch.no_grad()
     def sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
@@ -66,14 +87,19 @@ class WorldModelSampler:
         actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w), states (B, N*F, S) and, with
         ``num_samples`` > 1, the uncertainty of every chunk (B, N).
         """
+        C = self.model.spec.context
         latent = self.model.encode(context)
         frames, states, spread = [], [], []
         for n in range(actions.shape[1]):
             pred = self.sample_latent(latent, actions[:, n], state, generator, num_samples)
-            frames.append(self.model.decode(pred.frames).clamp(-1.0, 1.0))
+            chunk = self.keep_still(self.model.decode(pred.frames).clamp(-1.0, 1.0), context[:, :, -1:])
+            frames.append(chunk)
             states.append(pred.state)
             spread.append(pred.uncertainty)
-            latent, state = self.slide(latent, state, pred)
+            # The next context: the last C frames, as a user of the frames sees them (decoded, clamped).
+            context = torch.cat([context, chunk], dim=2)[:, :, -C:]
+            latent = torch.cat([latent, self.model.encode(chunk)], dim=2)[:, :, -C:]
+            state = torch.cat([state, pred.state], dim=1)[:, -C:]
         return Prediction(frames=torch.cat(frames, dim=2), state=torch.cat(states, dim=1),
                           uncertainty=torch.stack(spread, dim=1) if num_samples > 1 else None)
 

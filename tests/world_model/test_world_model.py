@@ -1,12 +1,12 @@
 """World model: save/load round trip, copy-last start, training lowers the loss on real clips,
-sampler and rollout shapes and determinism, clear errors for inputs that do not fit, frame weighting."""
+sampler and rollout shapes and determinism, clear errors for inputs that do not fit, still pixels."""
 
 import pytest
 import torch
 
 from data.clips import ClipConfig, ClipDataset
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelSampler, flow_matching_loss
-from simulator.world_model.objective import frame_weights, to_model_range
+from simulator.world_model.objective import to_model_range
 
 TINY = dict(views=2, image_size=32, context=2, future=2, horizon=4, action_dim=7, state_dim=8,
             block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, cond_dim=32)
@@ -93,6 +93,32 @@ def test_sampler_shapes_range_and_determinism(batch):
     assert_sampler_contract(model, *inputs(batch))
 
 
+def test_still_pixels_keep_the_last_frame_and_the_rollout_continues_from_them(batch):
+    model = WorldModel(**TINY).eval()
+    for p in model.unet.conv_out.parameters():
+        p.data.normal_(0, 0.02)  # small changes everywhere, as a trained model's shimmer
+    context, actions, state = inputs(batch)
+    gen = lambda: torch.Generator().manual_seed(1)
+    raw = WorldModelSampler(model, num_steps=1).sample(context, actions, state, gen()).frames
+    tau = 8 / 255
+    sampler = WorldModelSampler(model, num_steps=1, still_threshold=tau)
+    kept = sampler.sample(context, actions, state, gen()).frames
+    last = context[:, :, -1:].expand_as(raw)
+    moved = (raw - last).abs().amax(3, keepdim=True) >= 2 * tau  # in [-1, 1] units
+    assert moved.any() and (~moved).any()
+    assert torch.equal(kept, torch.where(moved, raw, last))  # pixels that move are the model's, the rest the last frame's
+    # The second chunk of a rollout starts from the thresholded first chunk, as the imagined env's frames do.
+    roll = sampler.rollout(context, torch.stack([actions] * 2, dim=1), state, gen()).frames
+    assert torch.equal(roll[:, :, :2], kept)
+    g = gen()  # one generator across both chunks, as the rollout draws its noise
+    first = sampler.sample(context, actions, state, g)
+    next_context = torch.cat([context, first.frames], 2)[:, :, -2:]
+    next_state = torch.cat([state, first.state], 1)[:, -2:]
+    torch.testing.assert_close(roll[:, :, 2:], sampler.sample(next_context, actions, next_state, g).frames)
+    with pytest.raises(ValueError, match="still_threshold is an intensity"):
+        WorldModelSampler(model, still_threshold=2.0)
+
+
 def test_inputs_that_do_not_fit_are_named(batch):
     model = WorldModel(**TINY)
     context, actions, state = inputs(batch)
@@ -172,38 +198,3 @@ def test_scaled_noisy_input_makes_t1_a_deterministic_prediction(batch):
     torch.testing.assert_close(x, at_one[0].clamp(-1, 1), atol=1e-5, rtol=0)  # (x - v = x0, up to round-off)
     with pytest.raises(ValueError, match="regression_share must be in"):
         FlowMatchingConfig(regression_share=1.5)
-
-
-def test_copy_last_frame_weighting_counts_every_frame_relative_to_copying(batch):
-    context, future = to_model_range(batch["context"]), to_model_range(batch["future"])
-    last, mask = context[:, :, -1:], batch["future_mask"].float().view(8, 1, -1, 1, 1, 1)
-    mask[0, :, -1] = 0.0  # a frame past an episode's end
-    err = (future - last).square().mean((3, 4, 5), keepdim=True)  # copy-last's error per frame and view
-    present = mask.expand_as(err).bool()
-    floor = 0.2
-    w = frame_weights(last, future, mask, "copy_last", floor=floor)
-    assert w.shape == err.shape and w[~present].eq(0).all()
-    torch.testing.assert_close(w[present].mean(), torch.tensor(1.0))
-    above = present & (err > floor * err[present].mean())
-    below = present & ~above
-    assert above.sum() > 1 and below.any()  # the batch holds moving and (nearly) still frames
-    ratio = w * err  # the same for every frame copy-last errs on by more than the floor
-    torch.testing.assert_close(ratio[above], ratio[above][:1].expand(int(above.sum())))
-    assert w[below].min() > w[above].max()  # still frames weigh more, all by the same capped amount
-    torch.testing.assert_close(w[below], w[below][:1].expand(int(below.sum())))
-    assert frame_weights(last, future, mask, "uniform").eq(1).all()
-
-
-def test_frame_weighting_leaves_the_reported_frame_mse_unweighted(batch):
-    torch.manual_seed(0)
-    model = WorldModel(**TINY)
-    for p in model.parameters():
-        p.data.add_(0.01 * torch.randn_like(p))
-    losses = {scheme: flow_matching_loss(model, batch, FlowMatchingConfig(frame_weighting=scheme),
-                                         torch.Generator().manual_seed(3))[1] for scheme in ("uniform", "copy_last")}
-    torch.testing.assert_close(losses["copy_last"]["frame_mse"], losses["uniform"]["frame_mse"])
-    assert not torch.isclose(losses["copy_last"]["loss"], losses["uniform"]["loss"])
-    with pytest.raises(ValueError, match="frame_weighting must be one of"):
-        FlowMatchingConfig(frame_weighting="psnr")
-    with pytest.raises(ValueError, match="frame_weight_floor must be in"):
-        FlowMatchingConfig(frame_weight_floor=0.0)
