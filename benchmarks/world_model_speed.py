@@ -15,7 +15,7 @@ import torch
 
 from benchmarks._report import command, write_section
 from simulator.physics import PhysicsEnv, PhysicsEnvConfig
-from simulator.world_model import WorldModel, WorldModelSampler
+from simulator.world_model import STILL_THRESHOLD, WorldModel, WorldModelSampler
 
 
 def physics_fps(steps: int) -> float:
@@ -37,7 +37,7 @@ def physics_fps(steps: int) -> float:
 
 def imagined_fps(model: WorldModel, batch: int, steps: int, repeats: int) -> float:
     s = model.spec
-    sampler = WorldModelSampler(model.eval(), num_steps=steps)
+    sampler = WorldModelSampler(model.eval(), num_steps=steps, still_threshold=STILL_THRESHOLD)  # as the imagined env samples
     context = torch.rand(batch, s.views, s.context, 3, s.image_size, s.image_size) * 2 - 1
     actions, state = torch.randn(batch, s.horizon, s.action_dim), torch.randn(batch, s.context, s.state_dim)
     sampler.sample(context, actions, state)  # warm-up
