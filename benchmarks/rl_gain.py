@@ -29,7 +29,8 @@ from eval.success import wilson_interval
 from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 
 # Settings of one algorithm that this script passes on (flag name = config field).
-ALGORITHM_FLAGS = {"kl_target": "grpo", "max_step_kl": "grpo", "real_share": "advantage_conditioned"}
+ALGORITHM_FLAGS = {"kl_target": "grpo", "max_step_kl": "grpo", "episode_weights": "grpo",
+                   "real_share": "advantage_conditioned"}
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -75,6 +76,8 @@ def main() -> None:
                         help="grpo: adapt the KL anchor's weight to this KL to the base per action dimension")
     parser.add_argument("--max-step-kl", type=float, default=None,
                         help="grpo: stop an iteration's gradient steps past this approximate KL to the rollout policy")
+    parser.add_argument("--episode-weights", action="store_true", default=None,
+                        help="grpo: every episode weighs the same, whatever its length")
     parser.add_argument("--real-share", type=float, default=None,
                         help="advantage_conditioned: share of real dataset chunks per batch (1 = the offline ablation)")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")

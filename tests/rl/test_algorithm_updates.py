@@ -20,7 +20,7 @@ from train.rl.advantage_conditioned import (
     real_frames,
     success_bins,
 )
-from train.rl.base import Rollouts, adapt_kl_weight
+from train.rl.base import Rollouts, adapt_kl_weight, episode_weights, group_advantages
 from train.rl.grpo import GRPO, GRPOConfig
 from train.rl.ppo import PPO, Critic, PPOConfig, RunningNorm, normalize_advantages, spatial_softmax
 
@@ -109,6 +109,29 @@ def test_grpo_stops_an_iteration_once_it_moved_the_policy_by_max_step_kl():
     assert update(1e9)["gradient_steps"] == full["gradient_steps"]
     with pytest.raises(ValueError, match="bad GRPO settings"):
         GRPOConfig(max_step_kl=0.0)
+
+
+def test_episode_weights_make_a_groups_advantages_sum_to_zero_over_its_chunks():
+    alive = torch.arange(6)[:, None] < torch.tensor([2, 6, 3, 3, 4, 4])[None]  # lengths 2, 6, 3, 3, 4, 4
+    returns = torch.tensor([1.0, 0.0, 1.0, 0.0, 2.0, 2.0])  # the last group's returns are equal: dropped
+    adv, kept = group_advantages(returns, 2, scale_by_std=False)
+    w = episode_weights(alive, kept)
+    torch.testing.assert_close(w, torch.tensor([3.5 / 2, 3.5 / 6, 3.5 / 3, 3.5 / 3, 0.0, 0.0]))  # mean kept length 3.5
+    per_chunk = (adv * alive).sum(0).view(-1, 2).sum(1)  # the short success outweighs nothing per episode...
+    assert per_chunk[0] < 0  # ...but per chunk the long failure wins: a net push down
+    torch.testing.assert_close((adv * w * alive).sum(0).view(-1, 2).sum(1), torch.zeros(3))
+
+
+def test_grpo_with_episode_weights_trains_on_the_same_chunks():
+    def update(weighted):
+        policy = tiny_policy()
+        grpo = GRPO(policy, GRPOConfig(group_size=2, lr=1e-2, minibatch_size=4, episode_weights=weighted), VIEWS)
+        return grpo.update(make_rollouts(policy), torch.Generator().manual_seed(0)), parameters_of(policy)
+
+    (plain, plain_params), (weighted, weighted_params) = update(False), update(True)
+    assert weighted["samples"] == plain["samples"] > 0
+    assert not torch.equal(weighted_params, plain_params)  # same chunks, other weights
+    assert not torch.equal(weighted_params, parameters_of(tiny_policy()))
 
 
 # ---- PPO -----------------------------------------------------------------------------------

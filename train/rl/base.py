@@ -7,8 +7,8 @@ every episode ended (solved, ``max_steps``, or too uncertain) and hands the ``Ro
 ``Algorithm.update``. Rewards are the env's: gamma·Φ(next) − Φ(now) from the progress model,
 plus a bonus at success.
 
-Pure functions, unit-tested: ``group_advantages``, ``gae``, ``clipped_surrogate``, ``kl_k3``,
-``adapt_kl_weight``.
+Pure functions, unit-tested: ``group_advantages``, ``episode_weights``, ``gae``,
+``clipped_surrogate``, ``kl_k3``, ``adapt_kl_weight``.
 
 Dimension legend: T chunk steps, B envs, K stochastic denoising steps, V views, S state dim,
 H chunk length, A action dim, h x w image size.
@@ -107,6 +107,13 @@ def group_advantages(returns: Tensor, group_size: int, scale_by_std: bool = True
         adv = adv / std.clamp_min(min_std)
     kept = (std > min_std).expand_as(groups)
     return (adv * kept).flatten(), kept.flatten()
+
+
+def episode_weights(alive: Tensor, kept: Tensor) -> Tensor:
+    """(B,) mean length of the kept episodes / each episode's length (chunk steps; alive (T, B)):
+    the factor that makes every kept episode's chunks together weigh the same."""
+    lengths = alive.sum(0).float()
+    return torch.where(kept, lengths[kept].mean() / lengths.clamp_min(1.0), 0.0)
 
 
 def group_starts(num_envs: int, num_starts: int, group_size: int, generator: torch.Generator) -> Tensor:

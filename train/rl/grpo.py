@@ -18,6 +18,7 @@ from train.rl.base import (
     Rollouts,
     adapt_kl_weight,
     clipped_surrogate,
+    episode_weights,
     fine_tuning_setup,
     group_advantages,
     group_starts,
@@ -39,6 +40,12 @@ class GRPOConfig:
     # steps; on Lift that drift took the policy from all to no imagined successes in a few
     # iterations (docs/benchmarks.md). 0.05 keeps every group where one episode of eight failed.
     min_return_std: float = 0.05
+    # Weigh every episode the same, whatever its length (GRPO's per-sequence mean): a chunk carries
+    # its episode's advantage x (mean length / its episode's length), so a group's advantages sum
+    # to zero over its chunks. Per chunk (False), failed episodes, which run longer, outweigh the
+    # successes: the net push lowers the likelihood of the policy's own samples, a direction that
+    # is noise, and Adam makes full-size steps of it (docs/benchmarks.md, the physics control).
+    episode_weights: bool = False
     epochs: int = 2  # passes over an iteration's samples
     minibatch_size: int = 64  # chunk samples per gradient step
     lr: float = 1e-5
@@ -79,6 +86,8 @@ class GRPO(Algorithm):
         cfg = self.config
         advantages, kept = group_advantages(rollouts.returns, cfg.group_size, cfg.scale_by_std, cfg.min_return_std)
         t_idx, b_idx = torch.nonzero(rollouts.alive & kept[None], as_tuple=True)
+        if cfg.episode_weights and kept.any():
+            advantages = advantages * episode_weights(rollouts.alive, kept)
         metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx), "kl_weight": self.kl_weight}
         if len(t_idx) == 0:  # every group's returns were equal: nothing to learn from
             return metrics
