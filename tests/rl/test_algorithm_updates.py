@@ -106,6 +106,7 @@ def test_grpo_stops_an_iteration_once_it_moved_the_policy_by_max_step_kl():
     assert full["approx_kl"] > 1e-6  # so a tiny bound must stop it
     stopped = update(1e-9)
     assert stopped["gradient_steps"] == 1  # the first step always runs (ratio 1), the next one is past the bound
+    assert stopped["approx_kl_at_stop"] > 1e-9 and "approx_kl_at_stop" not in full
     assert update(1e9)["gradient_steps"] == full["gradient_steps"]
     with pytest.raises(ValueError, match="bad GRPO settings"):
         GRPOConfig(max_step_kl=0.0)

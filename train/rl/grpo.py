@@ -94,7 +94,7 @@ class GRPO(Algorithm):
         B = rollouts.alive.shape[1]
         sums: dict[str, float] = {}
         batches = [mb for _ in range(cfg.epochs) for mb in minibatches(len(t_idx), cfg.minibatch_size, generator)]
-        steps = 0
+        steps, stop = 0, {}
         self.policy.train()
         for mb in batches:
             t, b = t_idx[mb], b_idx[mb]
@@ -104,6 +104,7 @@ class GRPO(Algorithm):
             dims = sample.actions[0].numel()
             loss, step_metrics = clipped_surrogate(new, sample.log_probs, advantages[b].to(new.device), cfg.clip, dims)
             if steps and cfg.max_step_kl is not None and step_metrics["approx_kl"] > cfg.max_step_kl:
+                stop = {"approx_kl_at_stop": step_metrics["approx_kl"]}  # how far it had moved (not in the means)
                 break  # this iteration has moved the policy far enough
             with torch.no_grad():
                 ref = self.reference.log_prob(obs, sample)
@@ -116,7 +117,7 @@ class GRPO(Algorithm):
             step_metrics |= {"policy_loss": loss.item(), "kl_to_base": kl.item(), "grad_norm": float(grad_norm)}
             for k, v in step_metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
-        totals = {k: v / steps for k, v in sums.items()} | {"gradient_steps": steps}
+        totals = {k: v / steps for k, v in sums.items()} | {"gradient_steps": steps} | stop
         self.policy.eval()
         if cfg.kl_target is not None:
             self.kl_weight = adapt_kl_weight(self.kl_weight, totals["kl_to_base"], cfg.kl_target)
