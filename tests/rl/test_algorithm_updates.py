@@ -135,6 +135,35 @@ def test_grpo_with_episode_weights_trains_on_the_same_chunks():
     assert not torch.equal(weighted_params, parameters_of(tiny_policy()))
 
 
+def test_grpo_raises_a_known_reward_on_a_one_step_bandit():
+    """The sign and the credit assignment of the update, with no world model in between: one
+    observation, reward -|action - 0.3|. The anchor is off (kl_weight 0): with weight 1, at lr 1e-3,
+    40 iterations did not move the reward (docs/benchmarks.md)."""
+    policy = tiny_policy()
+    grpo = GRPO(policy, GRPOConfig(group_size=8, lr=3e-3, minibatch_size=16, min_return_std=0.0, kl_weight=0.0), VIEWS)
+    g = torch.Generator().manual_seed(0)
+    B = 32
+    images = torch.randint(0, 256, (1, 1, len(VIEWS), 3, SIZE, SIZE), generator=g, dtype=torch.uint8).expand(1, B, -1, -1, -1, -1)
+    obs = {keys.image_key(v): images[0, :, i].float() / 255.0 for i, v in enumerate(VIEWS)}
+    obs |= {keys.STATE: torch.zeros(B, S), keys.TASK: [TASK] * B}
+
+    def reward(actions):
+        return -(actions - 0.3).abs().mean((1, 2))
+
+    def ode_reward():
+        return reward(policy.sample_ode(obs, torch.Generator().manual_seed(1))).mean().item()
+
+    before = ode_reward()
+    for _ in range(16):
+        with torch.no_grad():
+            sample = policy.sample(obs, g)
+        rollouts = Rollouts(images=images.clone(), state=torch.zeros(1, B, S), task=[TASK] * B, actions=sample.actions[None],
+                            samples=sample, rewards=reward(sample.actions)[None], alive=torch.ones(1, B, dtype=torch.bool),
+                            success=torch.zeros(B, dtype=torch.bool), starts=torch.zeros(B, dtype=torch.long))
+        grpo.update(rollouts, g)
+    assert ode_reward() > before + 0.05, (before, ode_reward())
+
+
 # ---- PPO -----------------------------------------------------------------------------------
 def test_ppo_small_maths():
     adv = normalize_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]))
