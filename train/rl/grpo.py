@@ -43,8 +43,8 @@ class GRPOConfig:
     # Weigh every episode the same, whatever its length (GRPO's per-sequence mean): a chunk carries
     # its episode's advantage x (mean length / its episode's length), so a group's advantages sum
     # to zero over its chunks. Per chunk (False), failed episodes, which run longer, outweigh the
-    # successes: the net push lowers the likelihood of the policy's own samples, a direction that
-    # is noise, and Adam makes full-size steps of it (docs/benchmarks.md, the physics control).
+    # successes, and the loss also lowers the likelihood of the policy's own samples. Measured in
+    # the physics control at lr 1e-4, it did not stop the collapse (docs/benchmarks.md).
     episode_weights: bool = False
     epochs: int = 2  # passes over an iteration's samples
     minibatch_size: int = 64  # chunk samples per gradient step
@@ -55,7 +55,9 @@ class GRPOConfig:
     kl_target: float | None = None
     # Early stop (PPO's target_kl, as in Stable-Baselines3): the iteration's remaining gradient
     # steps are skipped once a minibatch's approximate KL to the rollout policy (per dimension)
-    # passes this. Unlike the anchor's weight, this bounds how far one iteration moves the policy.
+    # passes this. Unlike the anchor's weight, this bounds how far one iteration moves the policy;
+    # it does not bound the sum of many (at lr 1e-4 in physics the KL to the base still grew 3x an
+    # iteration, docs/benchmarks.md).
     max_step_kl: float | None = None
     grad_clip: float = 1.0
 
