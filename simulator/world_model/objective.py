@@ -105,7 +105,8 @@ def unrolled_inputs(model: WorldModel, batch: dict, cfg: FlowMatchingConfig, gen
     for k in range(int(depth.max())):
         live = depth > k
         pred = sampler.sample_latent(context[live], actions[live, k * H:(k + 1) * H], state[live], generator)
-        context[live], state[live] = sampler.slide(context[live], state[live], pred)
+        chunk = sampler.decoded(pred.frames, None)
+        context[live], state[live] = sampler.slide(context[live], state[live], chunk, pred.state)
     d = depth.tolist()
     x0 = torch.stack([future[i, :, k * F:(k + 1) * F] for i, k in enumerate(d)])
     actions = torch.stack([actions[i, k * H:(k + 1) * H] for i, k in enumerate(d)])

@@ -45,13 +45,15 @@ class WorldModelSampler:
         ``uncertainty`` (B,) is the per-pixel standard deviation across the K, averaged over pixels.
         """
         pred = self.sample_latent(self.model.encode(context), actions, state, generator, num_samples)
-        frames = self.keep_still(self.model.decode(pred.frames).clamp(-1.0, 1.0), context[:, :, -1:])
-        return Prediction(frames=frames, state=pred.state, uncertainty=pred.uncertainty)
+        return Prediction(frames=self.decoded(pred.frames, context[:, :, -1:]), state=pred.state,
+                          uncertainty=pred.uncertainty)
 
-    def keep_still(self, frames: Tensor, last: Tensor) -> Tensor:
-        """frames (B, V, F, 3, h, w) in [-1, 1], with every pixel that differs from ``last``
-        (B, V, 1, 3, h, w) by less than ``still_threshold`` in every channel set back to it."""
-        if self.still_threshold <= 0:
+    def decoded(self, samples: Tensor, last: Tensor | None) -> Tensor:
+        """Predicted frames as a user sees them: ``samples`` (B, V, F, ...) decoded to [-1, 1] and
+        clamped, every pixel within ``still_threshold`` of ``last`` (B, V, 1, 3, h, w), the frame
+        before them, in every channel set back to it (``last`` None: none is, as in training unrolls)."""
+        frames = self.model.decode(samples).clamp(-1.0, 1.0)
+        if self.still_threshold <= 0 or last is None:
             return frames
         still = (frames - last).abs().amax(dim=3, keepdim=True) < 2.0 * self.still_threshold  # [-1, 1] is twice [0, 1]
         return torch.where(still, last.expand_as(frames), frames)
@@ -87,28 +89,25 @@ class WorldModelSampler:
         actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w), states (B, N*F, S) and, with
         ``num_samples`` > 1, the uncertainty of every chunk (B, N).
         """
-        C = self.model.spec.context
-        latent = self.model.encode(context)
+        latent, last = self.model.encode(context), context[:, :, -1:]
         frames, states, spread = [], [], []
         for n in range(actions.shape[1]):
             pred = self.sample_latent(latent, actions[:, n], state, generator, num_samples)
-            chunk = self.keep_still(self.model.decode(pred.frames).clamp(-1.0, 1.0), context[:, :, -1:])
+            chunk = self.decoded(pred.frames, last)
             frames.append(chunk)
             states.append(pred.state)
             spread.append(pred.uncertainty)
-            # The next context: the last C frames, as a user of the frames sees them (decoded, clamped).
-            context = torch.cat([context, chunk], dim=2)[:, :, -C:]
-            latent = torch.cat([latent, self.model.encode(chunk)], dim=2)[:, :, -C:]
-            state = torch.cat([state, pred.state], dim=1)[:, -C:]
+            latent, state = self.slide(latent, state, chunk, pred.state)
+            last = chunk[:, :, -1:]
         return Prediction(frames=torch.cat(frames, dim=2), state=torch.cat(states, dim=1),
                           uncertainty=torch.stack(spread, dim=1) if num_samples > 1 else None)
 
-    def slide(self, context: Tensor, state: Tensor, pred: Prediction) -> tuple[Tensor, Tensor]:
+    def slide(self, context: Tensor, state: Tensor, chunk: Tensor, chunk_state: Tensor) -> tuple[Tensor, Tensor]:
         """The next chunk's context (sample space) and context states: the last C of old + predicted.
-        Predicted frames go through decode, clamp and encode, as a user of the frames would see them."""
+        ``chunk``: the predicted frames as a user sees them (``decoded``), encoded again here."""
         C = self.model.spec.context
-        frames = self.model.encode(self.model.decode(pred.frames).clamp(-1.0, 1.0))
-        return torch.cat([context, frames], dim=2)[:, :, -C:], torch.cat([state, pred.state], dim=1)[:, -C:]
+        return (torch.cat([context, self.model.encode(chunk)], dim=2)[:, :, -C:],
+                torch.cat([state, chunk_state], dim=1)[:, -C:])
 
 
 @torch.no_grad()
