@@ -45,6 +45,8 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 def cell(results) -> str:
+    if results is None:
+        return "n/a (not evaluated)"
     k, n = sum(results.success), len(results.success)
     lo, hi = wilson_interval(k, n)
     return f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -52,6 +54,8 @@ def cell(results) -> str:
 
 def phi_cell(results: dict) -> str:
     """The episode-by-episode agreement of imagined and physics outcomes from the same starts."""
+    if "imagined" not in results:
+        return "n/a (not evaluated)"
     a = agreement(results["physics"], results["imagined"])
     return "n/a (one side constant)" if math.isnan(a["phi"]) else f"{a['phi']:+.2f} [{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]"
 
@@ -59,8 +63,8 @@ def phi_cell(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True)
-    parser.add_argument("--world-model", type=Path, required=True)
-    parser.add_argument("--progress", type=Path, required=True)
+    parser.add_argument("--world-model", type=Path, default=None, help="needed unless --env physics --no-imagined-eval")
+    parser.add_argument("--progress", type=Path, default=None, help="needed unless --env physics --no-imagined-eval")
     parser.add_argument("--root", type=Path, required=True, help="the dataset whose training episodes give the starts")
     parser.add_argument("--val-episodes", type=int, default=20)
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="grpo")
@@ -81,9 +85,15 @@ def main() -> None:
     parser.add_argument("--real-share", type=float, default=None,
                         help="advantage_conditioned: share of real dataset chunks per batch (1 = the offline ablation)")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")
+    parser.add_argument("--no-imagined-eval", action="store_true",
+                        help="with --env physics: evaluate in physics only (no world model or progress model needed)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/rl_gain"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.no_imagined_eval and args.env != "physics":
+        parser.error("--no-imagined-eval is for --env physics: RL in imagination is evaluated in imagination too")
+    if not args.no_imagined_eval and (args.world_model is None or args.progress is None):
+        parser.error("--world-model and --progress are needed (or --env physics --no-imagined-eval)")
 
     t0 = time.perf_counter()
     for i, seed in enumerate(args.seeds):
@@ -92,10 +102,11 @@ def main() -> None:
         if i > 0 and first.is_file() and not (out / "eval_before.json").exists():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy(first, out / "eval_before.json")  # one evaluation of the base policy serves every seed
-        cfg = RLConfig(policy=args.policy, world_model=args.world_model, progress=args.progress,
+        models = {"world_model": args.world_model, "progress": args.progress}
+        cfg = RLConfig(policy=args.policy, **{k: v for k, v in models.items() if v is not None},
                        dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
                        env=args.env, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
-                       eval_episodes=args.episodes, output_dir=out, seed=seed)
+                       eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval, output_dir=out, seed=seed)
         algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
         changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
         changes |= {"lr": args.lr} if args.lr else {}
@@ -113,16 +124,17 @@ def main() -> None:
     load = lambda seed, when: {k: EpisodeResults(**v) for k, v in json.loads(
         (args.output_dir / f"seed{seed}" / f"eval_{when}.json").read_text()).items()}
     before = load(args.seeds[0], "before")
+    gap = lambda r: f"{rate(r['imagined']) - rate(r['physics']):+.2f}" if "imagined" in r else "n/a"
     lines = ["| run | physics success | imagined success | physics gain | imagined − physics | per-episode phi |",
              "|---|---|---|---|---|---|",
-             (f"| base policy | {cell(before['physics'])} | {cell(before['imagined'])} | | "
-             f"{rate(before['imagined']) - rate(before['physics']):+.2f} | {phi_cell(before)} |")]
+             (f"| base policy | {cell(before['physics'])} | {cell(before.get('imagined'))} | | "
+             f"{gap(before)} | {phi_cell(before)} |")]
     gains = []
     for seed in args.seeds:
         after = load(seed, "after")
         gains.append(rate(after["physics"]) - rate(before["physics"]))
-        lines.append(f"| after RL, seed {seed} | {cell(after['physics'])} | {cell(after['imagined'])} | {gains[-1]:+.2f} | "
-                     f"{rate(after['imagined']) - rate(after['physics']):+.2f} | {phi_cell(after)} |")
+        lines.append(f"| after RL, seed {seed} | {cell(after['physics'])} | {cell(after.get('imagined'))} | "
+                     f"{gains[-1]:+.2f} | {gap(after)} | {phi_cell(after)} |")
     rl_minutes = [sum(r["collect_s"] + r["update_s"] for r in map(json.loads, (
         args.output_dir / f"seed{seed}" / "metrics.jsonl").read_text().splitlines())) / 60 for seed in args.seeds]
     eval_minutes = sum(r.seconds for r in before.values()) / 60
@@ -149,8 +161,9 @@ def main() -> None:
         f"{args.num_envs} physics episodes"))}[args.env]
     write_section(title, command(), "\n\n".join([
         (f"Base policy `{args.policy}`; {args.algorithm} {where} of at most {args.max_steps} steps from the "
-        f"dataset's training-episode starts. Evaluation: {args.episodes} episodes in "
-        f"physics and {args.episodes} in imagination from the same starts (physics seeds 100000 on), deterministic "
+        f"dataset's training-episode starts. Evaluation: {args.episodes} episodes in physics"
+        f"{'' if args.no_imagined_eval else f' and {args.episodes} in imagination from the same starts'} "
+        f"(physics seeds 100000 on), deterministic "
         f"actions (the flow ODE). Success with 95% Wilson intervals; per-episode phi: the correlation of "
         f"imagined and physics outcomes over the paired starts (0: imagination does not tell which episodes fail), "
         f"with a bootstrap 95% interval. RL wall time per seed "

@@ -134,11 +134,18 @@ def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dat
     policy.reset(obs, {}, seeds=seeds)
     assert torch.allclose(plain.actions[0], policy.sample_ode(obs), atol=1e-5)
     env.close()
+    # the control needs no world model or progress model when it is evaluated in physics only
+    cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "physics", env="physics", world_model=tmp_path / "none",
+                    progress=tmp_path / "none", eval_episodes=2, eval_num_envs=2, eval_imagined=False)
     train(cfg)
     record = json.loads((tmp_path / "physics" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["iteration"] == 1 and record["chunks"] >= 4 and record["return"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    report = json.loads((tmp_path / "physics" / "rl_eval.json").read_text())
+    assert set(report["table"]) == {"physics_before", "physics_after"} and report["table"]["physics_after"]["n"] == 2
     with pytest.raises(ValueError, match="drop start_every"):
         rl_config(tiny_dataset, tiny_models, tmp_path, env="physics", start_every=4)
+    with pytest.raises(ValueError, match="eval_imagined=false is for env=physics"):
+        rl_config(tiny_dataset, tiny_models, tmp_path, eval_imagined=False)
 
 
 def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_dataset, tiny_models, tmp_path):

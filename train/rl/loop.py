@@ -71,6 +71,8 @@ class RLConfig:
     success_threshold: float = 0.5
     # Physics and imagined evaluation before and after, from the same matched physics starts.
     eval_episodes: int = 100
+    # The imagined half of that evaluation; off, the physics control needs no world model at all.
+    eval_imagined: bool = True
     eval_num_envs: int = 10
     eval_seed: int = 100_000  # physics seed of start 0; data collection uses seeds from 0 up
     output_dir: Path = Path("outputs/rl")
@@ -92,6 +94,9 @@ class RLConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes=}")
+        if self.env == "imagined" and not self.eval_imagined:
+            raise ValueError("RL in imagination is evaluated in imagination too (its exploitation gap); "
+                             "eval_imagined=false is for env=physics")
 
 
 def make_algorithm(cfg: RLConfig, policy, views: tuple[str, ...]):
