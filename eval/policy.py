@@ -35,6 +35,11 @@ class EpisodeResults:
     success: list[bool]  # per episode
     steps: list[int]  # env steps until the episode ended
     seconds: float  # wall time of all episodes
+    # Per episode, the highest world-model uncertainty (``info["uncertainty"]``) of the steps that did
+    # not end it solved: the episode would have been truncated as a failure by any
+    # ``uncertainty_limit`` below it. 0 where the env knows none (physics; one world-model sample per
+    # chunk); None in results saved before it was recorded.
+    peak_uncertainty: list[float] | None = None
 
 
 def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = None,
@@ -47,7 +52,7 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
     B = env.num_envs
     if getattr(policy, "num_envs", B) != B:
         raise ValueError(f"the policy drives {policy.num_envs} envs, the env has {B}")
-    success, steps = [], []
+    success, steps, peaks = [], [], []
     start_time = time.perf_counter()
     for first in tqdm(range(0, episodes, B), desc=desc, disable=desc is None, leave=False):
         obs, info = env.reset(seed=seed + first)
@@ -56,17 +61,22 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
             recorder.start(obs, info)
         done = torch.zeros(B, dtype=torch.bool)
         solved = torch.zeros(B, dtype=torch.bool)
+        peak = torch.zeros(B)
         while not done.all():
             actions = policy.select_action_chunk(obs)
             obs, reward, terminated, truncated, info = env.step(actions)
             if recorder is not None:
                 recorder.step(actions, reward, terminated, truncated, info)
+            if (uncertainty := info.get("uncertainty")) is not None:
+                peak = torch.where(~done & ~terminated, torch.maximum(peak, torch.as_tensor(uncertainty).float()), peak)
             solved |= terminated & ~done
             done |= terminated | truncated
         n = min(B, episodes - first)
         success += solved[:n].tolist()
         steps += info["steps"][:n].tolist()
-    return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time)
+        peaks += peak[:n].tolist()
+    return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time,
+                          peak_uncertainty=peaks)
 
 
 @dataclass

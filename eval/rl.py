@@ -29,24 +29,29 @@ log = logging.getLogger(__name__)
 
 def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, episodes: int, seed: int,
                          num_envs: int, world_model: Path, progress: Path, stats_root=None, device: str = "cpu",
-                         imagined: bool = True, desc: str = "", success_threshold: float = 0.5) -> dict[str, EpisodeResults]:
+                         imagined: bool = True, desc: str = "", success_threshold: float = 0.5,
+                         physics: bool = True, **imagined_config) -> dict[str, EpisodeResults]:
     """Success of ``policy`` over ``episodes`` physics episodes (seeds seed, seed + 1, ...) and, with
-    ``imagined``, over the imagined episodes from the same starts (the horizon is physics')."""
+    ``imagined``, over the imagined episodes from the same starts (the horizon is physics').
+    ``physics`` False skips the physics episodes (results already at hand); ``imagined_config``
+    holds further ``ImaginedEnvConfig`` fields (``num_samples``, ``sampling_steps``, ...)."""
     from simulator.env import ImaginedEnv
     from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 
     was_stochastic = getattr(policy, "stochastic", False)
     policy.stochastic = False
     results = {}
-    physics = PhysicsEnv(PhysicsEnvConfig(task=task, num_envs=num_envs, views=views, height=size, width=size))
+    physics_env = PhysicsEnv(PhysicsEnvConfig(task=task, num_envs=num_envs, views=views, height=size, width=size))
+    max_steps = physics_env.max_steps
     with torch.no_grad():
-        results["physics"] = run_episodes(physics, policy, episodes, seed, f"{desc} physics")
-        physics.close()
+        if physics:
+            results["physics"] = run_episodes(physics_env, policy, episodes, seed, f"{desc} physics")
+        physics_env.close()
         if imagined:
             starts = matched_starts(task, views, size, episodes, seed, num_envs)
             env = ImaginedEnv.from_pretrained(world_model, progress, starts, views, stats_root=stats_root,
-                                              device=device, num_envs=num_envs, max_steps=physics.max_steps,
-                                              success_threshold=success_threshold)
+                                              device=device, num_envs=num_envs, max_steps=max_steps,
+                                              success_threshold=success_threshold, **imagined_config)
             results["imagined"] = run_episodes(env, policy, episodes, 0, f"{desc} imagined")
     policy.stochastic = was_stochastic
     return results
@@ -87,6 +92,15 @@ def agreement(physics: EpisodeResults, imagined: EpisodeResults) -> dict:
     phi = pearson(p.float(), i.float()) if len(p) >= 3 else float("nan")  # the phi coefficient is Pearson's on 0/1
     ci = bootstrap_interval(p.float(), i.float(), pearson) if len(p) >= 3 else (float("nan"),) * 2
     return {k: int(v.sum()) for k, v in counts.items()} | {"phi": phi, "phi_ci95": list(ci)}
+
+
+def under_uncertainty_limit(results: EpisodeResults, limit: float) -> list[bool]:
+    """Each episode's success as the imagined env with ``uncertainty_limit=limit`` would have given
+    it: a solved episode whose world model spread past ``limit`` before it was solved would have
+    been truncated there, a failure (the policy's actions up to then do not depend on the limit)."""
+    if results.peak_uncertainty is None or len(results.peak_uncertainty) != len(results.success):
+        raise ValueError("these results carry no per-episode peak uncertainty (re-run them with this version)")
+    return [s and p <= limit for s, p in zip(results.success, results.peak_uncertainty)]
 
 
 def summary(before: dict, after: dict) -> dict:

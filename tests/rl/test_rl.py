@@ -226,3 +226,28 @@ def test_the_console_script_lists_every_algorithm():
     out = subprocess.run([sys.executable, "-m", "train.rl.loop", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--algorithm" in out.stdout and "--grpo.group_size" in out.stdout and "--ppo.gae_lambda" in out.stdout
+
+
+def test_an_uncertainty_limit_applied_afterwards_matches_the_env_that_truncates(tiny_models, tmp_path):
+    """The imagined env's ``uncertainty_limit`` truncates an episode as a failure once the world
+    model's spread passes it; ``under_uncertainty_limit`` re-scores an unlimited run the same way."""
+    from eval.rl import physics_and_imagined, under_uncertainty_limit
+
+    torch.manual_seed(1)
+    progress = ProgressModel.from_pretrained(tiny_models / "progress")
+    with torch.no_grad():  # a random success head that depends on the frames, so episodes end at different steps
+        for p in progress.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    progress.save_pretrained(tmp_path / "progress")
+    policy = FlowPolicy.from_pretrained(tiny_models / "policy")
+    run = lambda **kw: physics_and_imagined(
+        policy, ("front", "wrist"), SIZE, "lift", 8, 100_000, 4, tiny_models / "world_model", tmp_path / "progress",
+        physics=False, success_threshold=0.01, num_samples=2, sampling_steps=2, **kw)["imagined"]
+    free = run()
+    assert 0 < sum(free.success) < 8 and len(set(free.steps)) > 2  # episodes solved at different steps
+    assert all(p > 0 for p in free.peak_uncertainty)  # the two samples of a chunk differ
+    solved = sorted(p for s, p in zip(free.success, free.peak_uncertainty) if s)
+    for limit in (solved[0] - 1e-7, solved[len(solved) // 2] - 1e-7):  # truncates all, then half, of the solved ones
+        limited = run(uncertainty_limit=limit)
+        assert limited.success == under_uncertainty_limit(free, limit)
+        assert sum(limited.success) < sum(free.success)
