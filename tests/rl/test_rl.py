@@ -1,6 +1,7 @@
 """The RL maths against hand computations, and whole RL runs on tiny real models and a tiny dataset."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -251,3 +252,27 @@ def test_an_uncertainty_limit_applied_afterwards_matches_the_env_that_truncates(
         limited = run(uncertainty_limit=limit)
         assert limited.success == under_uncertainty_limit(free, limit)
         assert sum(limited.success) < sum(free.success)
+    # the benchmark's table, by hand: the no-limit row and then tighter limits that solve fewer
+    from benchmarks.imagined_uncertainty import default_limits, rows
+    from eval.policy import EpisodeResults
+
+    physics = EpisodeResults(success=[i % 2 == 0 for i in range(8)], steps=[120] * 8, seconds=0.0)
+    table = rows(physics, free, default_limits(free))
+    assert math.isinf(table[0]["limit"]) and table[0]["solved"] == sum(free.success)
+    both = sum(p and i for p, i in zip(physics.success, free.success))
+    assert table[0]["precision"] == pytest.approx(both / sum(free.success))
+    assert [r["solved"] for r in table] == sorted((r["solved"] for r in table), reverse=True)
+
+
+def test_the_uncertainty_benchmark_runs_and_prints_its_table(tiny_models, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.imagined_uncertainty", "--policy", str(tiny_models / "policy"),
+                          "--world-model", str(tiny_models / "world_model"), "--progress", str(tiny_models / "progress"),
+                          "--episodes", "2", "--num-envs", "2", "--output-dir", str(tmp_path), "--no-write"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| uncertainty limit |" in out.stdout and (tmp_path / "uncertainty_limits.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "episodes.json").read_text())
+    assert len(saved["physics"]["success"]) == len(saved["imagined"]["peak_uncertainty"]) == 2
