@@ -101,6 +101,15 @@ def test_one_iteration_of_every_algorithm_runs_and_changes_the_policy(algorithm,
     assert record["iteration"] == 1 and record["chunks"] >= 4 and 0.0 <= record["success"] <= 1.0
 
 
+def test_rl_in_imagination_truncates_episodes_past_the_uncertainty_limit(tiny_dataset, tiny_models, tmp_path):
+    kw = dict(algorithm="advantage_conditioned", num_samples=2, sampling_steps=2)
+    train(rl_config(tiny_dataset, tiny_models, tmp_path / "free", **kw))
+    train(rl_config(tiny_dataset, tiny_models, tmp_path / "limited", uncertainty_limit=1e-9, **kw))
+    free, limited = (json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("free", "limited"))
+    assert free["chunks"] == 4 * 2  # 4 envs, 16 steps: two chunks each, none solved by the tiny progress model
+    assert limited["chunks"] == 4 and limited["success"] == 0.0  # every episode truncated after its first chunk
+
+
 def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dataset, tiny_models, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -170,6 +179,8 @@ def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_datas
 def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
     with pytest.raises(ValueError, match="unknown self.algorithm='dqn'"):
         rl_config(tiny_dataset, tiny_models, tmp_path, algorithm="dqn")
+    with pytest.raises(ValueError, match="uncertainty_limit needs num_samples >= 2"):
+        rl_config(tiny_dataset, tiny_models, tmp_path, uncertainty_limit=0.01)
     with pytest.raises(ValueError, match="multiple of the group size"):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "odd", num_envs=3))
     with pytest.raises(TypeError, match="which grpo needs"):

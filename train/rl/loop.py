@@ -68,6 +68,11 @@ class RLConfig:
     max_steps: int = 80  # imagined horizon in env steps: short rollouts from real frames
     start_every: int | None = None  # also start from every n-th frame inside the episodes (keyframes)
     sampling_steps: int = 1  # world-model denoising steps per chunk
+    # World-model samples per chunk; with >= 2 (and >= 2 sampling steps) an imagined episode is
+    # truncated as a failure once their spread passes uncertainty_limit (benchmarks.imagined_uncertainty
+    # measures which limit, if any, tells the imagined successes that physics fails).
+    num_samples: int = 1
+    uncertainty_limit: float | None = None
     success_threshold: float = 0.5
     # Physics and imagined evaluation before and after, from the same matched physics starts.
     eval_episodes: int = 100
@@ -89,9 +94,15 @@ class RLConfig:
             raise ValueError("env=physics starts only where episodes start (their seeds); drop start_every")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown {self.algorithm=}; choose one of {ALGORITHMS}")
-        for name in ("iterations", "num_envs", "max_steps", "eval_num_envs", "sampling_steps"):
+        for name in ("iterations", "num_envs", "max_steps", "eval_num_envs", "sampling_steps", "num_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
+        if self.env == "imagined":  # the imagined env's own checks, before any evaluation runs
+            from simulator.env import ImaginedEnvConfig
+
+            ImaginedEnvConfig(num_envs=self.num_envs, max_steps=self.max_steps, sampling_steps=self.sampling_steps,
+                              num_samples=self.num_samples, uncertainty_limit=self.uncertainty_limit,
+                              success_threshold=self.success_threshold)
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes=}")
         if self.env == "imagined" and not self.eval_imagined:
@@ -150,7 +161,8 @@ def make_env(cfg: RLConfig, views: tuple[str, ...], size: int):
     starts = StartFrames.from_dataset(clips, train_episodes, every=cfg.start_every)
     env = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
                                       device=cfg.device, num_envs=cfg.num_envs, max_steps=cfg.max_steps,
-                                      sampling_steps=cfg.sampling_steps, success_threshold=cfg.success_threshold)
+                                      sampling_steps=cfg.sampling_steps, success_threshold=cfg.success_threshold,
+                                      num_samples=cfg.num_samples, uncertainty_limit=cfg.uncertainty_limit)
     return env, len(starts)
 
 
