@@ -29,8 +29,9 @@ from eval.success import wilson_interval
 from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 
 # Settings of one algorithm that this script passes on (flag name = config field).
-ALGORITHM_FLAGS = {"kl_target": "grpo", "max_step_kl": "grpo", "episode_weights": "grpo",
-                   "real_share": "advantage_conditioned"}
+ALGORITHM_FLAGS = {"kl_target": ("grpo",), "max_step_kl": ("grpo",), "episode_weights": ("grpo",),
+                   "real_share": ("advantage_conditioned", "filtered_imitation"),
+                   "real_successes_only": ("filtered_imitation",)}
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -83,7 +84,10 @@ def main() -> None:
     parser.add_argument("--episode-weights", action="store_true", default=None,
                         help="grpo: every episode weighs the same, whatever its length")
     parser.add_argument("--real-share", type=float, default=None,
-                        help="advantage_conditioned: share of real dataset chunks per batch (1 = the offline ablation)")
+                        help="advantage_conditioned, filtered_imitation: share of real dataset chunks per batch "
+                             "(1 = the offline ablation)")
+    parser.add_argument("--real-successes-only", action="store_true", default=None,
+                        help="filtered_imitation: the real share from the dataset's successful episodes only")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")
     parser.add_argument("--no-imagined-eval", action="store_true",
                         help="with --env physics: evaluate in physics only (no world model or progress model needed)")
@@ -110,10 +114,10 @@ def main() -> None:
         algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
         changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
         changes |= {"lr": args.lr} if args.lr else {}
-        for name, algorithm in ALGORITHM_FLAGS.items():
+        for name, algorithms in ALGORITHM_FLAGS.items():
             if getattr(args, name) is not None:
-                if args.algorithm != algorithm:
-                    parser.error(f"--{name.replace('_', '-')} is a {algorithm} setting")
+                if args.algorithm not in algorithms:
+                    parser.error(f"--{name.replace('_', '-')} is a setting of {' and '.join(algorithms)}")
                 changes[name] = getattr(args, name)
         setattr(cfg, args.algorithm, replace(algo, **changes))
         train(cfg)

@@ -107,7 +107,7 @@ def flow_sde_step(x: Tensor, v: Tensor, t: float, s: float, noise_level: float, 
 
 
 LIKELIHOOD_ALGORITHMS = ("grpo", "ppo")  # RL algorithms that need log-probabilities of the policy's samples
-OTHER_ALGORITHMS = ("advantage_conditioned",)  # RL algorithms that train with the policy's own loss
+OTHER_ALGORITHMS = ("advantage_conditioned", "filtered_imitation")  # RL algorithms that train with the policy's own loss
 
 
 def no_log_prob_message(policy_name: str, needed_by: str) -> str:

@@ -291,3 +291,43 @@ def test_advantage_conditioned_mixes_real_frames_labelled_by_success(tiny_datase
     offline = AdvantageConditionedConfig(group_size=2, real_share=1.0, steps_per_iteration=1, batch_size=8)
     metrics = AdvantageConditioned(tiny_policy(), offline, VIEWS, frames=frames).update(make_rollouts(None), torch.Generator())
     assert metrics["real_share"] == 1.0  # the ablation: no imagined chunk in the batches
+
+
+def test_filtered_imitation_trains_on_the_better_episodes_only_and_keeps_the_plain_task():
+    from train.rl.filtered_imitation import FilteredImitation, FilteredImitationConfig
+
+    policy = tiny_policy()
+    cfg = FilteredImitationConfig(group_size=2, real_share=0.0, steps_per_iteration=5, batch_size=9, lr=1e-2, shift=0)
+    algorithm = FilteredImitation(policy, cfg, VIEWS)
+    rollouts, gen = make_rollouts(None), torch.Generator().manual_seed(0)
+    better = (group_advantages(rollouts.returns, 2)[0] > 0)  # one episode of each group of two
+    t, b = torch.nonzero(rollouts.alive & better[None], as_tuple=True)
+    obs = rollouts.observation(t, b, VIEWS)
+    loss = lambda: policy.loss(obs, rollouts.actions[t, b], None, torch.Generator().manual_seed(1)).item()
+    with torch.no_grad():
+        before = loss()
+    for _ in range(3):
+        metrics = algorithm.update(rollouts, gen)
+    assert metrics["samples"] == int(rollouts.alive[:, better].sum()) < int(rollouts.alive.sum())
+    with torch.no_grad():
+        assert loss() < 0.85 * before  # it imitates the better episodes' chunks under the plain task
+    assert policy.task_suffix == "" and all(not t.endswith(advantage_words(0)) for t in obs[keys.TASK])
+
+
+def test_filtered_imitation_draws_real_chunks_from_successful_episodes_when_asked(tiny_dataset):
+    from train.rl.filtered_imitation import FilteredImitation, FilteredImitationConfig
+
+    frames = real_frames(DatasetConfig(root=tiny_dataset, val_episodes=1), VIEWS, H)
+    cfg = FilteredImitationConfig(group_size=2, real_share=1.0, real_successes_only=True, steps_per_iteration=1,
+                                  batch_size=8)
+    algorithm = FilteredImitation(tiny_policy(), cfg, VIEWS, frames=frames)
+    assert torch.equal(algorithm.real_pool, torch.nonzero(frames.success).flatten()) and 0 < len(algorithm.real_pool)
+    assert len(algorithm.real_pool) < len(frames)  # the tiny dataset has failures too, left out
+    g = torch.Generator().manual_seed(0)
+    real = algorithm._real(200, g)
+    assert real["bins"].eq(1).all()  # every drawn chunk comes from a successful episode
+    everything = FilteredImitation(tiny_policy(), FilteredImitationConfig(group_size=2, real_share=1.0), VIEWS,
+                                   frames=frames)
+    assert not everything._real(200, torch.Generator().manual_seed(0))["bins"].eq(1).all()
+    with pytest.raises(ValueError, match="real_share"):
+        FilteredImitationConfig(real_share=2.0)

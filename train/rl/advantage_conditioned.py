@@ -145,6 +145,7 @@ class AdvantageConditioned(Algorithm):
             if tuple(frames.views) != self.views:
                 raise ValueError(f"the real frames hold the views {tuple(frames.views)}, the policy reads {self.views}")
         self.frames = frames if config.real_share > 0 else None
+        self.real_pool: Tensor | None = None  # the frames the real share draws from (None: every frame)
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
         self.updates = 0
 
@@ -159,7 +160,7 @@ class AdvantageConditioned(Algorithm):
         cfg = self.config
         advantages, kept = group_advantages(rollouts.returns, cfg.group_size)
         episode_bins = advantage_bins(advantages, cfg.bins)  # (B,)
-        t_idx, b_idx = torch.nonzero(rollouts.alive & kept[None], as_tuple=True)
+        t_idx, b_idx = torch.nonzero(rollouts.alive & self._trained(kept, episode_bins)[None], as_tuple=True)
         n_real = round(cfg.real_share * cfg.batch_size) if self.frames is not None else 0
         n_imagined = cfg.batch_size - n_real if len(t_idx) else 0
         metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx),
@@ -184,9 +185,19 @@ class AdvantageConditioned(Algorithm):
                 totals["grad_norm"] += float(grad_norm) / cfg.steps_per_iteration
         finally:
             self.policy.eval()
-            self.policy.set_task_suffix(advantage_words(self.top_bin))  # act as the best bin
+            self.policy.set_task_suffix(self._acting_suffix())
         self.updates += 1
         return metrics | totals | {"real_share": n_real / (n_real + n_imagined)}
+
+    def _trained(self, kept: Tensor, episode_bins: Tensor) -> Tensor:
+        """(B,) bool: the episodes whose chunks the policy trains on (every kept one, each with its bin)."""
+        return kept
+
+    def _acting_suffix(self) -> str:
+        return advantage_words(self.top_bin)  # act as the best bin
+
+    def _condition(self, tasks: list[str], bins: Tensor, generator: torch.Generator) -> list[str]:
+        return conditioned_tasks(tasks, bins, self.config.dropout, generator)
 
     def _imagined(self, rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor, episode_bins: Tensor, n: int,
                   generator: torch.Generator) -> dict | None:
@@ -205,7 +216,9 @@ class AdvantageConditioned(Algorithm):
         if n == 0:
             return None
         f = self.frames
-        pick = torch.randint(len(f), (n,), generator=generator)
+        pool = self.real_pool
+        pick = torch.randint(len(f) if pool is None else len(pool), (n,), generator=generator)
+        pick = pick if pool is None else pool[pick]
         return {"images": f.frames[pick], "state": f.state[pick].float(), "task": [f.task[i] for i in pick.tolist()],
                 "actions": f.actions[pick].float(), "mask": f.action_mask[pick],
                 "bins": success_bins(f.success[pick], self.config.bins)}
@@ -220,8 +233,7 @@ class AdvantageConditioned(Algorithm):
                 raise ValueError(f"imagined and real chunks differ in {key} shape: {sorted(shapes)}")
         images = torch.cat([p["images"] for p in parts]).float() / 255.0  # (n, V, 3, h, w)
         images = random_shift(images.flatten(0, 1), self.config.shift, generator).view(images.shape)
-        tasks = conditioned_tasks([t for p in parts for t in p["task"]], torch.cat([p["bins"] for p in parts]),
-                                  self.config.dropout, generator)
+        tasks = self._condition([t for p in parts for t in p["task"]], torch.cat([p["bins"] for p in parts]), generator)
         obs = {keys.image_key(v): images[:, i] for i, v in enumerate(self.views)}
         obs |= {keys.STATE: torch.cat([p["state"] for p in parts]), keys.TASK: tasks}
         return obs, torch.cat([p["actions"] for p in parts]), torch.cat([p["mask"] for p in parts])
@@ -233,4 +245,4 @@ class AdvantageConditioned(Algorithm):
         self.opt.load_state_dict(state["opt"])
         self.updates = state["updates"]
         if self.updates:  # the suffix lives in the policy's config, which a weights-only restore loses
-            self.policy.set_task_suffix(advantage_words(self.top_bin))
+            self.policy.set_task_suffix(self._acting_suffix())

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from data.clips import DemoSplitDatasetConfig
 from policy.base import LIKELIHOOD_ALGORITHMS, OTHER_ALGORITHMS
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
+from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.base import collect
 from train.rl.grpo import GRPO, GRPOConfig
 from train.rl.ppo import PPO, PPOConfig
@@ -56,13 +57,14 @@ class RLConfig:
     dataset: DemoSplitDatasetConfig = field(default_factory=DemoSplitDatasetConfig)
     stats_root: Path | None = None  # for world models saved without normalization.json
     task: str = "lift"
-    algorithm: str = "grpo"  # grpo | ppo | advantage_conditioned
+    algorithm: str = "grpo"  # grpo | ppo | advantage_conditioned | filtered_imitation
     # Where the rollouts run: "imagined" (the point) or "physics", the control that tells an
     # algorithm that cannot improve the policy from a world model that cannot show it how.
     env: str = "imagined"
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     advantage_conditioned: AdvantageConditionedConfig = field(default_factory=AdvantageConditionedConfig)
+    filtered_imitation: FilteredImitationConfig = field(default_factory=FilteredImitationConfig)
     iterations: int = 20
     num_envs: int = 32  # imagined episodes per iteration
     max_steps: int = 80  # imagined horizon in env steps: short rollouts from real frames
@@ -116,9 +118,13 @@ def make_algorithm(cfg: RLConfig, policy, views: tuple[str, ...]):
         return GRPO(policy, cfg.grpo, views)
     if cfg.algorithm == "ppo":
         return PPO(policy, cfg.ppo, views)
+    # their real share trains on the dataset's training episodes, labelled by success
+    if cfg.algorithm == "filtered_imitation":
+        from train.rl.filtered_imitation import FilteredImitation
+
+        return FilteredImitation(policy, cfg.filtered_imitation, views, dataset=cfg.dataset)
     from train.rl.advantage_conditioned import AdvantageConditioned
 
-    # its real share trains on the dataset's training episodes, labelled by success
     return AdvantageConditioned(policy, cfg.advantage_conditioned, views, dataset=cfg.dataset)
 
 

@@ -1,0 +1,70 @@
+"""Reward-filtered imitation in imagination (RAFT, ReST; the fine-tuning on successful imagined
+rollouts with which Ctrl-World improves a policy inside its world model).
+
+The simplest policy improvement without likelihoods: each iteration, groups of ``group_size``
+episodes start from identical frames (as GRPO), the policy acting as it normally does (its ODE
+from fresh noise); the episodes that beat their group's mean return are kept and the policy
+trains with its own flow-matching loss on their chunks, nothing else about them. A share of
+each batch (``real_share``) comes from the dataset, as the anchor to real data; with
+``real_successes_only`` only from its successful episodes, which by itself is filtered
+behaviour cloning: ``real_share`` 1 is that offline ablation, the gain without any rollout.
+
+It is ``advantage_conditioned`` with two bins, without the conditioning: the bottom bin is
+dropped instead of being told apart by words, so the policy's plain task changes meaning.
+
+Dimension legend: B envs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from train.rl.advantage_conditioned import AdvantageConditioned, AdvantageConditionedConfig
+
+
+@dataclass
+class FilteredImitationConfig:
+    group_size: int = 8  # envs per group (the same start frames)
+    real_share: float = 0.5  # share of each batch from the dataset (1 = offline, the rollouts unused)
+    real_successes_only: bool = False  # the real share from successful episodes only (filtered BC)
+    steps_per_iteration: int = 20  # gradient steps per update
+    batch_size: int = 64  # chunks per gradient step, rollouts and real together
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    shift: int = 4  # random image shift in pixels (DrQ), as in behaviour cloning (0 = none)
+
+    def __post_init__(self):  # the same bounds as advantage conditioning's
+        AdvantageConditionedConfig(group_size=self.group_size, real_share=self.real_share,
+                                   steps_per_iteration=self.steps_per_iteration, batch_size=self.batch_size,
+                                   lr=self.lr, grad_clip=self.grad_clip, shift=self.shift)
+
+    def conditioned(self) -> AdvantageConditionedConfig:
+        """The advantage-conditioned settings this algorithm runs with: two bins, no words."""
+        return AdvantageConditionedConfig(group_size=self.group_size, bins=2, dropout=0.0, real_share=self.real_share,
+                                          steps_per_iteration=self.steps_per_iteration, batch_size=self.batch_size,
+                                          lr=self.lr, grad_clip=self.grad_clip, shift=self.shift)
+
+
+class FilteredImitation(AdvantageConditioned):
+    name = "filtered_imitation"
+    needs_log_prob = False
+
+    def __init__(self, policy, config: FilteredImitationConfig, views: tuple[str, ...], dataset=None, frames=None):
+        super().__init__(policy, config.conditioned(), views, dataset=dataset, frames=frames)
+        self.filter_config = config
+        if self.frames is not None and config.real_successes_only:
+            self.real_pool = torch.nonzero(self.frames.success).flatten()
+            if len(self.real_pool) == 0:
+                raise ValueError("real_successes_only, but no training episode of the dataset succeeded")
+
+    def _trained(self, kept: Tensor, episode_bins: Tensor) -> Tensor:
+        return kept & (episode_bins == self.top_bin)  # the better-than-average episodes only
+
+    def _acting_suffix(self) -> str:
+        return ""
+
+    def _condition(self, tasks: list[str], bins: Tensor, generator: torch.Generator) -> list[str]:
+        return tasks
