@@ -93,12 +93,20 @@ def main() -> None:
     parser.add_argument("--physics-results", type=Path, default=None,
                         help="reuse the physics episodes of an evaluation with the same policy, seed and episodes "
                              "(a reverie-rl eval_before.json)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="re-score the episodes an earlier run saved in --output-dir instead of running them")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/imagined_uncertainty"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.num_samples < 2 or args.sampling_steps < 2:
         parser.error("the uncertainty is the spread of >= 2 samples, each of >= 2 sampling steps")
 
+    saved = args.output_dir / "episodes.json"
+    if args.reuse:
+        if not saved.is_file():
+            parser.error(f"--reuse: {saved} does not exist; run once without --reuse")
+        episodes = {k: EpisodeResults(**v) for k, v in json.loads(saved.read_text()).items()}
+        return report(args, episodes["physics"], episodes["imagined"])
     policy = load_policy(args.policy, args.task, num_envs=args.num_envs)
     views, size = camera_views(policy)
     physics = None
@@ -112,8 +120,12 @@ def main() -> None:
     physics = results.get("physics", physics)
     imagined = results["imagined"]
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "episodes.json").write_text(json.dumps({"physics": asdict(physics),
-                                                               "imagined": asdict(imagined)}))
+    saved.write_text(json.dumps({"physics": asdict(physics), "imagined": asdict(imagined)}))
+    report(args, physics, imagined)
+
+
+def report(args, physics: EpisodeResults, imagined: EpisodeResults) -> None:
+    """The table, the figure and (unless --no-write) the section of docs/benchmarks.md."""
     table = rows(physics, imagined, default_limits(imagined))
     (args.output_dir / "limits.json").write_text(json.dumps(table, indent=1))
     physics_rate = sum(physics.success) / len(physics.success)
@@ -124,7 +136,7 @@ def main() -> None:
     lines = ["| uncertainty limit | imagined success | physics success of the imagined successes | per-episode phi |",
              "|---|---|---|---|"]
     for r in table:
-        limit = "none" if math.isinf(r["limit"]) else f"{r['limit']:.5f}"
+        limit = "none" if math.isinf(r["limit"]) else f"{r['limit']:.3e}"
         phi = "n/a" if math.isnan(r["phi"]) else f"{r['phi']:+.2f} [{r['phi_ci95'][0]:+.2f}, {r['phi_ci95'][1]:+.2f}]"
         lines.append(f"| {limit} | {r['imagined']:.2f} ({r['solved']}) | {r['precision']:.2f} | {phi} |")
     verdict = (f"Physics success {k / len(physics.success):.2f} [{lo:.2f}, {hi:.2f}] over {len(physics.success)} "
