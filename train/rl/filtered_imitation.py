@@ -36,10 +36,8 @@ class FilteredImitationConfig:
     grad_clip: float = 1.0
     shift: int = 4  # random image shift in pixels (DrQ), as in behaviour cloning (0 = none)
 
-    def __post_init__(self):  # the same bounds as advantage conditioning's
-        AdvantageConditionedConfig(group_size=self.group_size, real_share=self.real_share,
-                                   steps_per_iteration=self.steps_per_iteration, batch_size=self.batch_size,
-                                   lr=self.lr, grad_clip=self.grad_clip, shift=self.shift)
+    def __post_init__(self):
+        self.conditioned()  # the same bounds as advantage conditioning's
 
     def conditioned(self) -> AdvantageConditionedConfig:
         """The advantage-conditioned settings this algorithm runs with: two bins, no words."""
