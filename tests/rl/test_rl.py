@@ -12,6 +12,7 @@ from simulator.env import NORMALIZATION_FILE
 from simulator.progress import ProgressModel
 from simulator.world_model import WorldModel
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
+from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.base import clipped_surrogate, gae, group_advantages, kl_k3
 from train.rl.grpo import GRPOConfig
 from train.rl.loop import ALGORITHMS, RLConfig, train
@@ -87,7 +88,8 @@ def rl_config(tiny_dataset, models, out, **kw) -> RLConfig:
     settings = dict(policy=models / "policy", world_model=models / "world_model", progress=models / "progress",
                     dataset=DatasetConfig(root=tiny_dataset, val_episodes=1), stats_root=tiny_dataset, iterations=1,
                     num_envs=4, max_steps=16, eval_episodes=0, output_dir=out, grpo=GRPOConfig(group_size=2, min_return_std=0.0),
-                    advantage_conditioned=AdvantageConditionedConfig(group_size=2, steps_per_iteration=2, batch_size=8))
+                    advantage_conditioned=AdvantageConditionedConfig(group_size=2, steps_per_iteration=2, batch_size=8),
+                    filtered_imitation=FilteredImitationConfig(group_size=2, steps_per_iteration=2, batch_size=8))
     return RLConfig(**settings | kw)
 
 
