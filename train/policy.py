@@ -72,6 +72,11 @@ class TrainPolicyConfig(loop.LoopConfig):
     diffusion: dict[str, Any] = field(default_factory=dict)
     episodes: str = "all"  # all | success: which training episodes are cloned
     shift: int = 4  # random image shift in pixels for the flow policy (0 = none)
+    # A world model whose re-generations of the training episodes (open loop from their first
+    # frames, their recorded actions) the policy also clones: frames and states as the imagined env
+    # shows them, so that it acts in imagination as it does in physics. None = real frames only.
+    world_model: Path | None = None
+    regenerated_prob: float = 0.5  # share of samples read from the re-generations (with world_model)
     output_dir: Path = Path("outputs/policy")
     steps: int = 3000
     batch_size: int = 64
@@ -88,6 +93,12 @@ class TrainPolicyConfig(loop.LoopConfig):
             raise ValueError(f"episodes must be one of {EPISODE_CHOICES}, got {self.episodes=}")
         if self.shift < 0:
             raise ValueError(f"shift must be >= 0, got {self.shift=}")
+        if not 0 <= self.regenerated_prob <= 1:
+            raise ValueError(f"regenerated_prob must be in [0, 1], got {self.regenerated_prob=}")
+        if self.world_model is not None:
+            self.world_model = Path(self.world_model)
+            if not (self.world_model / "config.json").is_file():
+                raise FileNotFoundError(f"--world_model {self.world_model} is not a saved world model (no config.json)")
         if self.policy_type not in POLICY_TYPES:
             raise ValueError(f"policy_type must be one of {POLICY_TYPES}, got {self.policy_type=}")
         if self.diffusion and self.policy_type != "diffusion":
@@ -174,7 +185,10 @@ class FrameTable:
 
     With ``with_success`` it also holds ``success`` (N,) bool, the label of each frame's episode
     (``keys.EPISODE_SUCCESS``), which advantage-conditioned RL turns into the frame's bin
-    (``train.rl.advantage_conditioned``); otherwise ``success`` is None."""
+    (``train.rl.advantage_conditioned``); otherwise ``success`` is None.
+
+    ``regenerate`` adds the episodes as a world model re-imagines them; a batch then reads each
+    sample's frames and state from the re-generation with probability ``regenerated_prob``."""
 
     def __init__(self, clips, chunk_size: int, with_success: bool = False):
         rows = [clips._rows[ep] for ep in clips.episodes]
@@ -192,6 +206,37 @@ class FrameTable:
         self.task = [clips.tasks[int(i)] for i in clips.task_of]
         self.views = clips.views
         self.success = episode_success(clips) if with_success else None
+        self._rows = rows
+        self.regenerated_frames: torch.Tensor | None = None  # (N, V, 3, h, w) uint8, as frames
+        self.regenerated_state: torch.Tensor | None = None  # (N, S), as state
+
+    def regenerate(self, world_model: Path, stats_root: Path | None, device: torch.device, batch_size: int = 32) -> None:
+        """Fills the re-generations: each episode re-imagined by ``world_model`` open loop from its
+        first frame, with the imagined env's default sampler (its steps and still-pixel threshold)."""
+        from simulator.env import ImaginedEnvConfig, load_normalizer
+        from simulator.world_model import WorldModel, WorldModelSampler
+        from simulator.world_model.sampler import regenerate_episodes
+
+        model = WorldModel.from_pretrained(world_model).to(device).eval()
+        V, _, h, _ = self.frames.shape[1:]
+        if (model.spec.views, model.spec.image_size) != (V, h):
+            raise ValueError(f"the world model {world_model} imagines {model.spec.views} views of "
+                             f"{model.spec.image_size}px, the dataset has {V} of {h}px")
+        env = ImaginedEnvConfig()
+        sampler = WorldModelSampler(model, num_steps=env.sampling_steps, still_threshold=env.still_threshold)
+        episodes = [(self.frames[a:b].transpose(0, 1), self.actions[a:b, 0], self.state[a:b]) for a, b in self._rows_local()]
+        out = regenerate_episodes(sampler, episodes, load_normalizer(world_model, stats_root), batch_size=batch_size,
+                                  with_states=True)
+        self.regenerated_frames = torch.cat([f.transpose(0, 1) for f, _ in out])
+        self.regenerated_state = torch.cat([s for _, s in out]).to(self.state.dtype)
+
+    def _rows_local(self) -> list[tuple[int, int]]:
+        """Each episode's (first, end) rows in this table."""
+        bounds, first = [], 0
+        for a, b in self._rows:
+            bounds.append((first, first + b - a))
+            first += b - a
+        return bounds
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -203,7 +248,13 @@ class FrameTable:
         while True:
             epoch, offset = divmod(step, per_epoch)
             for idx in loop.epoch_batches(len(self), cfg.batch_size, world, cfg.seed, epoch)[offset:, rank]:
-                yield {"frames": self.frames[idx].float() / 255.0, "state": self.state[idx],
+                frames, state = self.frames[idx], self.state[idx]
+                if self.regenerated_frames is not None:
+                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 131 + rank + 7)
+                    pick = torch.rand(len(idx), generator=gen) < cfg.regenerated_prob
+                    frames = torch.where(pick.view(-1, 1, 1, 1, 1), self.regenerated_frames[idx], frames)
+                    state = torch.where(pick[:, None], self.regenerated_state[idx], state)
+                yield {"frames": frames.float() / 255.0, "state": state,
                        "action": self.actions[idx], "action_mask": self.action_mask[idx],
                        "task": [self.task[i] for i in idx.tolist()]}
                 step += 1
@@ -262,6 +313,8 @@ def train(cfg: TrainPolicyConfig) -> Path:
 
         def save_model(policy, folder: Path) -> None:  # a lerobot checkpoint, processors included
             LerobotPolicy(policy, preprocessor, postprocessor).save_pretrained(folder)
+    if cfg.world_model is not None:
+        data.regenerate(cfg.world_model, cfg.dataset.root, accelerator.device)
     model, ema, opt, sched, step = loop.prepare(accelerator, cfg, model, asdict(cfg), "policy")
     log.info("policy: %.2fM parameters, %d episodes (%s), %d frames, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(episodes), cfg.episodes, len(data), step)

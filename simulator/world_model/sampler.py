@@ -112,14 +112,16 @@ class WorldModelSampler:
 
 @torch.no_grad()
 def regenerate_episodes(sampler: WorldModelSampler, episodes: list[tuple[Tensor, Tensor, Tensor]], normalizer,
-                        batch_size: int = 32, seed: int = 0, desc: str | None = "re-generate episodes") -> list[Tensor]:
+                        batch_size: int = 32, seed: int = 0, desc: str | None = "re-generate episodes",
+                        with_states: bool = False) -> list:
     """Whole episodes re-imagined by the world model from their first frames and recorded actions.
 
     ``episodes``: (frames (V, N, 3, h, w) uint8, actions (N, A) raw, states (N, S) raw) each. Each is
     rolled out open loop from its first frame (earlier context frames repeat it, as training pads
     them) with its own actions; returns (V, N, 3, h, w) uint8 per episode: the real first frame,
     then the imagined ones. Needs a model of frame stride 1 (one frame per action). ``normalizer``:
-    a ``data.clips.Normalizer`` with the statistics the model was trained with.
+    a ``data.clips.Normalizer`` with the statistics the model was trained with. With ``with_states``
+    each item is (frames, states (N, S) raw: the real first state, then the imagined ones).
     """
     from tqdm import tqdm
 
@@ -146,6 +148,9 @@ def regenerate_episodes(sampler: WorldModelSampler, episodes: list[tuple[Tensor,
         pred = sampler.rollout(context.to(device), actions.unflatten(1, (chunks, spec.horizon)).to(device),
                                state.to(device), generator=gen)
         frames = ((pred.frames.cpu() + 1) * 127.5).round().to(torch.uint8)
-        for b, (f, _, _) in enumerate(batch):
-            out.append(torch.cat([f[:, :1], frames[b, :, :f.shape[1] - 1]], 1))
+        states = normalizer.unnormalize(keys.STATE, pred.state.float().cpu())
+        for b, (f, _, s) in enumerate(batch):
+            n = f.shape[1]
+            regen = torch.cat([f[:, :1], frames[b, :, :n - 1]], 1)
+            out.append((regen, torch.cat([s[:1].float(), states[b, :n - 1]])) if with_states else regen)
     return out

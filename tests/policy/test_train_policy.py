@@ -3,6 +3,7 @@ loss, a resume after a kill that continues exactly, a longer second run that con
 metrics.jsonl, and <output_dir>/model loaded with ``policy.load_policy`` acting on a physics-like
 observation; the console script's help and the config's errors."""
 
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,8 @@ from policy import load_policy
 from policy.flow import FlowPolicy, FlowPolicyConfig
 from policy.lerobot_adapter import LerobotDiffusionPolicy
 from simulator import keys
-from train.policy import POLICY_TYPES, TrainPolicyConfig, train
+from simulator.world_model import WorldModel
+from train.policy import POLICY_TYPES, FrameTable, TrainPolicyConfig, train
 
 B, SIZE = 2, 32
 # Each policy type at a tiny size (the diffusion policy keeps lerobot's ResNet18: none is smaller).
@@ -96,3 +98,40 @@ def test_console_help():
 def test_bad_options_are_named(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         TrainPolicyConfig(dataset=DatasetConfig(root=tmp_path), **options)
+
+
+def test_clones_the_world_models_regenerations_too(tiny_dataset, tmp_path):
+    """With --world_model the table holds each episode re-imagined open loop (the real first frame
+    and state, then imagined ones), batches read from it at regenerated_prob, and training runs."""
+    torch.manual_seed(0)
+    wm = WorldModel(views=2, image_size=SIZE, context=2, horizon=8, block_out_channels=(32, 32), cond_dim=32,
+                    scale_noisy_input=True)
+    with torch.no_grad():  # heads start at zero (copy-last): make the imagination move
+        for p in wm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wm.save_pretrained(tmp_path / "wm")
+    cfg = config(tiny_dataset, tmp_path / "out", "flow", steps=2)
+    clips = cfg.dataset.clips(cfg.dataset.split()[0], context=1, horizon=1, normalize=False, cache_frames=True)
+    table = FrameTable(clips, chunk_size=8)
+    table.regenerate(tmp_path / "wm", tiny_dataset, torch.device("cpu"))
+    assert table.regenerated_frames.shape == table.frames.shape and table.regenerated_state.shape == table.state.shape
+    firsts = [a for a, _ in table._rows_local()]
+    assert torch.equal(table.regenerated_frames[firsts], table.frames[firsts])  # the real start of each episode
+    assert torch.allclose(table.regenerated_state[firsts], table.state[firsts])
+    later = torch.ones(len(table), dtype=torch.bool)
+    later[firsts] = False
+    assert not torch.equal(table.regenerated_frames[later], table.frames[later])  # imagined after it
+    assert not torch.allclose(table.regenerated_state[later], table.state[later])
+
+    def first_batch(prob: float) -> dict:
+        return next(table.batches(dataclasses.replace(cfg, regenerated_prob=prob), step=0))
+    real, regen, half = first_batch(0.0), first_batch(1.0), first_batch(0.5)
+    assert torch.equal(regen["action"], real["action"]) and not torch.equal(regen["frames"], real["frames"])
+    from_regen = (half["frames"] == regen["frames"]).flatten(1).all(1)
+    from_real = (half["frames"] == real["frames"]).flatten(1).all(1)
+    assert (from_regen | from_real).all() and from_regen.any() and from_real.any()
+
+    out = train(dataclasses.replace(cfg, world_model=tmp_path / "wm"))
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "out")) and (out / "config.json").is_file()
+    with pytest.raises(FileNotFoundError, match="not a saved world model"):
+        TrainPolicyConfig(dataset=DatasetConfig(root=tiny_dataset), world_model=tmp_path / "out")
