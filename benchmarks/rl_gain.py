@@ -88,6 +88,9 @@ def main() -> None:
                              "(1 = the offline ablation)")
     parser.add_argument("--real-successes-only", action="store_true", default=None,
                         help="filtered_imitation: the real share from the dataset's successful episodes only")
+    parser.add_argument("--grasp-tolerance", type=float, default=None,
+                        help="imagined success also needs the last grasp within this many metres (x-y) of the "
+                             "object's start, judged from the world model's predicted end effector")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")
     parser.add_argument("--no-imagined-eval", action="store_true",
                         help="with --env physics: evaluate in physics only (no world model or progress model needed)")
@@ -110,7 +113,8 @@ def main() -> None:
         cfg = RLConfig(policy=args.policy, **{k: v for k, v in models.items() if v is not None},
                        dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
                        env=args.env, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
-                       eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval, output_dir=out, seed=seed)
+                       eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval, output_dir=out, seed=seed,
+                       grasp_tolerance=args.grasp_tolerance)
         algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
         changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
         changes |= {"lr": args.lr} if args.lr else {}
@@ -153,13 +157,19 @@ def main() -> None:
     figures = DOC.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     # grpo keeps the plain names; another algorithm gets its own section and figure
-    tag = "" if args.algorithm == "grpo" else f" ({args.algorithm})"
+    grasp = args.grasp_tolerance is not None
+    tag = ", ".join(([] if args.algorithm == "grpo" else [args.algorithm])
+                    + ([f"grasp check {100 * args.grasp_tolerance:g} cm"] if grasp else []))
+    tag = f" ({tag})" if tag else ""
     figure = ("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve") + (
-        "" if args.algorithm == "grpo" else f"_{args.algorithm}") + ".png"
+        "" if args.algorithm == "grpo" else f"_{args.algorithm}") + ("_grasp" if grasp else "") + ".png"
     shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
     title, where = {"imagined": (f"RL in imagination{tag}: physics success before and after", (
         f"in the imagined env (world model `{args.world_model}`, progress model `{args.progress}`), {args.iterations} "
-        f"iterations of {args.num_envs} imagined episodes")),
+        f"iterations of {args.num_envs} imagined episodes"
+        + (f"; an imagined episode succeeds only if its last grasp closed within {100 * args.grasp_tolerance:g} cm "
+           "(x-y) of the cube's start, by the world model's predicted end effector, in RL and in the imagined "
+           "evaluation" if grasp else ""))),
         "physics": (f"RL in physics{tag}, the control: what a faithful simulator would give", (
         f"with its rollouts in physics (the control; reward 1 at success), {args.iterations} iterations of "
         f"{args.num_envs} physics episodes"))}[args.env]

@@ -14,10 +14,20 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   the other, the context sliding over its own frames), then scores every new frame with the
   progress model: Φ = progress of the last frame.
 - ``reward`` = gamma·Φ(next) − Φ(now), plus ``success_bonus`` when the episode succeeds.
-- ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``.
+- ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``
+  and, with ``grasp_tolerance``, the last grasp was aimed at the object (below).
 - ``truncated``: ``max_steps`` env steps reached, or the world model's uncertainty (the spread of
   ``num_samples`` samples, which needs >= 2 sampling steps) passed ``uncertainty_limit``: past it
   the imagination is not to be trusted.
+- ``grasp_tolerance`` (metres, off by default): a check of the world model's predicted state
+  where its frames are not to be trusted. The frames draw the object between the fingers after a
+  grasp that misses by 1-3 cm (the physics outcome of imagined actions is close to independent of
+  the progress model's verdict), while the predicted end-effector position follows the actions to
+  within millimetres. Each time the gripper command turns to closing, the imagined end effector
+  must be within ``grasp_tolerance`` of the start position of the task's first object in x-y and at
+  most ``grasp_height`` above it; an episode whose last grasp was not cannot succeed. The object's
+  start pose is the start frame's (``StartFrames.object_state``); the gripper is the action's last
+  dimension, positive closing (robosuite's convention).
 - ``obs`` and ``info`` have the physics env's keys (``keys.image_key(view)`` (B, 3, h, w) float in
   [0, 1], ``observation.state`` (B, S), ``task``; info ``success``, ``success_prob``, ``progress``,
   ``uncertainty``, ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states``
@@ -142,6 +152,8 @@ class ImaginedEnvConfig:
     gamma: float = 0.99  # discount of the progress-potential reward
     success_threshold: float = 0.5  # success probability that ends an episode as solved
     success_bonus: float = 1.0  # reward added when an episode succeeds
+    grasp_tolerance: float | None = None  # x-y metres from the object's start a grasp must close within (module doc)
+    grasp_height: float = 0.02  # metres above the object's start centre a grasp may close at
     terminate_on_success: bool = True
     autoreset: bool = False
 
@@ -152,6 +164,8 @@ class ImaginedEnvConfig:
             raise ValueError("uncertainty_limit needs num_samples >= 2: the uncertainty is the spread of several samples")
         if not 0.0 < self.success_threshold < 1.0:
             raise ValueError(f"success_threshold must be in (0, 1), got {self.success_threshold=}")
+        if self.grasp_tolerance is not None and self.grasp_tolerance <= 0:
+            raise ValueError(f"grasp_tolerance must be > 0 metres (or None: no grasp check), got {self.grasp_tolerance=}")
 
 
 class ImaginedEnv:
@@ -184,6 +198,8 @@ class ImaginedEnv:
         self._progress = torch.zeros(B)
         self._success_prob = torch.zeros(B)
         self._uncertainty = torch.zeros(B)
+        self._grasp_ok = torch.ones(B, dtype=torch.bool)  # the last grasp was aimed at the object (none yet: True)
+        self._closing = torch.zeros(B, dtype=torch.bool)  # the last gripper command was to close
         self._next_seed, self._started = 0, False
         self._generator = torch.Generator(device=self.device).manual_seed(0)
 
@@ -245,10 +261,12 @@ class ImaginedEnv:
             self._steps[run] += spec.horizon
             frames.append(torch.where(run.view(B, 1, 1, 1, 1, 1), new, self._frames[:, :, -1:]))
             states.append(torch.where(run.view(B, 1, 1), new_states, self._states[:, -1:]))
+            if cfg.grasp_tolerance is not None:
+                self._check_grasps(actions[:, k * spec.horizon:(k + 1) * spec.horizon], new_states, run)
             valid.append(run[:, None].expand(B, spec.future))
             if pred.uncertainty is not None:
                 self._uncertainty = torch.where(run, pred.uncertainty.float().cpu(), self._uncertainty)
-            solved = self._score(torch.nonzero(run).flatten(), frames=spec.future) & run
+            solved = self._score(torch.nonzero(run).flatten(), frames=spec.future) & run & self._grasp_ok
             self._success |= solved
             finished = (solved & cfg.terminate_on_success) | (self._steps >= self.max_steps)
             if cfg.uncertainty_limit is not None:
@@ -281,6 +299,20 @@ class ImaginedEnv:
         actions = self.normalizer.normalize(keys.ACTION, chunk).to(self.device)
         return self.sampler.sample(context, actions, state, self._generator, num_samples=self.config.num_samples)
 
+    def _check_grasps(self, chunk: Tensor, states: Tensor, run: Tensor) -> None:
+        """Updates ``_grasp_ok`` of the running envs at every grasp of the chunk: a step whose
+        gripper command turns to closing, judged by the end effector's predicted position after it.
+        chunk (B, H, A) raw actions; states (B, F, S) raw predicted states, one per imagined frame."""
+        cfg = self.config
+        obj = self._object_state[:, :3]
+        for j in range(chunk.shape[1]):
+            closing = chunk[:, j, -1] > 0
+            grasp = closing & ~self._closing & run
+            eef = states[:, j // self.frame_stride, :3]
+            aimed = ((eef[:, :2] - obj[:, :2]).norm(dim=1) <= cfg.grasp_tolerance) & (eef[:, 2] - obj[:, 2] <= cfg.grasp_height)
+            self._grasp_ok = torch.where(grasp, aimed, self._grasp_ok)
+            self._closing = torch.where(run, closing, self._closing)
+
     def _score(self, envs: Tensor, frames: int) -> Tensor:
         """Scores the last ``frames`` frames of ``envs`` with the progress model; stores the last
         frame's progress and success probability; returns (B,) whether any of them is a success."""
@@ -311,6 +343,7 @@ class ImaginedEnv:
         self._first[b], self._object_state[b], self._task[b] = s.first_frames[n], s.object_state[n], s.task[n]
         self._steps[b], self._done[b], self._success[b] = 0, False, False
         self._uncertainty[b] = 0.0
+        self._grasp_ok[b], self._closing[b] = True, False
 
     def _check_actions(self, actions) -> Tensor:
         actions = torch.as_tensor(actions)

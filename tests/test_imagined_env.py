@@ -153,6 +153,42 @@ def test_reward_is_the_progress_gain_and_success_terminates(starts):
     assert torch.equal(env._observation()[keys.STATE], obs_before[keys.STATE])
 
 
+def test_a_grasp_away_from_the_object_cannot_succeed(starts):
+    """With grasp_tolerance, success needs the last grasp (the gripper command turning to close)
+    aimed at the object's start position by the world model's predicted end effector."""
+    def sure_env(**config):
+        env = imagined_env(starts, **config)
+        for head in env.progress_model.heads:  # a progress model sure of success
+            head[-1].bias.data[1] = 20.0
+        return env
+    grasp = torch.zeros(B, H, 7)
+    grasp[:, :, -1] = -1.0
+    grasp[:, 4:, -1] = 1.0  # close at step 4 of the chunk
+    env = sure_env(grasp_tolerance=10.0, grasp_height=10.0)
+    env.reset(seed=0)
+    _, _, terminated, _, info = env.step(grasp)
+    assert terminated.all()
+    dist = (info["states"][:, 4, :2] - starts.object_state[:, :2]).norm(dim=1)  # where each env grasped
+    assert dist[0] != dist[1]
+    near = int(dist.argmin())
+    env = sure_env(grasp_tolerance=float(dist.mean()), grasp_height=10.0)  # between the two
+    env.reset(seed=0)
+    _, _, terminated, truncated, info = env.step(grasp)
+    assert terminated.tolist() == [b == near for b in range(B)] and not truncated.any()
+    assert not info["success"][1 - near]
+    env = sure_env(grasp_tolerance=10.0, grasp_height=-10.0)  # every grasp too high
+    env.reset(seed=0)
+    assert not env.step(grasp)[2].any()
+    # no grasp commanded: nothing to refute
+    env = sure_env(grasp_tolerance=1e-6)
+    env.reset(seed=0)
+    assert env.step(grasp.clone().fill_(-1.0))[2].all()
+    env.reset(seed=0)
+    assert not env.step(grasp)[2].any()
+    with pytest.raises(ValueError, match="grasp_tolerance must be > 0"):
+        ImaginedEnvConfig(grasp_tolerance=0.0)
+
+
 def test_truncation_at_the_horizon_and_on_uncertainty(starts):
     env = imagined_env(starts)
     env.reset(seed=0)
