@@ -56,3 +56,23 @@ def test_world_model_fidelity_benchmark_compares_sampler_settings(tiny_dataset, 
     # An untrained model predicts copy-last-frame exactly, so it has no gap to copy-last with either threshold.
     assert rows[0].split("|")[2].strip() in ("+0.00", "-0.00")
     assert (tmp_path / "eval" / "settings.png").stat().st_size > 5000
+
+
+def test_imagined_replay_finds_the_last_grasp_and_applies_the_grasp_check():
+    import torch
+
+    from benchmarks.imagined_replay import last_grasps, with_grasp_check
+
+    gripper = torch.tensor([[-1, -1, 1, 1, -1, 1, 1.0],   # closes at 2, re-opens, closes again at 5
+                            [1, 1, 1, 1, 1, 1, 1.0],      # closing from the first step: a grasp at 0
+                            [-1, -1, -1, -1, -1, -1, -1.0]])  # never closes
+    actions = torch.zeros(3, 7, 7)
+    actions[..., -1] = gripper
+    assert last_grasps(actions).tolist() == [5, 0, -1]
+    run = {"imagined": torch.tensor([True, True, True, False]),
+           "object": torch.zeros(4, 3),
+           "eef_imagined": torch.tensor([[0.01, 0.0, 0.0], [0.03, 0.0, 0.0], [float("nan")] * 3, [0.0, 0.0, 0.0]])}
+    # within 2 cm: solved; 3 cm off: refuted; no grasp: nothing to refute; not solved stays unsolved
+    assert with_grasp_check(run, 0.02, 0.02).tolist() == [True, False, True, False]
+    run["eef_imagined"][0, 2] = 0.05  # aimed in x-y but closed 5 cm above the object
+    assert not with_grasp_check(run, 0.02, 0.02)[0]

@@ -300,3 +300,27 @@ def test_the_uncertainty_benchmark_runs_and_prints_its_table(tiny_models, tmp_pa
     assert "| uncertainty limit |" in out.stdout and (tmp_path / "uncertainty_limits.png").stat().st_size > 0
     saved = json.loads((tmp_path / "episodes.json").read_text())
     assert len(saved["physics"]["success"]) == len(saved["imagined"]["peak_uncertainty"]) == 2
+
+
+def test_imagined_episodes_replay_in_physics(tiny_models):
+    """benchmarks.imagined_replay on tiny models: every imagined episode's actions replayed in
+    physics from the same start; the end effector after the last grasp from both."""
+    from benchmarks.imagined_replay import imagine_and_replay, rows
+    from eval.policy import matched_starts
+    from simulator.env import ImaginedEnv
+    from policy import camera_views, load_policy
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    policy = load_policy(tiny_models / "policy", num_envs=2)
+    views, size = camera_views(policy)
+    physics = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=2, views=views, height=size, width=size, max_steps=16))
+    starts = matched_starts("lift", views, size, 3, 100_000, 2)
+    imagined = ImaginedEnv.from_pretrained(tiny_models / "world_model", tiny_models / "progress", starts, views,
+                                           num_envs=2, max_steps=16)
+    run = imagine_and_replay(policy, imagined, physics, episodes=3, seed=100_000)
+    physics.close()
+    assert run["imagined"].shape == run["replayed"].shape == (3,) and run["object"].shape == (3, 3)
+    assert torch.allclose(run["object"], starts.object_state[:3, :3])
+    grasped = ~run["eef_imagined"][:, 0].isnan()
+    assert torch.equal(grasped, ~run["eef_physics"][:, 0].isnan())  # the same actions: the same grasps
+    assert [r["tolerance"] for r in rows(run, [0.02], 0.02)] == [None, 0.02]

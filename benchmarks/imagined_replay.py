@@ -1,0 +1,167 @@
+"""Do imagined outcomes tell the physics outcome of the same actions?
+
+    python -m benchmarks.imagined_replay --policy outputs/policy/model \\
+        --world-model outputs/world_model/model --progress outputs/progress/model --episodes 60
+
+RL in imagination learns from the outcomes of imagined episodes: their labels must say what the
+same actions would do in physics. The policy runs N episodes in imagination from matched physics
+starts, acting as in the RL rollouts (its ODE from fresh noise) and as in evaluation
+(deterministic); each imagined episode's actions are then replayed open loop in physics from the
+same start, until the step where the imagined episode ended. Reported per mode:
+
+- imagined success, the replayed actions' physics success, and the phi between them per episode;
+- at the last grasp (the step where the gripper command turns to closing), the world model's
+  predicted end effector against physics' after the same actions;
+- for each ``grasp_tolerance`` (the imagined env's grasp check, ``simulator.env``), the imagined
+  success with the check applied afterwards and its phi with the replayed outcome.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._report import command, write_section
+from eval.policy import EpisodeResults
+from eval.rl import agreement
+
+
+def last_grasps(actions: torch.Tensor) -> torch.Tensor:
+    """(B, T, A) raw actions -> (B,) step of the last grasp (the gripper command, the last action
+    dimension, turning to closing, > 0, from not closing; before the first step: not closing), -1
+    where none."""
+    closing = actions[..., -1] > 0
+    before = torch.cat([torch.zeros_like(closing[:, :1]), closing[:, :-1]], 1)
+    turns = closing & ~before
+    steps = torch.arange(actions.shape[1]).expand_as(turns)
+    return torch.where(turns, steps, -1).amax(1)
+
+
+@torch.no_grad()
+def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int) -> dict[str, torch.Tensor]:
+    """Per episode: imagined success, physics success of the replayed actions, the object's start
+    position (3,), and the imagined and physics end effector (3,) after the last grasp (nan: none)."""
+    B, stride = imagined.num_envs, imagined.frame_stride
+    out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics")}
+    for first in range(0, episodes, B):
+        obs, info = imagined.reset(seed=first)
+        policy.reset(obs, info, seeds=list(range(first, first + B)))
+        done, solved = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+        chunks, live, states = [], [], []
+        while not done.all():
+            actions = policy.select_action_chunk(obs)
+            chunks.append(actions.cpu().float())
+            live.append((~done)[:, None].expand(-1, actions.shape[1]))
+            obs, _, terminated, truncated, step_info = imagined.step(actions)
+            states.append(step_info["states"].repeat_interleave(stride, 1))
+            solved |= terminated & ~done
+            done |= terminated | truncated
+        physics.reset(seed=seed + first)
+        replayed, ended, physics_states = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool), []
+        for actions, alive in zip(chunks, live):
+            _, _, terminated, truncated, step_info = physics.step(actions)
+            physics_states.append(step_info["states"])
+            replayed |= terminated & alive[:, 0] & ~ended
+            ended |= terminated | truncated
+        # past the end of an imagined episode its actions are not its own: no grasp there
+        grasp = last_grasps(torch.where(torch.cat(live, 1)[..., None], torch.cat(chunks, 1), -1.0))
+        at = grasp.clamp_min(0)[:, None, None].expand(-1, 1, 3)
+        none = (grasp < 0)[:, None]
+        n = min(B, episodes - first)
+        out["imagined"].append(solved[:n])
+        out["replayed"].append(replayed[:n])
+        out["object"].append(info["object_state"][:n, :3].float())
+        for key, trajectory in (("eef_imagined", torch.cat(states, 1)), ("eef_physics", torch.cat(physics_states, 1))):
+            eef = trajectory[..., :3].float().gather(1, at)[:, 0]
+            out[key].append(torch.where(none, torch.nan, eef)[:n])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def with_grasp_check(run: dict[str, torch.Tensor], tolerance: float, height: float) -> torch.Tensor:
+    """Imagined success as the env with ``grasp_tolerance`` would give it: solved, and the last grasp
+    (if any) within ``tolerance`` in x-y of the object's start and at most ``height`` above it."""
+    offset = run["eef_imagined"] - run["object"]
+    aimed = (offset[:, :2].norm(dim=1) <= tolerance) & (offset[:, 2] <= height)
+    return run["imagined"] & (aimed | offset[:, 0].isnan())
+
+
+def rows(run: dict[str, torch.Tensor], tolerances: list[float], height: float) -> list[dict]:
+    replayed = EpisodeResults(success=run["replayed"].tolist(), steps=[], seconds=0.0)
+    out = []
+    for tolerance in [None] + tolerances:
+        success = run["imagined"] if tolerance is None else with_grasp_check(run, tolerance, height)
+        a = agreement(replayed, EpisodeResults(success=success.tolist(), steps=[], seconds=0.0))
+        hit = run["replayed"][success]
+        out.append({"tolerance": tolerance, "imagined": success.float().mean().item(),
+                    "precision": hit.float().mean().item() if len(hit) else float("nan"),
+                    "phi": a["phi"], "phi_ci95": a["phi_ci95"]})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, required=True)
+    parser.add_argument("--world-model", type=Path, required=True)
+    parser.add_argument("--progress", type=Path, required=True)
+    parser.add_argument("--stats-root", type=Path, default=None, help="dataset statistics, for older world models")
+    parser.add_argument("--episodes", type=int, default=60, help="per mode")
+    parser.add_argument("--num-envs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=100_000, help="physics seed of start 0")
+    parser.add_argument("--tolerances", type=float, nargs="+", default=[0.015, 0.02, 0.025, 0.03])
+    parser.add_argument("--grasp-height", type=float, default=0.02)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/imagined_replay"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    from eval.policy import matched_starts
+    from policy import camera_views, load_policy
+    from simulator.env import ImaginedEnv
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    t0 = time.perf_counter()
+    policy = load_policy(args.policy, num_envs=args.num_envs)
+    views, size = camera_views(policy)
+    physics = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=args.num_envs, views=views, height=size, width=size))
+    starts = matched_starts("lift", views, size, args.episodes, args.seed, args.num_envs)
+    imagined = ImaginedEnv.from_pretrained(args.world_model, args.progress, starts, views, stats_root=args.stats_root,
+                                           num_envs=args.num_envs, max_steps=physics.max_steps)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["| policy acting | episodes | imagined success | replayed in physics | grasp check (x-y) | imagined success "
+             "with it | replayed success of those (precision) | phi with the replay [95% CI] |", "|" + "---|" * 8]
+    errors = []
+    for mode in ("stochastic", "deterministic"):
+        policy.stochastic = mode == "stochastic"
+        run = imagine_and_replay(policy, imagined, physics, args.episodes, args.seed)
+        torch.save(run, args.output_dir / f"{mode}.pt")
+        table = rows(run, args.tolerances, args.grasp_height)
+        (args.output_dir / f"{mode}.json").write_text(json.dumps(table, indent=1))
+        for r in table:
+            check = "none" if r["tolerance"] is None else f"{100 * r['tolerance']:g} cm"
+            lines.append(f"| {mode} | {args.episodes} | {run['imagined'].float().mean():.2f} | "
+                         f"{run['replayed'].float().mean():.2f} | {check} | {r['imagined']:.2f} | {r['precision']:.2f} | "
+                         f"{r['phi']:+.2f} [{r['phi_ci95'][0]:+.2f}, {r['phi_ci95'][1]:+.2f}] |")
+        grasped = ~run["eef_imagined"][:, 0].isnan() & ~run["eef_physics"][:, 0].isnan()
+        gap = (run["eef_imagined"][grasped] - run["eef_physics"][grasped]) * 1000
+        aim = [(run[k][grasped, :2] - run["object"][grasped, :2]).norm(dim=1) for k in ("eef_imagined", "eef_physics")]
+        errors.append(f"{mode}: over {int(grasped.sum())} grasps, the predicted end effector is "
+                      f"{gap.norm(dim=1).mean():.1f} mm from physics' (x-y {gap[:, :2].norm(dim=1).mean():.1f} mm); "
+                      f"its x-y distance to the object correlates with physics' at "
+                      f"{torch.corrcoef(torch.stack(aim))[0, 1]:.2f}")
+    physics.close()
+    table = "\n".join(lines)
+    print(table, *errors, sep="\n")
+    if args.no_write:
+        return
+    write_section("Imagined outcomes against the same actions replayed in physics", command(), "\n\n".join([
+        f"Policy `{args.policy}`; world model `{args.world_model}`, progress model `{args.progress}`. {args.episodes} "
+        f"imagined episodes per mode from matched physics starts (seeds {args.seed} on); each one's actions replayed "
+        f"open loop in physics from the same start. Grasp check: the last grasp's predicted end effector within the "
+        f"tolerance (x-y) of the cube's start and at most {100 * args.grasp_height:g} cm above it. "
+        f"{(time.perf_counter() - t0) / 60:.0f} min in all.",
+        table, "\n".join(f"- {e}" for e in errors)]))
+
+
+if __name__ == "__main__":
+    main()
