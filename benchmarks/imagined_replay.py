@@ -128,8 +128,9 @@ def main() -> None:
     imagined = ImaginedEnv.from_pretrained(args.world_model, args.progress, starts, views, stats_root=args.stats_root,
                                            num_envs=args.num_envs, max_steps=physics.max_steps)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["| policy acting | episodes | imagined success | replayed in physics | grasp check (x-y) | imagined success "
-             "with it | replayed success of those (precision) | phi with the replay [95% CI] |", "|" + "---|" * 8]
+    header = ("| policy acting | episodes | imagined success | replayed in physics | grasp check (x-y) | imagined success "
+              "with it | replayed success of those (precision) | phi with the replay [95% CI] |")
+    lines = [header, "|" + "---|" * 8]
     errors = []
     for mode in ("stochastic", "deterministic"):
         policy.stochastic = mode == "stochastic"
@@ -155,11 +156,11 @@ def main() -> None:
     if args.no_write:
         return
     write_section("Imagined outcomes against the same actions replayed in physics", command(), "\n\n".join([
-        f"Policy `{args.policy}`; world model `{args.world_model}`, progress model `{args.progress}`. {args.episodes} "
-        f"imagined episodes per mode from matched physics starts (seeds {args.seed} on); each one's actions replayed "
-        f"open loop in physics from the same start. Grasp check: the last grasp's predicted end effector within the "
-        f"tolerance (x-y) of the cube's start and at most {100 * args.grasp_height:g} cm above it. "
-        f"{(time.perf_counter() - t0) / 60:.0f} min in all.",
+        (f"Policy `{args.policy}`; world model `{args.world_model}`, progress model `{args.progress}`. {args.episodes} "
+         f"imagined episodes per mode from matched physics starts (seeds {args.seed} on); each one's actions replayed "
+         f"open loop in physics from the same start. Grasp check: the last grasp's predicted end effector within the "
+         f"tolerance (x-y) of the cube's start and at most {100 * args.grasp_height:g} cm above it. "
+         f"{(time.perf_counter() - t0) / 60:.0f} min in all."),
         table, "\n".join(f"- {e}" for e in errors)]))
 
 

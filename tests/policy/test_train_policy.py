@@ -20,7 +20,7 @@ from policy import load_policy
 from policy.flow import FlowPolicy, FlowPolicyConfig
 from policy.lerobot_adapter import LerobotDiffusionPolicy
 from simulator import keys
-from simulator.world_model import WorldModel
+from tests.conftest import moving_world_model
 from train.policy import POLICY_TYPES, FrameTable, TrainPolicyConfig, train
 
 B, SIZE = 2, 32
@@ -103,13 +103,7 @@ def test_bad_options_are_named(tmp_path, options, message):
 def test_clones_the_world_models_regenerations_too(tiny_dataset, tmp_path):
     """With --world_model the table holds each episode re-imagined open loop (the real first frame
     and state, then imagined ones), batches read from it at regenerated_prob, and training runs."""
-    torch.manual_seed(0)
-    wm = WorldModel(views=2, image_size=SIZE, context=2, horizon=8, block_out_channels=(32, 32), cond_dim=32,
-                    scale_noisy_input=True)
-    with torch.no_grad():  # heads start at zero (copy-last): make the imagination move
-        for p in wm.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    wm.save_pretrained(tmp_path / "wm")
+    moving_world_model(SIZE).save_pretrained(tmp_path / "wm")
     cfg = config(tiny_dataset, tmp_path / "out", "flow", steps=2)
     clips = cfg.dataset.clips(cfg.dataset.split()[0], context=1, horizon=1, normalize=False, cache_frames=True)
     table = FrameTable(clips, chunk_size=8)

@@ -10,10 +10,10 @@ from data.clips import DatasetConfig
 from policy.flow import FlowPolicy
 from simulator.env import NORMALIZATION_FILE
 from simulator.progress import ProgressModel
-from simulator.world_model import WorldModel
+from tests.conftest import moving_world_model
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
-from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.base import clipped_surrogate, gae, group_advantages, kl_k3
+from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.grpo import GRPOConfig
 from train.rl.loop import ALGORITHMS, RLConfig, train
 
@@ -69,13 +69,7 @@ def test_the_surrogate_has_ratio_one_before_an_update_and_clips_after():
 def tiny_models(tiny_dataset, tmp_path_factory):
     """A tiny world model, progress model and flow policy, saved as training saves them."""
     root = tmp_path_factory.mktemp("rl_models")
-    torch.manual_seed(0)
-    wm = WorldModel(views=2, image_size=SIZE, context=2, horizon=8, block_out_channels=(32, 32), cond_dim=32,
-                    scale_noisy_input=True)
-    with torch.no_grad():  # heads start at zero (copy-last): make the imagination move
-        for p in wm.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    wm.save_pretrained(root / "world_model")
+    moving_world_model(SIZE).save_pretrained(root / "world_model")
     stats = DatasetConfig(root=tiny_dataset, val_episodes=1).clips([0], context=1, horizon=1).stats
     (root / "world_model" / NORMALIZATION_FILE).write_text(json.dumps(stats))  # as world-model training saves it
     ProgressModel(image_size=SIZE, channels=(8, 8), norm_num_groups=4, width=32, head_width=16,
@@ -307,8 +301,8 @@ def test_imagined_episodes_replay_in_physics(tiny_models):
     physics from the same start; the end effector after the last grasp from both."""
     from benchmarks.imagined_replay import imagine_and_replay, rows
     from eval.policy import matched_starts
-    from simulator.env import ImaginedEnv
     from policy import camera_views, load_policy
+    from simulator.env import ImaginedEnv
     from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 
     policy = load_policy(tiny_models / "policy", num_envs=2)
