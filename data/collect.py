@@ -319,6 +319,13 @@ class _Interrupted(Exception):
     pass
 
 
+def _interruption(e: BaseException) -> bool:
+    """Whether ``e`` is the stop signal's: raised while robosuite's numba-compiled controller runs,
+    the handler's exception comes out as a SystemError ("returned a result with an exception set")
+    caused by it."""
+    return isinstance(e, _Interrupted) or (isinstance(e, SystemError) and isinstance(e.__cause__, _Interrupted))
+
+
 class _GracefulStop:
     """SIGINT/SIGTERM stop the collection at the next safe point: at once while an episode is
     being simulated, after the save while one is being written (a half-saved episode must not
@@ -382,7 +389,9 @@ def collect(cfg: CollectConfig) -> Path:
                     ds = _reopen(cfg)
                     (root / _STATE_DIR / "writing").touch()
             clean = True
-    except _Interrupted:
+    except (_Interrupted, SystemError) as e:
+        if not _interruption(e):
+            raise
         log.warning("interrupted: %s keeps its %d finished episodes; run the same command to resume",
                     root, ds.meta.total_episodes)
         raise KeyboardInterrupt from None

@@ -128,6 +128,19 @@ def test_sigterm_stops_cleanly_and_keeps_finished_episodes(tmp_path):
     assert not (root / ".reverie" / "writing").exists()
 
 
+def test_a_stop_wrapped_by_compiled_code_is_still_a_stop():
+    from data.collect import _interruption, _Interrupted
+
+    try:
+        try:
+            raise _Interrupted()
+        except _Interrupted as stop:
+            raise SystemError("CPUDispatcher(...) returned a result with an exception set") from stop
+    except SystemError as wrapped:
+        assert _interruption(wrapped)
+    assert _interruption(_Interrupted()) and not _interruption(SystemError("another")) and not _interruption(ValueError())
+
+
 def test_a_dataset_with_another_schema_is_refused_and_left_untouched(tiny_dataset):
     before = tree_digest(tiny_dataset)
     with pytest.raises(ValueError, match=r"another schema \(observation.images.front: existing \('video', \(32, 32, 3\)\)"):
