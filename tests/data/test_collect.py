@@ -129,7 +129,7 @@ def test_sigterm_stops_cleanly_and_keeps_finished_episodes(tmp_path):
 
 
 def test_a_stop_wrapped_by_compiled_code_is_still_a_stop():
-    from data.collect import _interruption, _Interrupted
+    from data.collect import _Interrupted, _interruption
 
     try:
         try:
