@@ -22,8 +22,8 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
 - ``grasp_tolerance`` (metres, off by default): a check of the world model's predicted state
   where its frames are not to be trusted. The frames draw the object between the fingers after a
   grasp that misses by 1-3 cm (the physics outcome of imagined actions is close to independent of
-  the progress model's verdict), while the predicted end-effector position follows the actions to
-  within millimetres. Each time the gripper command turns to closing, the imagined end effector
+  the progress model's verdict), while the predicted end-effector position stays within about a
+  centimetre of physics' (7 mm in x-y at the grasp: ``benchmarks.imagined_replay``). Each time the gripper command turns to closing, the imagined end effector
   must be within ``grasp_tolerance`` of the start position of the task's first object in x-y and at
   most ``grasp_height`` above it; an episode whose last grasp was not cannot succeed. The object's
   start pose is the start frame's (``StartFrames.object_state``); the gripper is the action's last
