@@ -161,8 +161,9 @@ def main() -> None:
     tag = ", ".join(([] if args.algorithm == "grpo" else [args.algorithm])
                     + ([f"grasp check {100 * args.grasp_tolerance:g} cm"] if grasp else []))
     tag = f" ({tag})" if tag else ""
-    figure = ("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve") + (
-        "" if args.algorithm == "grpo" else f"_{args.algorithm}") + ("_grasp" if grasp else "") + ".png"
+    figure = (("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve")
+              + ("" if args.algorithm == "grpo" else f"_{args.algorithm}")
+              + (f"_grasp{100 * args.grasp_tolerance:g}cm" if grasp else "") + ".png")
     shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
     title, where = {"imagined": (f"RL in imagination{tag}: physics success before and after", (
         f"in the imagined env (world model `{args.world_model}`, progress model `{args.progress}`), {args.iterations} "
