@@ -26,17 +26,13 @@ import torch
 from benchmarks._report import command, write_section
 from eval.policy import EpisodeResults
 from eval.rl import agreement
+from simulator.env import aimed_grasp, grasp_steps
 
 
 def last_grasps(actions: torch.Tensor) -> torch.Tensor:
-    """(B, T, A) raw actions -> (B,) step of the last grasp (the gripper command, the last action
-    dimension, turning to closing, > 0, from not closing; before the first step: not closing), -1
-    where none."""
-    closing = actions[..., -1] > 0
-    before = torch.cat([torch.zeros_like(closing[:, :1]), closing[:, :-1]], 1)
-    turns = closing & ~before
-    steps = torch.arange(actions.shape[1]).expand_as(turns)
-    return torch.where(turns, steps, -1).amax(1)
+    """(B, T, A) raw actions -> (B,) step of the last grasp (``simulator.env.grasp_steps``), -1 where none."""
+    turns = grasp_steps(actions[..., -1])
+    return torch.where(turns, torch.arange(actions.shape[1]), -1).amax(1)
 
 
 @torch.no_grad()
@@ -82,9 +78,8 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int) -> d
 def with_grasp_check(run: dict[str, torch.Tensor], tolerance: float, height: float) -> torch.Tensor:
     """Imagined success as the env with ``grasp_tolerance`` would give it: solved, and the last grasp
     (if any) within ``tolerance`` in x-y of the object's start and at most ``height`` above it."""
-    offset = run["eef_imagined"] - run["object"]
-    aimed = (offset[:, :2].norm(dim=1) <= tolerance) & (offset[:, 2] <= height)
-    return run["imagined"] & (aimed | offset[:, 0].isnan())
+    aimed = aimed_grasp(run["eef_imagined"], run["object"], tolerance, height)
+    return run["imagined"] & (aimed | run["eef_imagined"][:, 0].isnan())
 
 
 def rows(run: dict[str, torch.Tensor], tolerances: list[float], height: float) -> list[dict]:

@@ -300,18 +300,16 @@ class ImaginedEnv:
         return self.sampler.sample(context, actions, state, self._generator, num_samples=self.config.num_samples)
 
     def _check_grasps(self, chunk: Tensor, states: Tensor, run: Tensor) -> None:
-        """Updates ``_grasp_ok`` of the running envs at every grasp of the chunk: a step whose
-        gripper command turns to closing, judged by the end effector's predicted position after it.
+        """Updates ``_grasp_ok`` of the running envs from the chunk's last grasp (``grasp_steps``),
+        judged by the end effector's predicted position after it (``aimed_grasp``).
         chunk (B, H, A) raw actions; states (B, F, S) raw predicted states, one per imagined frame."""
         cfg = self.config
-        obj = self._object_state[:, :3]
-        for j in range(chunk.shape[1]):
-            closing = chunk[:, j, -1] > 0
-            grasp = closing & ~self._closing & run
-            eef = states[:, j // self.frame_stride, :3]
-            aimed = ((eef[:, :2] - obj[:, :2]).norm(dim=1) <= cfg.grasp_tolerance) & (eef[:, 2] - obj[:, 2] <= cfg.grasp_height)
-            self._grasp_ok = torch.where(grasp, aimed, self._grasp_ok)
-            self._closing = torch.where(run, closing, self._closing)
+        turns = grasp_steps(chunk[..., -1], self._closing)  # (B, H)
+        last = torch.where(turns, torch.arange(chunk.shape[1]), -1).amax(1)  # (B,) -1: no grasp
+        eef = states[torch.arange(len(states)), last.clamp_min(0) // self.frame_stride, :3]
+        aimed = aimed_grasp(eef, self._object_state[:, :3], cfg.grasp_tolerance, cfg.grasp_height)
+        self._grasp_ok = torch.where(run & (last >= 0), aimed, self._grasp_ok)
+        self._closing = torch.where(run, chunk[:, -1, -1] > 0, self._closing)
 
     def _score(self, envs: Tensor, frames: int) -> Tensor:
         """Scores the last ``frames`` frames of ``envs`` with the progress model; stores the last
@@ -395,6 +393,21 @@ class ImaginedEnv:
             "states": states,
             "steps": self._steps.clone(),
         }
+
+
+def grasp_steps(gripper: Tensor, closing_before: Tensor | None = None) -> Tensor:
+    """(B, T) gripper commands (the action's last dimension, positive closing) -> (B, T) bool: the
+    steps where the command turns to closing. ``closing_before`` (B,): whether the command before
+    the first step was closing (default: not)."""
+    closing = gripper > 0
+    before = torch.zeros_like(closing[:, 0]) if closing_before is None else closing_before.to(closing.device)
+    return closing & ~torch.cat([before[:, None], closing[:, :-1]], 1)
+
+
+def aimed_grasp(eef: Tensor, obj: Tensor, tolerance: float, height: float) -> Tensor:
+    """(B, 3) end-effector positions at a grasp and (B, 3) object positions -> (B,) bool: within
+    ``tolerance`` in x-y and at most ``height`` above the object (the imagined env's grasp check)."""
+    return ((eef[:, :2] - obj[:, :2]).norm(dim=1) <= tolerance) & (eef[:, 2] - obj[:, 2] <= height)
 
 
 def load_normalizer(world_model: str | Path, stats_root: str | Path | None = None) -> Normalizer:

@@ -206,7 +206,8 @@ class FrameTable:
         self.task = [clips.tasks[int(i)] for i in clips.task_of]
         self.views = clips.views
         self.success = episode_success(clips) if with_success else None
-        self._rows = rows
+        ends = torch.tensor([end - first for first, end in rows]).cumsum(0).tolist()
+        self.episode_bounds = list(zip([0] + ends[:-1], ends))  # each episode's (first, end) rows here
         self.regenerated_frames: torch.Tensor | None = None  # (N, V, 3, h, w) uint8, as frames
         self.regenerated_state: torch.Tensor | None = None  # (N, S), as state
 
@@ -224,19 +225,11 @@ class FrameTable:
                              f"{model.spec.image_size}px, the dataset has {V} of {h}px")
         env = ImaginedEnvConfig()
         sampler = WorldModelSampler(model, num_steps=env.sampling_steps, still_threshold=env.still_threshold)
-        episodes = [(self.frames[a:b].transpose(0, 1), self.actions[a:b, 0], self.state[a:b]) for a, b in self._rows_local()]
+        episodes = [(self.frames[a:b].transpose(0, 1), self.actions[a:b, 0], self.state[a:b]) for a, b in self.episode_bounds]
         out = regenerate_episodes(sampler, episodes, load_normalizer(world_model, stats_root), batch_size=batch_size,
                                   with_states=True)
         self.regenerated_frames = torch.cat([f.transpose(0, 1) for f, _ in out])
         self.regenerated_state = torch.cat([s for _, s in out]).to(self.state.dtype)
-
-    def _rows_local(self) -> list[tuple[int, int]]:
-        """Each episode's (first, end) rows in this table."""
-        bounds, first = [], 0
-        for a, b in self._rows:
-            bounds.append((first, first + b - a))
-            first += b - a
-        return bounds
 
     def __len__(self) -> int:
         return len(self.frames)

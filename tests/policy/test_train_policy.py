@@ -109,7 +109,7 @@ def test_clones_the_world_models_regenerations_too(tiny_dataset, tmp_path):
     table = FrameTable(clips, chunk_size=8)
     table.regenerate(tmp_path / "wm", tiny_dataset, torch.device("cpu"))
     assert table.regenerated_frames.shape == table.frames.shape and table.regenerated_state.shape == table.state.shape
-    firsts = [a for a, _ in table._rows_local()]
+    firsts = [a for a, _ in table.episode_bounds]
     assert torch.equal(table.regenerated_frames[firsts], table.frames[firsts])  # the real start of each episode
     assert torch.allclose(table.regenerated_state[firsts], table.state[firsts])
     later = torch.ones(len(table), dtype=torch.bool)
