@@ -331,3 +331,27 @@ def test_filtered_imitation_draws_real_chunks_from_successful_episodes_when_aske
     assert not everything._real(200, torch.Generator().manual_seed(0))["bins"].eq(1).all()
     with pytest.raises(ValueError, match="real_share"):
         FilteredImitationConfig(real_share=2.0)
+
+
+def test_filtered_imitation_memory_keeps_the_last_iterations_kept_chunks_and_resumes_with_them():
+    from train.rl.filtered_imitation import FilteredImitation, FilteredImitationConfig
+
+    cfg = FilteredImitationConfig(group_size=2, real_share=0.0, steps_per_iteration=1, batch_size=4, shift=0, memory=2)
+    algorithm = FilteredImitation(tiny_policy(), cfg, VIEWS)
+    g = torch.Generator().manual_seed(0)
+    batches = [make_rollouts(None, seed=s) for s in range(3)]
+    kept = [algorithm.update(r, g)["samples"] for r in batches]
+    assert min(kept) > 0
+    assert [len(m["actions"]) for m in algorithm.memory] == kept[1:]  # the oldest iteration dropped out
+    # the pool holds the second iteration's chunks, which the third iteration's rollouts do not
+    second = batches[1]
+    better = group_advantages(second.returns, 2)[0] > 0
+    t, b = torch.nonzero(second.alive & better[None], as_tuple=True)
+    assert torch.equal(algorithm.memory[0]["actions"], second.actions[t, b])
+
+    resumed = FilteredImitation(tiny_policy(), cfg, VIEWS)
+    resumed.load_state_dict(algorithm.state_dict())
+    metrics = resumed.update(make_rollouts(None, seed=3), g)
+    assert metrics["pool"] == kept[2] + metrics["samples"]  # the restored iteration and the new one
+    with pytest.raises(ValueError, match="memory"):
+        FilteredImitationConfig(memory=0)

@@ -161,9 +161,10 @@ class AdvantageConditioned(Algorithm):
         advantages, kept = group_advantages(rollouts.returns, cfg.group_size)
         episode_bins = advantage_bins(advantages, cfg.bins)  # (B,)
         t_idx, b_idx = torch.nonzero(rollouts.alive & self._trained(kept, episode_bins)[None], as_tuple=True)
+        pool = self._remember(self._chunks(rollouts, t_idx, b_idx, episode_bins))
         n_real = round(cfg.real_share * cfg.batch_size) if self.frames is not None else 0
-        n_imagined = cfg.batch_size - n_real if len(t_idx) else 0
-        metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx),
+        n_imagined = cfg.batch_size - n_real if len(pool["actions"]) else 0
+        metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx), "pool": len(pool["actions"]),
                    "top_bin_share": (episode_bins[kept] == self.top_bin).float().mean().item() if kept.any() else 0.0}
         if n_real + n_imagined == 0:  # every group's returns were equal and there is no real data
             return metrics
@@ -173,7 +174,7 @@ class AdvantageConditioned(Algorithm):
         self.policy.train()
         try:
             for _ in range(cfg.steps_per_iteration):
-                imagined = self._imagined(rollouts, t_idx, b_idx, episode_bins, n_imagined, generator)
+                imagined = self._imagined(pool, n_imagined, generator)
                 real = self._real(n_real, generator)
                 obs, actions, mask = self._batch([p for p in (imagined, real) if p is not None], generator)
                 loss = self.policy.loss(obs, actions.to(device), mask.to(device), generator)
@@ -199,17 +200,25 @@ class AdvantageConditioned(Algorithm):
     def _condition(self, tasks: list[str], bins: Tensor, generator: torch.Generator) -> list[str]:
         return conditioned_tasks(tasks, bins, self.config.dropout, generator)
 
-    def _imagined(self, rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor, episode_bins: Tensor, n: int,
-                  generator: torch.Generator) -> dict | None:
-        """n imagined chunks drawn with replacement from the kept alive steps (t_idx, b_idx)."""
+    @staticmethod
+    def _chunks(rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor, episode_bins: Tensor) -> dict:
+        """The imagined chunks at steps (t_idx, b_idx) (N,), each with its episode's bin."""
+        H = rollouts.actions.shape[2]
+        return {"images": rollouts.images[t_idx, b_idx], "state": rollouts.state[t_idx, b_idx].float(),
+                "task": [rollouts.task[i] for i in b_idx.tolist()], "actions": rollouts.actions[t_idx, b_idx].float(),
+                "mask": torch.ones(len(t_idx), H, dtype=torch.bool), "bins": episode_bins[b_idx]}
+
+    def _remember(self, chunks: dict) -> dict:
+        """The pool the imagined share is drawn from: this iteration's chunks (a subclass may keep more)."""
+        return chunks
+
+    @staticmethod
+    def _imagined(pool: dict, n: int, generator: torch.Generator) -> dict | None:
+        """n imagined chunks drawn with replacement from ``pool``."""
         if n == 0:
             return None
-        pick = torch.randint(len(t_idx), (n,), generator=generator)
-        t, b = t_idx[pick], b_idx[pick]
-        H = rollouts.actions.shape[2]
-        return {"images": rollouts.images[t, b], "state": rollouts.state[t, b].float(),
-                "task": [rollouts.task[i] for i in b.tolist()], "actions": rollouts.actions[t, b].float(),
-                "mask": torch.ones(n, H, dtype=torch.bool), "bins": episode_bins[b]}
+        pick = torch.randint(len(pool["actions"]), (n,), generator=generator)
+        return {k: [v[i] for i in pick.tolist()] if isinstance(v, list) else v[pick] for k, v in pool.items()}
 
     def _real(self, n: int, generator: torch.Generator) -> dict | None:
         """n real chunks; a successful episode's frames get the top bin, a failed one's the bottom."""

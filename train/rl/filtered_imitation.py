@@ -9,6 +9,11 @@ each batch (``real_share``) comes from the dataset, as the anchor to real data; 
 ``real_successes_only`` only from its successful episodes, which by itself is filtered
 behaviour cloning: ``real_share`` 1 is that offline ablation, the gain without any rollout.
 
+With ``memory`` > 1 the kept chunks of the last ``memory`` iterations stay in the pool that the
+imagined share is drawn from (ReST's growing dataset): an iteration's 4 starts no longer decide
+alone what 20 gradient steps imitate. Kept chunks stay valid data as the policy moves on, since
+they are judged by their outcome, not weighted by the policy's likelihood.
+
 It is ``advantage_conditioned`` with two bins, without the conditioning: the bottom bin is
 dropped instead of being told apart by words, so the policy's plain task changes meaning.
 
@@ -17,6 +22,7 @@ Dimension legend: B envs.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +41,12 @@ class FilteredImitationConfig:
     lr: float = 1e-4
     grad_clip: float = 1.0
     shift: int = 4  # random image shift in pixels (DrQ), as in behaviour cloning (0 = none)
+    memory: int = 1  # iterations whose kept imagined chunks are imitated (1 = this iteration's only)
 
     def __post_init__(self):
         self.conditioned()  # the same bounds as advantage conditioning's
+        if self.memory < 1:
+            raise ValueError(f"memory counts iterations, the current one included: need >= 1, got {self.memory=}")
 
     def conditioned(self) -> AdvantageConditionedConfig:
         """The advantage-conditioned settings this algorithm runs with: two bins, no words."""
@@ -57,6 +66,20 @@ class FilteredImitation(AdvantageConditioned):
             self.real_pool = torch.nonzero(self.frames.success).flatten()
             if len(self.real_pool) == 0:
                 raise ValueError("real_successes_only, but no training episode of the dataset succeeded")
+        self.memory: deque[dict] = deque(maxlen=config.memory)  # the kept chunks of the last iterations
+
+    def _remember(self, chunks: dict) -> dict:
+        self.memory.append(chunks)
+        parts = list(self.memory)
+        return {k: [x for p in parts for x in p[k]] if isinstance(chunks[k], list) else torch.cat([p[k] for p in parts])
+                for k in chunks}
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"memory": list(self.memory)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.memory.extend(state.get("memory", []))
 
     def _trained(self, kept: Tensor, episode_bins: Tensor) -> Tensor:
         return kept & (episode_bins == self.top_bin)  # the better-than-average episodes only
