@@ -174,16 +174,20 @@ def main() -> None:
     shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
     title, where = {"imagined": (f"RL in imagination{tag}: physics success before and after", (
         f"in the imagined env (world model `{args.world_model}`, progress model `{args.progress}`), {args.iterations} "
-        f"iterations of {args.num_envs} imagined episodes"
-        + (f"; an imagined episode succeeds only if its last grasp closed within {100 * args.grasp_tolerance:g} cm "
-           "(x-y) of the cube's start, by the world model's predicted end effector, in RL and in the imagined "
-           "evaluation" if grasp else ""))),
+        f"iterations of {args.num_envs} imagined episodes")),
         "physics": (f"RL in physics{tag}, the control: what a faithful simulator would give", (
         f"with its rollouts in physics (the control; reward 1 at success), {args.iterations} iterations of "
         f"{args.num_envs} physics episodes"))}[args.env]
     write_section(title, command(), "\n\n".join([
         (f"Base policy `{args.policy}`; {args.algorithm} {where} of at most {args.max_steps} steps from the "
-        f"dataset's training-episode starts. Evaluation: {args.episodes} episodes in physics"
+        f"dataset's training-episode starts. "
+        + (f"An imagined episode succeeds only if its last grasp closed within {100 * args.grasp_tolerance:g} cm "
+           "(x-y) of the cube's start, by the world model's predicted end effector, in RL and in the imagined "
+           "evaluation. " if grasp else "")
+        + (f"A share of {args.real_share:g} of each batch is real dataset chunks"
+           f"{' from successful episodes' if args.real_successes_only else ''}. " if args.real_share is not None else "")
+        + (f"The kept episodes of the last {args.memory} iterations are imitated. " if args.memory is not None else "")
+        + f"Evaluation: {args.episodes} episodes in physics"
         f"{'' if args.no_imagined_eval else f' and {args.episodes} in imagination from the same starts'} "
         f"(physics seeds 100000 on), deterministic "
         f"actions (the flow ODE). Success with 95% Wilson intervals; per-episode phi: the correlation of "

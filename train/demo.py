@@ -26,8 +26,9 @@ from data.collect import CollectConfig, collect, quiet_writers
 from data.summary import summarize
 
 # The imagined env's grasp check in the demo's RL (metres): measured on Lift only, where a grasp
-# 2 cm off the cube succeeds about half the time in physics.
-LIFT_GRASP_TOLERANCE = 0.02
+# 2 cm off the cube succeeds about half the time in physics; 2.5 cm told the physics outcome of
+# replayed imagined actions best (docs/benchmarks.md).
+LIFT_GRASP_TOLERANCE = 0.025
 
 PRESETS = {
     # episodes: physics episodes to collect; wm_*: world-model training steps and batch;
@@ -43,7 +44,7 @@ PRESETS = {
     "full": {"episodes": 200, "wm_steps": 1100, "wm_batch": 16,
              "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000,
              "progress_steps": 1500, "policies": None, "policy_episodes": 20,
-             "bc_steps": 2000, "rl_iterations": 20, "rl_envs": 32, "rl_group": 8, "rl_max_steps": 80,
+             "bc_steps": 2000, "rl_iterations": 40, "rl_envs": 32, "rl_group": 8, "rl_max_steps": 80,
              "rl_eval_episodes": 100},
 }
 
@@ -169,7 +170,8 @@ def stage_rl(cfg: DemoConfig) -> Path:
         train(RLConfig(policy=cfg.output_dir / "policy" / "model", world_model=cfg.output_dir / "world_model" / "model",
                        progress=cfg.output_dir / "progress" / "model", dataset=dataset_config(cfg), task=cfg.task,
                        algorithm="filtered_imitation",
-                       filtered_imitation=FilteredImitationConfig(group_size=preset["rl_group"]),
+                       filtered_imitation=FilteredImitationConfig(group_size=preset["rl_group"], real_share=0.25,
+                                                                  memory=preset["rl_iterations"]),
                        grasp_tolerance=LIFT_GRASP_TOLERANCE if cfg.task == "lift" else None,
                        iterations=preset["rl_iterations"],
                        num_envs=preset["rl_envs"], max_steps=preset["rl_max_steps"],

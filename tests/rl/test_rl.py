@@ -175,6 +175,7 @@ def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_datas
     b = FlowPolicy.from_pretrained(tmp_path / "split" / "policy").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((tmp_path / "split" / "rl_config.json").read_text())["iterations"] == 2  # the extended run's
     report = json.loads((tmp_path / "split" / "rl_eval.json").read_text())
     assert set(report["table"]) == {"physics_before", "imagined_before", "physics_after", "imagined_after"}
     assert sum(report["agreement_after"][k] for k in ("both", "physics_only", "imagined_only", "neither")) == 2

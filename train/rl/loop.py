@@ -189,8 +189,8 @@ def train(cfg: RLConfig) -> Path:
     before = evaluate_before_after(cfg, policy, "before") if cfg.eval_episodes else None
     env, num_starts = make_env(cfg, views, size)
     done, generator = resume(out, policy, algorithm, cfg.seed)
-    if done == 0:
-        (out / "rl_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    # the settings the run goes on with: a resumed run may be extended (more iterations)
+    (out / "rl_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
     for iteration in tqdm(range(done, cfg.iterations), initial=done, total=cfg.iterations, desc=f"RL ({cfg.algorithm})"):
         clock = time.perf_counter()
         start_index = algorithm.start_index(cfg.num_envs, num_starts, generator)
