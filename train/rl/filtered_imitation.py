@@ -10,8 +10,8 @@ each batch (``real_share``) comes from the dataset, as the anchor to real data; 
 behaviour cloning: ``real_share`` 1 is that offline ablation, the gain without any rollout.
 
 With ``memory`` > 1 the kept chunks of the last ``memory`` iterations stay in the pool that the
-imagined share is drawn from (ReST's growing dataset): an iteration's 4 starts no longer decide
-alone what 20 gradient steps imitate. Kept chunks stay valid data as the policy moves on, since
+imagined share is drawn from (ReST's growing dataset): an iteration's few starts (4 with 32 envs
+in groups of 8) no longer decide alone what its gradient steps imitate. Kept chunks stay valid data as the policy moves on, since
 they are judged by their outcome, not weighted by the policy's likelihood.
 
 It is ``advantage_conditioned`` with two bins, without the conditioning: the bottom bin is
