@@ -31,7 +31,7 @@ from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 # Settings of one algorithm that this script passes on (flag name = config field).
 ALGORITHM_FLAGS = {"kl_target": ("grpo",), "max_step_kl": ("grpo",), "episode_weights": ("grpo",),
                    "real_share": ("advantage_conditioned", "filtered_imitation"),
-                   "real_successes_only": ("filtered_imitation",), "memory": ("filtered_imitation",)}
+                   "real_successes_only": ("filtered_imitation",), "memory": ("advantage_conditioned", "filtered_imitation")}
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--real-successes-only", action="store_true", default=None,
                         help="filtered_imitation: the real share from the dataset's successful episodes only")
     parser.add_argument("--memory", type=int, default=None,
-                        help="filtered_imitation: iterations whose kept imagined chunks are imitated (default 1)")
+                        help="advantage_conditioned, filtered_imitation: iterations whose trained imagined chunks are "
+                             "drawn from (default 1)")
     parser.add_argument("--grasp-tolerance", type=float, default=None,
                         help="imagined success also needs the last grasp within this many metres (x-y) of the "
                              "object's start, judged from the world model's predicted end effector")
@@ -161,15 +162,15 @@ def main() -> None:
     # grpo keeps the plain names; another algorithm gets its own section and figure
     grasp = args.grasp_tolerance is not None
     # settings other than the defaults name the section and figure apart (earlier runs' sections stay)
+    real = args.real_share is not None and not args.real_successes_only
     settings = ([f"grasp check {100 * args.grasp_tolerance:g} cm"] if grasp else []) + (
-        [f"real share {args.real_share:g}"] if args.real_share is not None and not args.real_successes_only else []) + (
-        [f"memory {args.memory}"] if args.memory is not None else [])
+        [f"real share {args.real_share:g}"] if real else []) + ([f"memory {args.memory}"] if args.memory is not None else [])
     tag = ", ".join(([] if args.algorithm == "grpo" else [args.algorithm]) + settings)
     tag = f" ({tag})" if tag else ""
     figure = (("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve")
               + ("" if args.algorithm == "grpo" else f"_{args.algorithm}")
               + (f"_grasp{100 * args.grasp_tolerance:g}cm" if grasp else "")
-              + (f"_real{args.real_share:g}" if args.real_share is not None and not args.real_successes_only else "")
+              + (f"_real{args.real_share:g}" if real else "")
               + (f"_memory{args.memory}" if args.memory is not None else "") + ".png")
     shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
     title, where = {"imagined": (f"RL in imagination{tag}: physics success before and after", (

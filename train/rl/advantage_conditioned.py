@@ -27,6 +27,7 @@ H chunk length, A action dim.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
 
 import torch
@@ -49,8 +50,11 @@ class AdvantageConditionedConfig:
     lr: float = 1e-4
     grad_clip: float = 1.0
     shift: int = 4  # random image shift in pixels (DrQ), as in behaviour cloning (0 = none)
+    memory: int = 1  # iterations whose trained imagined chunks are drawn from (1 = this iteration's only)
 
     def __post_init__(self):
+        if self.memory < 1:
+            raise ValueError(f"memory counts iterations, the current one included: need >= 1, got {self.memory=}")
         if self.group_size < 2:
             raise ValueError(f"a group needs >= 2 rollouts to have an advantage, got {self.group_size=}")
         if self.bins < 2:
@@ -146,6 +150,7 @@ class AdvantageConditioned(Algorithm):
                 raise ValueError(f"the real frames hold the views {tuple(frames.views)}, the policy reads {self.views}")
         self.frames = frames if config.real_share > 0 else None
         self.real_pool: Tensor | None = None  # the frames the real share draws from (None: every frame)
+        self.memory: deque[dict] = deque(maxlen=config.memory)  # the trained chunks of the last iterations
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
         self.updates = 0
 
@@ -209,8 +214,12 @@ class AdvantageConditioned(Algorithm):
                 "mask": torch.ones(len(t_idx), H, dtype=torch.bool), "bins": episode_bins[b_idx]}
 
     def _remember(self, chunks: dict) -> dict:
-        """The pool the imagined share is drawn from: this iteration's chunks (a subclass may keep more)."""
-        return chunks
+        """The pool the imagined share is drawn from: ``chunks`` with those of the last
+        ``memory`` - 1 iterations (ReST's growing dataset)."""
+        self.memory.append(chunks)
+        parts = list(self.memory)
+        return {k: [x for p in parts for x in p[k]] if isinstance(v, list) else torch.cat([p[k] for p in parts])
+                for k, v in chunks.items()}
 
     @staticmethod
     def _imagined(pool: dict, n: int, generator: torch.Generator) -> dict | None:
@@ -248,10 +257,11 @@ class AdvantageConditioned(Algorithm):
         return obs, torch.cat([p["actions"] for p in parts]), torch.cat([p["mask"] for p in parts])
 
     def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict(), "updates": self.updates}
+        return {"opt": self.opt.state_dict(), "updates": self.updates, "memory": list(self.memory)}
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["opt"])
         self.updates = state["updates"]
+        self.memory.extend(state.get("memory", []))
         if self.updates:  # the suffix lives in the policy's config, which a weights-only restore loses
             self.policy.set_task_suffix(self._acting_suffix())

@@ -22,7 +22,6 @@ Dimension legend: B envs.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -45,14 +44,12 @@ class FilteredImitationConfig:
 
     def __post_init__(self):
         self.conditioned()  # the same bounds as advantage conditioning's
-        if self.memory < 1:
-            raise ValueError(f"memory counts iterations, the current one included: need >= 1, got {self.memory=}")
 
     def conditioned(self) -> AdvantageConditionedConfig:
         """The advantage-conditioned settings this algorithm runs with: two bins, no words."""
         return AdvantageConditionedConfig(group_size=self.group_size, bins=2, dropout=0.0, real_share=self.real_share,
                                           steps_per_iteration=self.steps_per_iteration, batch_size=self.batch_size,
-                                          lr=self.lr, grad_clip=self.grad_clip, shift=self.shift)
+                                          lr=self.lr, grad_clip=self.grad_clip, shift=self.shift, memory=self.memory)
 
 
 class FilteredImitation(AdvantageConditioned):
@@ -66,20 +63,6 @@ class FilteredImitation(AdvantageConditioned):
             self.real_pool = torch.nonzero(self.frames.success).flatten()
             if len(self.real_pool) == 0:
                 raise ValueError("real_successes_only, but no training episode of the dataset succeeded")
-        self.memory: deque[dict] = deque(maxlen=config.memory)  # the kept chunks of the last iterations
-
-    def _remember(self, chunks: dict) -> dict:
-        self.memory.append(chunks)
-        parts = list(self.memory)
-        return {k: [x for p in parts for x in p[k]] if isinstance(chunks[k], list) else torch.cat([p[k] for p in parts])
-                for k in chunks}
-
-    def state_dict(self) -> dict:
-        return super().state_dict() | {"memory": list(self.memory)}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.memory.extend(state.get("memory", []))
 
     def _trained(self, kept: Tensor, episode_bins: Tensor) -> Tensor:
         return kept & (episode_bins == self.top_bin)  # the better-than-average episodes only
