@@ -6,9 +6,9 @@ documented run 3 trained with `--objective.logit_mean 0.0` got no unrolls while 
 builds its config in Python, got two.
 """
 
-import draccus
 import pytest
 
+from data import cli
 from data.collect import CollectConfig
 from train.autoencoder import TrainAutoencoderConfig
 from train.policy import TrainPolicyConfig
@@ -17,7 +17,7 @@ from train.world_model import TrainWorldModelConfig
 
 
 def parse(cls, *args):
-    return draccus.parse(cls, args=list(args))
+    return cli.parse(cls, args)  # what the console scripts parse with
 
 
 def test_world_model_recipe_survives_other_fields_of_its_groups():

@@ -6,39 +6,48 @@
     reverie-train policy --dataset.root outputs/demo/dataset        # behaviour cloning of a policy
     accelerate launch -m train.cli world_model --dataset.root ... --mixed_precision bf16
 
-Options are the fields of the kind's config (draccus): ``reverie-train world_model --help``.
+Options are the fields of the kind's config (draccus): ``reverie-train world_model --help``; a list
+takes its values apart (``--model.channels 16 32``) or as YAML (``--model.channels [16,32]``).
 """
 
 import importlib
 import logging
 import sys
 
-import draccus
+from data import cli
 
-# kind -> (module, config class, function that runs it)
+# kind -> (module, config class, function that runs it, what it trains)
 KINDS = {
-    "world_model": ("train.world_model", "TrainWorldModelConfig", "train"),
-    "autoencoder": ("train.autoencoder", "TrainAutoencoderConfig", "train"),
-    "progress": ("train.progress", "TrainProgressConfig", "train"),
-    "policy": ("train.policy", "TrainPolicyConfig", "train"),
+    "world_model": ("train.world_model", "TrainWorldModelConfig", "train",
+                    "the action-conditioned video diffusion world model"),
+    "autoencoder": ("train.autoencoder", "TrainAutoencoderConfig", "train",
+                    "the frame autoencoder of the latent world-model backbone"),
+    "progress": ("train.progress", "TrainProgressConfig", "train", "the progress value model (progress + success)"),
+    "policy": ("train.policy", "TrainPolicyConfig", "train", "a policy by behaviour cloning"),
 }
+
+
+def usage(kinds: dict, prog: str) -> str:
+    width = max(map(len, kinds))
+    lines = [f"  {kind:<{width}}  {about}" for kind, (*_, about) in kinds.items()]
+    return "\n".join([f"usage: {prog} KIND [options]", "", "kinds:", *lines, "",
+                      f"a kind's options: {prog} KIND --help"])
 
 
 def dispatch(kinds: dict, prog: str, argv: list[str] | None = None) -> None:
     """Runs ``prog KIND [options]``: parses the kind's config with draccus and calls its function."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage(kinds, prog))
+        return
     if not argv or argv[0] not in kinds:
-        got = repr(argv[0]) if argv else "nothing"
-        sys.exit(f"usage: {prog} KIND [options]; KIND is one of {sorted(kinds)}, got {got}")
-    module_name, config_name, fn_name = kinds[argv[0]]
+        print(usage(kinds, prog), file=sys.stderr)
+        cli.fail(f"KIND is one of {sorted(kinds)}, got {repr(argv[0]) if argv else 'nothing'}")
+    module_name, config_name, fn_name, _ = kinds[argv[0]]
     module = importlib.import_module(module_name)
-    cfg = draccus.parse(getattr(module, config_name), args=argv[1:])
+    cfg = cli.parse(getattr(module, config_name), argv[1:], prog=f"{prog} {argv[0]}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        result = getattr(module, fn_name)(cfg)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    print(f"done: {result}")
+    print(f"done: {cli.run(getattr(module, fn_name), cfg)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import draccus
-
 from data.clips import DatasetConfig
 from data.collect import CollectConfig, collect, quiet_writers
 from data.summary import summarize
@@ -208,11 +206,13 @@ def run(cfg: DemoConfig) -> dict:
     return results
 
 
-@draccus.wrap()
-def main(cfg: DemoConfig) -> None:
+def main(argv: list[str] | None = None) -> None:
+    from data import cli
+
+    cfg = cli.parse(DemoConfig, argv, prog="reverie-demo")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     quiet_writers()
-    run(cfg)
+    cli.run(run, cfg)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""What every console script shares: its config parsed by draccus, list flags that take ``a b``,
+and an expected user error (a bad value, a missing or existing folder) ended in one last line
+``error: <message>`` instead of a traceback. Unexpected exceptions keep their traceback.
+
+It lives in ``data/`` because reverie-collect, the lowest of the scripts, needs it; it imports
+nothing heavy. It does not run anything itself.
+"""
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import draccus
+import yaml
+from draccus.cfgparsing import parse_string
+from draccus.utils import DecodingError, ParsingError
+
+# Raised by a config's validation or when a run starts, on inputs the user chose.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+_SCALARS = (str, int, float, bool, Path)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Ends the process with ``error: <message>`` as the last line on stderr (2: a bad command line)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def parse[T](cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None) -> T:
+    """``draccus.parse`` with list flags joined (see ``join_list_values``) and a bad value as one line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return draccus.parse(cls, args=join_list_values(cls, argv), prog=prog)
+    except DecodingError as e:  # names the field: "`steps`: Couldn't parse 'abc' into an int"
+        fail(str(e))
+    except ParsingError as e:
+        # A __post_init__ error arrives wrapped as "Couldn't instantiate class ..."; its cause names the field.
+        cause = e.__cause__
+        fail(str(cause) if isinstance(cause, USER_ERRORS) else f"{e} {cause or ''}".strip())
+    except USER_ERRORS as e:  # draccus wraps only ValueError and TypeError
+        fail(str(e))
+
+
+def run[T](fn: Callable[[T], typing.Any], cfg: T) -> typing.Any:
+    """``fn(cfg)``, with Ctrl-C as exit code 130 and an expected user error as one line (exit code 1)."""
+    try:
+        return fn(cfg)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except USER_ERRORS as e:
+        fail(str(e), code=1)
+
+
+def join_list_values(cls: type, argv: list[str]) -> list[str]:
+    """``--views front wrist`` and ``--views=front`` as ``--views ["front", "wrist"]`` and ``--views ["front"]``.
+
+    draccus reads each flag's value as one YAML string, so ``front`` decoded into a tuple of its
+    letters and a second value was refused; its own ``nargs`` field option fails in 0.11 (it
+    YAML-parses the list argparse returns). A single value that is already a YAML list or null
+    (``[front,wrist]``, ``[]``, ``null``) is left as it is.
+    """
+    flags, out, i = list_flags(cls), [], 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        i += 1
+        if not flag.startswith("--") or flag[2:] not in flags:
+            out.append(argv[i - 1])
+            continue
+        values = [value] if eq else []
+        while not eq and i < len(argv) and not _is_option(argv[i]):
+            values.append(argv[i])
+            i += 1
+        if len(values) == 1 and _is_list_or_null(values[0]):
+            out += [flag, values[0] or "[]"]  # "" meant the empty list before, when split into letters
+        else:
+            out += [flag, *([json.dumps(values)] if values else [])]
+    return out
+
+
+def list_flags(cls: type, prefix: str = "") -> set[str]:
+    """Dotted names of the fields of ``cls`` (nested configs too) typed as tuples or lists of scalars."""
+    flags, hints = set(), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        for option in (o for o in options if o is not type(None)):
+            if dataclasses.is_dataclass(option):
+                flags |= list_flags(option, f"{prefix}{f.name}.")
+            elif typing.get_origin(option) in (tuple, list) and all(
+                    a is Ellipsis or a in _SCALARS for a in typing.get_args(option)):
+                flags.add(prefix + f.name)
+    return flags
+
+
+def _is_list_or_null(value: str) -> bool:
+    if value == "":
+        return True
+    try:
+        return isinstance(parse_string(value), list | None)
+    except yaml.YAMLError:  # not YAML at all (e.g. "[front"): a plain value, that decoding will name
+        return False
+
+
+def _is_option(token: str) -> bool:
+    """``--flag`` or ``-h``, not a negative number."""
+    try:
+        float(token)
+        return False
+    except ValueError:
+        return token.startswith("-")
