@@ -6,9 +6,11 @@ the task string, and the episode's success and injected failure mode.
 
 Resuming: the dataset is written in commit groups of ``commit_every`` episodes. A commit
 finalizes lerobot's writers (closing parquet and video files) and snapshots ``meta/``. Ctrl-C or
-SIGTERM commits what was saved; after a hard kill, the next run rolls back to the last commit.
-Re-running the same command continues from the episodes already there: episode i always uses
-seed ``seed + i``, so an interrupted and resumed collection equals an uninterrupted one.
+SIGTERM commits what was saved; after a hard kill, the next run rolls back to the last commit (or
+finishes the commit the kill interrupted). The dataset is created beside ``root`` with its settings
+(``meta/reverie.json``) and an empty first commit, then renamed in whole. Re-running the same
+command continues from the episodes already there: episode i always uses seed ``seed + i``, so an
+interrupted and resumed collection equals an uninterrupted one.
 
     reverie-collect --task lift --episodes 20 --root outputs/datasets/lift
 
@@ -22,13 +24,12 @@ alignment); use seeds no evaluation uses, e.g. ``--seed 50000``.
 
 import json
 import logging
+import os
 import shutil
 import signal
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import draccus
 import numpy as np
 from tqdm import tqdm
 
@@ -217,37 +218,93 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and _STATE_DIR not in p.parts)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# The commit protocol: each step may be killed, and _recover handles the state every step leaves.
+# The new snapshot is complete once files.json is in it; the old one is set aside before the new one
+# is renamed in, and deleted only after.
+_TMP, _COMMITTED, _OLD = "committed.tmp", "committed", "committed.old"
+
+
+def _snapshot_meta(root: Path) -> None:
+    state = root / _STATE_DIR
+    shutil.rmtree(state / _TMP, ignore_errors=True)
+    shutil.copytree(root / "meta", state / _TMP / "meta")
+
+
+def _write_file_list(root: Path) -> None:  # last, so that its presence marks the snapshot complete
+    _write_atomic(root / _STATE_DIR / _TMP / "files.json", json.dumps(_files(root)))
+
+
+def _set_old_aside(root: Path) -> None:
+    state = root / _STATE_DIR
+    if (state / _COMMITTED).exists():
+        (state / _COMMITTED).rename(state / _OLD)
+
+
+def _promote(root: Path) -> None:
+    (root / _STATE_DIR / _TMP).rename(root / _STATE_DIR / _COMMITTED)
+
+
+def _drop_old(root: Path) -> None:
+    shutil.rmtree(root / _STATE_DIR / _OLD, ignore_errors=True)
+
+
+def _clear_writing(root: Path) -> None:
+    (root / _STATE_DIR / "writing").unlink(missing_ok=True)
+
+
+_COMMIT_STEPS = (_snapshot_meta, _write_file_list, _set_old_aside, _promote, _drop_old, _clear_writing)
+_FINISHING = 2  # _COMMIT_STEPS[_FINISHING:] finish a commit whose snapshot is complete; each may be redone
+
+
 def _commit(root: Path) -> None:
     """Snapshot meta/ and the file list of a finalized dataset (call after ds.finalize())."""
-    state = root / _STATE_DIR
-    tmp = state / "committed.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root / "meta", tmp / "meta")
-    (tmp / "files.json").write_text(json.dumps(_files(root)))
-    shutil.rmtree(state / "committed", ignore_errors=True)
-    tmp.rename(state / "committed")
-    (state / "writing").unlink(missing_ok=True)
+    (root / _STATE_DIR).mkdir(exist_ok=True)
+    for step in _COMMIT_STEPS:
+        step(root)
 
 
-def _recover(root: Path) -> int:
-    """After a hard kill mid-group, roll the dataset back to its last commit; returns files removed."""
+def _recover(root: Path) -> str | None:
+    """Brings a dataset left by a killed run to a commit; returns what was done, for the log. Never
+    removes a file of a commit."""
     state = root / _STATE_DIR
+    if (state / _TMP / "files.json").exists():
+        # killed after a complete snapshot: the files on disk are the ones it lists (nothing is written
+        # between ds.finalize() and the end of a commit), so the commit is finished rather than undone
+        for step in _COMMIT_STEPS[_FINISHING:]:
+            step(root)
+        return "finished the commit its last run was killed in"
+    shutil.rmtree(state / _TMP, ignore_errors=True)  # a snapshot killed while being taken
+    if (state / _OLD).exists() and not (state / _COMMITTED).exists():  # the protocol never leaves this; be safe
+        (state / _OLD).rename(state / _COMMITTED)
+    _drop_old(root)
     if not (state / "writing").exists():
-        return 0
-    committed = state / "committed"
-    if not committed.exists():  # killed before the first commit: nothing was ever complete
-        shutil.rmtree(root)
-        return -1
-    keep = set(json.loads((committed / "files.json").read_text()))
-    removed = 0
-    for rel in _files(root):
-        if rel not in keep:
-            (root / rel).unlink()
-            removed += 1
-    shutil.rmtree(root / "meta")
-    shutil.copytree(committed / "meta", root / "meta")
+        return None
+    if not (state / _COMMITTED).exists():
+        raise RuntimeError(f"{root}: episodes were being written, and there is no commit to roll back to "
+                           f"({state / _COMMITTED} is missing). Nothing was changed; pass --overwrite true to "
+                           "collect again from the start")
+    removed = _roll_back(root)
+    return f"rolled back to its last commit, removing {removed} files of episodes a killed run left unfinished"
+
+
+def _roll_back(root: Path) -> int:
+    """Removes the files written since the last commit and restores its meta/; returns files removed.
+    Killed midway, it is redone whole by the next run, since "writing" goes last."""
+    state = root / _STATE_DIR
+    keep = set(json.loads((state / _COMMITTED / "files.json").read_text()))
+    removed = [rel for rel in _files(root) if rel not in keep]
+    for rel in removed:
+        (root / rel).unlink()
+    shutil.rmtree(root / "meta", ignore_errors=True)
+    shutil.copytree(state / _COMMITTED / "meta", root / "meta")
     (state / "writing").unlink()
-    return removed
+    return len(removed)
 
 
 def _encoder(cfg: CollectConfig):
@@ -262,22 +319,39 @@ def _reopen(cfg: CollectConfig):
     return LeRobotDataset.resume(cfg.repo_id, root=cfg.root, rgb_encoder=_encoder(cfg))
 
 
+def _creating(root: Path) -> Path:
+    return root.parent / f".{root.name}.creating"
+
+
 def _open_dataset(cfg: CollectConfig, features: dict):
     """Creates the dataset, or reopens an existing one after checking it is the same collection."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
     root = cfg.root
     if cfg.overwrite and root.exists():
         shutil.rmtree(root)
-    if root.exists() and _recover(root) == -1:
-        log.warning("%s: removed a collection killed before its first commit", root)
+    if _creating(root).exists():  # ours alone, and it never held an episode
+        shutil.rmtree(_creating(root))
+        log.warning("%s: removed %s, left by a run killed while creating the dataset", root, _creating(root))
+    if root.exists() and (done := _recover(root)):
+        log.warning("%s: %s", root, done)
     if root.exists() and any(root.iterdir()):
         check_same_collection(root, cfg, features)
         return _reopen(cfg)
-    ds = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=features, root=root, robot_type="panda",
+    return _create_dataset(cfg, features)
+
+
+def _create_dataset(cfg: CollectConfig, features: dict):
+    """Builds the empty dataset beside ``root``, with meta/reverie.json and a first commit, and renames it
+    in: a folder at ``root`` never lacks our settings or a commit to roll back to."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    new = _creating(cfg.root)
+    ds = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=features, root=new, robot_type="panda",
                                use_videos=True, rgb_encoder=_encoder(cfg), metadata_buffer_size=1)
-    (root / REVERIE_META).write_text(json.dumps(_reverie_meta(cfg), indent=2, default=str))
-    return ds
+    _write_atomic(new / REVERIE_META, json.dumps(_reverie_meta(cfg), indent=2, default=str))
+    ds.finalize()
+    _commit(new)
+    new.rename(cfg.root)  # replaces an empty folder at root, if there is one
+    return _reopen(cfg)
 
 
 def _reverie_meta(cfg: CollectConfig) -> dict:
@@ -304,13 +378,16 @@ def check_same_collection(root: Path, cfg: CollectConfig, features: dict) -> Non
         raise ValueError(f"{root} holds a dataset with another schema ({detail}). Nothing was changed; "
                          "choose another --root or pass --overwrite true")
     meta_path = root / REVERIE_META
-    if meta_path.exists():
-        existing = json.loads(meta_path.read_text())["collect"]
-        requested = json.loads(json.dumps(_reverie_meta(cfg)["collect"], default=str))
-        changed = sorted(k for k in requested if existing.get(k) != requested[k])
-        if changed:
-            raise ValueError(f"{root} was collected with other settings ({', '.join(changed)} differ); a resumed "
-                             "collection must use the same ones. Nothing was changed.")
+    if not meta_path.exists():  # reverie-collect writes it before the dataset appears at root
+        raise ValueError(f"{root} holds a LeRobot dataset with no {REVERIE_META}: reverie-collect did not make it, "
+                         "so whether it used the same settings is unknown. Nothing was changed; choose another "
+                         "--root or pass --overwrite true")
+    existing = json.loads(meta_path.read_text())["collect"]
+    requested = json.loads(json.dumps(_reverie_meta(cfg)["collect"], default=str))
+    changed = sorted(k for k in requested if existing.get(k) != requested[k])
+    if changed:
+        raise ValueError(f"{root} was collected with other settings ({', '.join(changed)} differ); a resumed "
+                         "collection must use the same ones. Nothing was changed.")
 
 
 # ---- the collection loop --------------------------------------------------------------------
@@ -321,15 +398,25 @@ class _Interrupted(Exception):
 
 def _interruption(e: BaseException) -> bool:
     """Whether ``e`` is the stop signal's: raised while robosuite's numba-compiled controller runs,
-    the handler's exception comes out as a SystemError ("returned a result with an exception set")
-    caused by it."""
-    return isinstance(e, _Interrupted) or (isinstance(e, SystemError) and isinstance(e.__cause__, _Interrupted))
+    the handler's exception comes out as a SystemError ("returned a result with an exception set"),
+    possibly wrapped again, by cause or by context, so the whole chain is searched."""
+    seen, todo = set(), [e]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:  # chains can loop
+            continue
+        if isinstance(e, _Interrupted):
+            return True
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__]
+    return False
 
 
 class _GracefulStop:
     """SIGINT/SIGTERM stop the collection at the next safe point: at once while an episode is
-    being simulated, after the save while one is being written (a half-saved episode must not
-    be committed). A second Ctrl-C during a save stops at once, and the next run rolls back."""
+    being simulated, after the save (and the commit, if one is due) while one is being written: a
+    half-saved episode must not be committed. A second Ctrl-C during a save stops at once, and the
+    next run rolls back to the last commit, or finishes it."""
 
     def __init__(self):
         self.saving = False
@@ -375,19 +462,19 @@ def collect(cfg: CollectConfig) -> Path:
             for i in bar:
                 clean = True
                 frames, labels = run_episode(env, expert, cfg.seed + i, cfg.hold_steps)
-                clean, stop.saving = False, True
+                clean, stop.saving = False, True  # a stop waits for the save, and for the commit
                 for f in frames:
                     ds.add_frame(f | {keys.TASK: env.spec.instruction})
                 ds.save_episode(parallel_encoding=False)  # a process pool per episode costs more than it saves
-                clean, stop.saving = True, False
                 bar.set_postfix(success=labels["success"], mode=labels["failure_mode"], steps=labels["length"])
-                if stop.requested:
-                    raise _Interrupted()
                 if (i + 1 - start) % cfg.commit_every == 0 and i + 1 < cfg.episodes:
                     ds.finalize()
                     _commit(root)
                     ds = _reopen(cfg)
                     (root / _STATE_DIR / "writing").touch()
+                clean, stop.saving = True, False
+                if stop.requested:
+                    raise _Interrupted()
             clean = True
     except (_Interrupted, SystemError) as e:
         if not _interruption(e):
@@ -413,16 +500,14 @@ def quiet_writers() -> None:
     datasets.disable_progress_bars()
 
 
-@draccus.wrap()
-def main(cfg: CollectConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    quiet_writers()
-    try:
-        root = collect(cfg)
-    except KeyboardInterrupt:
-        sys.exit(130)
+def main(argv: list[str] | None = None) -> None:
+    from data import cli
     from data.summary import summarize
 
+    cfg = cli.parse(CollectConfig, argv, prog="reverie-collect")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    quiet_writers()
+    root = cli.run(collect, cfg)
     print(summarize(root).to_text())
 
 

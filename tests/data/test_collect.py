@@ -3,6 +3,7 @@ kill, and clear refusals that change nothing."""
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+import data.collect as collect_module
 from data.collect import CollectConfig, collect
 from simulator import keys
 from simulator.physics import FAILURE_MODES, ExpertConfig, PhysicsEnv, PhysicsEnvConfig
@@ -89,12 +91,18 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.05)
 
 
+def _committed_episodes(root: Path) -> int:
+    try:  # a commit in progress may be moving the snapshot
+        return json.loads((root / ".reverie" / "committed" / "meta" / "info.json").read_text())["total_episodes"]
+    except (OSError, ValueError):
+        return 0
+
+
 def test_hard_kill_then_resume_equals_an_uninterrupted_collection(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen(_cli(killed, "--episodes", "4", "--commit_every", "1"), stderr=subprocess.PIPE, text=True)
-    files = killed / ".reverie" / "committed" / "files.json"
     # kill -9 while the second episode is being collected, after the first one was committed
-    _wait_for(lambda: files.exists() and (killed / ".reverie" / "writing").exists(), proc)
+    _wait_for(lambda: _committed_episodes(killed) >= 1 and (killed / ".reverie" / "writing").exists(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     cfg = dict(task="lift", height=32, width=32, max_steps=40, commit_every=1)
@@ -139,6 +147,116 @@ def test_a_stop_wrapped_by_compiled_code_is_still_a_stop():
     except SystemError as wrapped:
         assert _interruption(wrapped)
     assert _interruption(_Interrupted()) and not _interruption(SystemError("another")) and not _interruption(ValueError())
+
+
+def test_a_stop_wrapped_twice_or_raised_while_handling_it_is_still_a_stop():
+    """numba may wrap the stop more than once, by cause or by context; a chain that loops ends."""
+    from data.collect import _Interrupted, _interruption
+
+    def wrapped(depth: int, by_cause: bool) -> SystemError:
+        try:
+            raise _Interrupted()
+        except _Interrupted as stop:
+            inner: BaseException = stop
+        for _ in range(depth):
+            try:
+                if by_cause:
+                    raise SystemError("CPUDispatcher(...) returned a result with an exception set") from inner
+                try:
+                    raise inner
+                except (_Interrupted, SystemError):  # raised while handling: the chain is by context
+                    raise SystemError("error return without exception set")
+            except SystemError as e:
+                inner = e
+        return inner
+
+    for depth in (2, 3):
+        assert _interruption(wrapped(depth, by_cause=True)) and _interruption(wrapped(depth, by_cause=False))
+    a, b = SystemError("a"), SystemError("b")
+    a.__cause__, b.__context__ = b, a
+    assert not _interruption(a)
+
+
+class _Killed(Exception):
+    """A hard kill as the collector sees it: not a stop after which it may commit."""
+
+
+SMALL = dict(task="lift", height=32, width=32, max_steps=8, views=("front",), commit_every=1)
+
+
+def _episodes_in(root: Path) -> int:
+    return json.loads((root / "meta" / "info.json").read_text())["total_episodes"]
+
+
+def _stamps(root: Path, rels: list[str]) -> dict[str, tuple[int, str]]:
+    """Each file's modification time and digest: equal stamps mean the file was neither removed nor rewritten."""
+    return {rel: ((root / rel).stat().st_mtime_ns, hashlib.md5((root / rel).read_bytes()).hexdigest()) for rel in rels}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> pd.DataFrame:
+    return table(collect(CollectConfig(root=tmp_path_factory.mktemp("clean") / "ds", episodes=3, **SMALL)))
+
+
+@pytest.mark.parametrize("k", range(len(collect_module._COMMIT_STEPS) + 1))
+def test_a_kill_at_any_step_of_a_commit_loses_nothing_committed(k, tmp_path, monkeypatch, uninterrupted):
+    """Killed before step k of the second episode's commit, the rerun keeps every committed file as it
+    was (the episode being committed too, once its snapshot was complete) and ends as an uninterrupted
+    collection."""
+    root, seen = tmp_path / "ds", {}
+
+    def record(at: Path):
+        if at == root and _episodes_in(root) == 2:
+            committed = json.loads((root / ".reverie" / "committed" / "files.json").read_text())
+            seen["committed"] = _stamps(root, [f for f in committed if not f.startswith("meta/")])
+            seen["now"] = _stamps(root, [f for f in collect_module._files(root) if not f.startswith("meta/")])
+
+    def kill(at: Path):
+        if at == root and _episodes_in(root) == 2:
+            raise _Killed()
+
+    steps = collect_module._COMMIT_STEPS
+    monkeypatch.setattr(collect_module, "_COMMIT_STEPS", (record, *steps[:k], kill, *steps[k:]))
+    with pytest.raises(_Killed):
+        collect(CollectConfig(root=root, episodes=3, **SMALL))
+    monkeypatch.undo()
+    collect(CollectConfig(root=root, episodes=3, **SMALL))
+    kept = seen["now"] if k >= collect_module._FINISHING else seen["committed"]
+    assert any(f.startswith("data/") for f in kept) and _stamps(root, list(kept)) == kept
+    pd.testing.assert_frame_equal(table(root), uninterrupted)
+    assert [p.name for p in (root / ".reverie").iterdir()] == ["committed"]
+
+
+def test_a_kill_while_the_dataset_is_created_leaves_no_dataset_without_its_settings(tmp_path, monkeypatch):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from data.summary import summarize
+
+    root, create = tmp_path / "ds", LeRobotDataset.create.__func__
+
+    def create_then_die(cls, *args, **kwargs):
+        create(cls, *args, **kwargs)  # meta/info.json is written
+        raise _Killed()
+
+    monkeypatch.setattr(LeRobotDataset, "create", classmethod(create_then_die))
+    with pytest.raises(_Killed):
+        collect(CollectConfig(root=root, episodes=1, **SMALL))
+    monkeypatch.undo()
+    collect(CollectConfig(root=root, episodes=1, **SMALL))
+    assert summarize(root, strip_path=None).episodes == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    before = tree_digest(root)
+    with pytest.raises(ValueError, match=r"other settings \(seed differ\)"):
+        collect(CollectConfig(root=root, episodes=2, **{**SMALL, "seed": 7}))
+    assert tree_digest(root) == before
+
+
+def test_a_lerobot_dataset_without_our_settings_is_refused_and_left_untouched(tiny_dataset, tmp_path):
+    root = tmp_path / "foreign"
+    shutil.copytree(tiny_dataset, root, ignore=shutil.ignore_patterns("reverie.json", ".reverie"))
+    before = tree_digest(root)
+    with pytest.raises(ValueError, match=r"no meta/reverie.json"):
+        collect(CollectConfig(**{**TINY, "root": root, "episodes": 6}))
+    assert tree_digest(root) == before
 
 
 def test_a_dataset_with_another_schema_is_refused_and_left_untouched(tiny_dataset):
