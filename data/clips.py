@@ -28,11 +28,15 @@ from pathlib import Path
 
 import torch
 
+from data.validate import EpisodeRecord, check_local_dataset, check_stats, check_values, name_unreadable_file
 from data.video import VIDEO_BACKENDS, decode_frames
 from simulator import keys
 
 STATS_FILE = "meta/reverie_stats.json"
 STATS_KEYS = (keys.ACTION, keys.STATE, keys.ENV_STATE)
+# lerobot wants a repo id even for a local root; a root is checked whole first (data.validate), so
+# lerobot never has a missing piece to fetch from the hub under this name.
+LOCAL_REPO_ID = "local/dataset"
 
 
 @dataclass
@@ -78,7 +82,9 @@ class DatasetConfig:
         """(training episodes, held-out episodes)."""
         from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 
-        n = LeRobotDatasetMetadata(self.repo_id or "local/dataset", root=self.root).total_episodes
+        if self.root is not None:  # else lerobot turns to the hub for what is missing and fails with a network error
+            check_local_dataset(self.root)
+        n = LeRobotDatasetMetadata(self.repo_id or LOCAL_REPO_ID, root=self.root).total_episodes
         if n <= self.val_episodes:
             raise ValueError(f"the dataset has {n} episodes; hold out fewer than that (--dataset.val_episodes)")
         return list(range(n - self.val_episodes)), list(range(n - self.val_episodes, n))
@@ -106,7 +112,8 @@ class DemoSplitDatasetConfig(DatasetConfig):
 class Normalizer:
     """Mean/std normalisation per feature, from ``meta/reverie_stats.json``."""
 
-    def __init__(self, stats: dict[str, dict[str, list[float]]], eps: float = 1e-3):
+    def __init__(self, stats: dict[str, dict[str, list[float]]], eps: float = 1e-3, source: str | Path = "statistics"):
+        check_stats(stats, source)  # a non-finite mean or std would turn every normalised value into NaN or 0
         self.stats = stats
         self.mean = {k: torch.tensor(v["mean"], dtype=torch.float32) for k, v in stats.items()}
         self.std = {k: torch.tensor(v["std"], dtype=torch.float32).clamp_min(eps) for k, v in stats.items()}
@@ -118,13 +125,14 @@ class Normalizer:
         return x * self.std[key] + self.mean[key]
 
 
-def load_or_compute_stats(root: Path, total_frames: int, load_columns) -> dict:
+def load_or_compute_stats(root: Path, total_frames: int, load_columns, record: EpisodeRecord | None = None) -> dict:
     """Statistics stored beside the dataset; recomputed (``load_columns()`` -> {key: (N, d)}) only
-    when the dataset has changed size."""
+    when the dataset has changed size. Stored ones must agree with lerobot's per-episode ``record``."""
     path = Path(root) / STATS_FILE
     if path.exists():
         stats = json.loads(path.read_text())
         if stats.get("total_frames") == total_frames:
+            check_stats(stats["features"], path, record)
             return stats["features"]
     columns = load_columns()
     features = {}
@@ -145,19 +153,17 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, repo_id: str | None = None, root: str | Path | None = None,
                  config: ClipConfig | None = None, episodes: list[int] | None = None):
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
         self.config = config or ClipConfig()
         cfg = self.config
         if repo_id is None and root is None:
             raise ValueError("give a hub repo_id, a local root, or both")
-        if root is not None and not (Path(root) / "meta" / "info.json").exists():
-            raise FileNotFoundError(f"{root} is not a LeRobot dataset (no meta/info.json)")
-        # lerobot reads the tables (downloading from the hub when root is not local); we decode videos.
-        self.lerobot = LeRobotDataset(repo_id or "local/dataset", root=root, episodes=episodes,
-                                      video_backend="pyav" if cfg.video_backend == "decord" else cfg.video_backend)
+        record = check_local_dataset(root) if root is not None else None
+        # lerobot reads the tables (downloading from the hub when root is not given); we decode videos.
+        self.lerobot = _open_lerobot(repo_id, root, episodes=episodes,
+                                     video_backend="pyav" if cfg.video_backend == "decord" else cfg.video_backend)
         meta = self.meta = self.lerobot.meta
         self.root = Path(self.lerobot.root)
+        record = record or EpisodeRecord.read(self.root)
         self.fps = meta.fps
         available = [keys.view_of(k) for k in meta.video_keys]
         self.views = tuple(cfg.views) if cfg.views is not None else tuple(available)
@@ -169,21 +175,16 @@ class ClipDataset(torch.utils.data.Dataset):
                 raise KeyError(f"dataset {self.root} has no {key!r} feature; it has {sorted(meta.features)}")
 
         wanted = [k for k in (keys.ACTION, keys.STATE, keys.ENV_STATE, keys.PROGRESS) if k in meta.features]
-        table = self.lerobot.hf_dataset.select_columns([*wanted, "episode_index", "frame_index", "task_index"])
-        table = table.with_format("torch")[:]
-        self.columns = {k: _as_2d(table[k]).float() for k in wanted}
-        self.episode_of = table["episode_index"].long()
-        self.frame_of = table["frame_index"].long()
-        self.task_of = table["task_index"].long()
+        self.columns, self.episode_of, self.frame_of, self.task_of = _read_columns(self.lerobot, wanted, record)
+
         def whole_dataset_columns():  # statistics always describe the whole dataset
             if episodes is None:
                 return self.columns
-            full = LeRobotDataset(repo_id or "local/dataset", root=root).hf_dataset
-            return {k: _as_2d(full.select_columns([k]).with_format("torch")[:][k]).float()
-                    for k in STATS_KEYS if k in meta.features}
+            full = _open_lerobot(repo_id, root)
+            return _read_columns(full, [k for k in STATS_KEYS if k in meta.features], record)[0]
 
-        self.stats = load_or_compute_stats(self.root, meta.total_frames, whole_dataset_columns)
-        self.normalizer = Normalizer(self.stats)
+        self.stats = load_or_compute_stats(self.root, meta.total_frames, whole_dataset_columns, record)
+        self.normalizer = Normalizer(self.stats, source=self.root / STATS_FILE)
         # Row range of each episode inside the loaded table (rows are grouped by episode).
         eps, counts = torch.unique_consecutive(self.episode_of, return_counts=True)
         ends = counts.cumsum(0)
@@ -257,6 +258,29 @@ class ClipDataset(torch.utils.data.Dataset):
             ts = [start + i / self.fps for i in frame_idx]
             per_view.append(decode_frames(path, ts, self.config.video_backend, self.lerobot.tolerance_s))
         return torch.stack(per_view)
+
+
+def _open_lerobot(repo_id: str | None, root: str | Path | None, **kwargs):
+    """lerobot's dataset; a data file that it cannot read is named (the datasets library does not)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    try:
+        return LeRobotDataset(repo_id or LOCAL_REPO_ID, root=root, **kwargs)
+    except Exception as e:
+        if root is not None:
+            name_unreadable_file(root, e)
+        raise
+
+
+def _read_columns(lerobot, wanted: list[str], record: EpisodeRecord):
+    """{key: (N, d) float} of the ``wanted`` features, and (N,) episode, frame and task index of each
+    row, checked against what lerobot recorded when it wrote the episodes."""
+    table = lerobot.hf_dataset.select_columns([*wanted, "episode_index", "frame_index", "task_index"])
+    table = table.with_format("torch")[:]
+    columns = {k: _as_2d(table[k]).float() for k in wanted}
+    episode_of, frame_of = table["episode_index"].long(), table["frame_index"].long()
+    check_values(record, columns, episode_of, frame_of)
+    return columns, episode_of, frame_of, table["task_index"].long()
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
