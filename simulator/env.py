@@ -12,7 +12,10 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   start repeat the first frame, as the training clips pad them.
 - ``step`` imagines the chunk's frames and states with the world model (its chunks one after
   the other, the context sliding over its own frames), then scores every new frame with the
-  progress model: Φ = progress of the last frame.
+  progress model: Φ = progress of the last frame. The actions are first mapped as physics maps
+  them (``as_physics_acts``: arm dims clipped to [-1, 1], the gripper's sign), so that no action
+  outside the action space moves the imagined robot further than the real one. A world model that
+  imagines non-finite frames or states is an error (``FloatingPointError``), never a black frame.
 - ``reward`` = gamma·Φ(next) − Φ(now), plus ``success_bonus`` when the episode succeeds.
 - ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``
   and, with ``grasp_tolerance``, the last grasp was aimed at the object (below).
@@ -245,7 +248,7 @@ class ImaginedEnv:
 
     @torch.no_grad()
     def step(self, actions: Tensor) -> tuple[dict, Tensor, Tensor, Tensor, dict]:
-        actions = self._check_actions(actions)
+        actions = as_physics_acts(self._check_actions(actions))
         cfg, spec = self.config, self.world_model.spec
         B, H = actions.shape[:2]
         active = ~self._done
@@ -253,9 +256,10 @@ class ImaginedEnv:
         frames, valid, states = [], [], []
         for k in range(H // spec.horizon):
             pred = self._imagine(actions[:, k * spec.horizon:(k + 1) * spec.horizon])
+            run = ~self._done
+            self._check_imagined(pred, run)
             new = ((pred.frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (B, V, F, 3, h, w)
             new_states = self.normalizer.unnormalize(keys.STATE, pred.state.float().cpu())
-            run = ~self._done
             self._frames[run] = torch.cat([self._frames[run], new[run]], 2)[:, :, -self.length:]
             self._states[run] = torch.cat([self._states[run], new_states[run]], 1)[:, -self.length:]
             self._steps[run] += spec.horizon
@@ -298,6 +302,19 @@ class ImaginedEnv:
         state = self.normalizer.normalize(keys.STATE, self._states[:, -spec.context:]).to(self.device)
         actions = self.normalizer.normalize(keys.ACTION, chunk).to(self.device)
         return self.sampler.sample(context, actions, state, self._generator, num_samples=self.config.num_samples)
+
+    def _check_imagined(self, pred, run: Tensor) -> None:
+        """A running env's non-finite prediction would become a black frame that the progress model
+        scores: refuse it, naming the env and the episode step its chunk starts at."""
+        outputs = {"frames": pred.frames, "states": pred.state, "uncertainty": pred.uncertainty}
+        for what, x in outputs.items():
+            if x is None:
+                continue
+            bad = ~torch.isfinite(x).flatten(1).all(1).cpu() if x.dim() > 1 else ~torch.isfinite(x).cpu()
+            if (bad & run).any():
+                b = int(torch.nonzero(bad & run)[0])
+                raise FloatingPointError(f"ImaginedEnv: the world model produced non-finite {what} for env {b} at "
+                                         f"step {int(self._steps[b])}: the model or its checkpoint is broken")
 
     def _check_grasps(self, chunk: Tensor, states: Tensor, run: Tensor) -> None:
         """Updates ``_grasp_ok`` of the running envs from the chunk's last grasp (``grasp_steps``),
@@ -349,13 +366,14 @@ class ImaginedEnv:
         if actions.ndim != 3 or actions.shape[0] != self.num_envs or actions.shape[2] != self.action_dim:
             raise ValueError(f"actions must be an action chunk of shape (num_envs={self.num_envs}, H, "
                              f"A={self.action_dim}), got {tuple(actions.shape)}")
-        if actions.shape[1] % H0:
+        if actions.shape[1] % H0 or actions.shape[1] == 0:
             raise ValueError(f"an action chunk of {actions.shape[1]} steps does not fit: the world model imagines "
-                             f"chunks of {H0} actions, so H must be a multiple of {H0}")
+                             f"chunks of {H0} actions, so H must be a positive multiple of {H0}")
         if not actions.is_floating_point():
             raise TypeError(f"actions must be a floating-point tensor, got {actions.dtype}")
         if not torch.isfinite(actions).all():
-            raise ValueError("actions must be finite")
+            bad = tuple(torch.nonzero(~torch.isfinite(actions))[0].tolist())
+            raise ValueError(f"actions must be finite, got {actions[bad].item()} at (env, step, dim) = {bad}")
         if not self._started:
             raise RuntimeError("call reset() before step()")
         return actions.float().cpu()
@@ -395,6 +413,14 @@ class ImaginedEnv:
         }
 
 
+def as_physics_acts(actions: Tensor) -> Tensor:
+    """(..., A) raw actions -> the actions as the physics env's robot acts on them. robosuite's OSC
+    controller clips the arm's dims to its input range, [-1, 1] in the OSC_POSE config PhysicsEnv
+    loads (``Controller.scale_action``), and the Panda gripper moves by a fixed speed in the direction
+    of its command's sign (``PandaGripper.format_action``): 5 acts as 1, and 0.3 as 1 for the gripper."""
+    return torch.cat([actions[..., :-1].clamp(-1.0, 1.0), actions[..., -1:].sign()], -1)
+
+
 def grasp_steps(gripper: Tensor, closing_before: Tensor | None = None) -> Tensor:
     """(B, T) gripper commands (the action's last dimension, positive closing) -> (B, T) bool: the
     steps where the command turns to closing. ``closing_before`` (B,): whether the command before
@@ -417,6 +443,6 @@ def load_normalizer(world_model: str | Path, stats_root: str | Path | None = Non
     for path in candidates:
         if path.is_file():
             stats = json.loads(path.read_text())
-            return Normalizer(stats.get("features", stats))
+            return Normalizer(stats.get("features", stats), source=path)
     raise FileNotFoundError(f"no {NORMALIZATION_FILE} beside the world model {world_model}: give the dataset it was "
                             f"trained on (stats_root) to read its {STATS_FILE}")

@@ -299,3 +299,69 @@ def test_outputs_carry_no_autograd_graph(starts):
     out = env.step(torch.zeros(B, H, 7))
     assert not any(t.requires_grad for t in (info["progress"], info["success_prob"], out[1], out[4]["progress"],
                                              out[0][keys.STATE]))
+
+
+# ---- what physics refuses or clips, imagination refuses or clips alike (issue 19) ------------------------
+def synthetic_env(**config) -> ImaginedEnv:
+    """An imagined env of tiny models from random start frames: no physics needed."""
+    from tests.conftest import moving_world_model
+
+    frames = torch.randint(0, 256, (B, len(VIEWS), 3, SIZE, SIZE), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    starts = StartFrames(frames=frames, first_frames=frames.clone(), state=torch.zeros(B, 8),
+                         object_state=torch.zeros(B, 10), task=["lift"] * B)
+    _, pm = tiny_models()
+    return ImaginedEnv(moving_world_model(SIZE, horizon=H), pm, starts, unit_normalizer(), VIEWS,
+                       ImaginedEnvConfig(**{"num_envs": B, "max_steps": 16, **config}))
+
+
+def test_actions_outside_the_action_space_act_as_physics_acts_them():
+    """robosuite's OSC controller clips the arm's six dims to [-1, 1] and the gripper follows only the
+    sign of its command: an x-action of 5 is an x-action of 1 there, and must be one here too."""
+    env = synthetic_env()
+
+    def imagine(actions):
+        env.reset(seed=0)
+        _, reward, _, _, info = env.step(actions)
+        return info["frames"], info["states"], reward
+
+    chunk = torch.zeros(B, H, 7)
+    chunk[..., 0], chunk[..., 3], chunk[..., 6] = 1.0, -1.0, 1.0
+    wild = chunk.clone()
+    wild[..., 0], wild[..., 3], wild[..., 6] = 5.0, -40.0, 0.3
+    a, b = imagine(chunk), imagine(wild)
+    for view in VIEWS:
+        assert torch.equal(a[0][view], b[0][view])
+    assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    inside = chunk.clone()
+    inside[..., 0] = -1.0  # the imagination does follow actions inside the space
+    assert not torch.equal(a[1], imagine(inside)[1])
+
+
+def test_non_finite_imagination_is_an_error_naming_the_env_and_step():
+    env = synthetic_env()
+    env.reset(seed=0, options={"reset_mask": torch.tensor([False, True])})  # env 0 never started: only env 1 runs
+    env.step(torch.zeros(B, H, 7))
+    with torch.no_grad():
+        env.world_model.unet.conv_out.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite frames for env 1 at step 8"):
+        env.step(torch.zeros(B, H, 7))
+    env = synthetic_env()
+    env.reset(seed=0)
+    with torch.no_grad():
+        env.world_model.state_head[-1].bias[2] = float("inf")
+    with pytest.raises(FloatingPointError, match="non-finite states for env 0 at step 0"):
+        env.step(torch.zeros(B, H, 7))
+
+
+def test_non_finite_or_empty_action_chunks_are_refused():
+    env = synthetic_env()
+    env.reset(seed=0)
+    actions = torch.zeros(B, H, 7)
+    actions[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"actions must be finite, got nan at \(env, step, dim\) = \(1, 3, 0\)"):
+        env.step(actions)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        env.step(torch.zeros(B, 0, 7))
+    obs, *_ = env.step(torch.zeros(B, H, 7, dtype=torch.float64))  # float64 is cast, as physics takes it
+    assert obs[keys.STATE].dtype == torch.float32

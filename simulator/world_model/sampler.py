@@ -12,6 +12,11 @@ from that frame, and where the scene is still its change is a faint shimmer (41-
 rendered frames are identical); the arm and the cube change pixels by far more. This is the
 compositing of CDNA-style video predictors (Finn et al. 2016: the previous frame wherever nothing
 moves), with a fixed threshold for the mask. docs/benchmarks.md measures it on two models.
+
+Inputs are checked once at the public entry points (``sample``, ``sample_latent``, ``rollout``):
+shapes, a floating dtype, finite values and, for pixel frames, the [-1, 1] range; floating inputs
+of another precision (float64 from numpy) are cast to the model's dtype. A prediction that is not
+finite stays so (clamping would turn it into a white pixel): the caller checks its outputs.
 """
 
 import torch
@@ -44,7 +49,8 @@ class WorldModelSampler:
         With ``num_samples`` K > 1 the chunk is sampled K times: the first sample is returned, and
         ``uncertainty`` (B,) is the per-pixel standard deviation across the K, averaged over pixels.
         """
-        pred = self.sample_latent(self.model.encode(context), actions, state, generator, num_samples)
+        context, actions, state = self._checked(context, actions, state, num_samples)
+        pred = self._sample_latent(self.model.encode(context), actions, state, generator, num_samples)
         return Prediction(frames=self.decoded(pred.frames, context[:, :, -1:]), state=pred.state,
                           uncertainty=pred.uncertainty)
 
@@ -52,7 +58,8 @@ class WorldModelSampler:
         """Predicted frames as a user sees them: ``samples`` (B, V, F, ...) decoded to [-1, 1] and
         clamped, every pixel within ``still_threshold`` of ``last`` (B, V, 1, 3, h, w), the frame
         before them, in every channel set back to it (``last`` None: none is, as in training unrolls)."""
-        frames = self.model.decode(samples).clamp(-1.0, 1.0)
+        frames = self.model.decode(samples)
+        frames = torch.where(torch.isfinite(frames), frames.clamp(-1.0, 1.0), frames)  # inf is no white pixel
         if self.still_threshold <= 0 or last is None:
             return frames
         still = (frames - last).abs().amax(dim=3, keepdim=True) < 2.0 * self.still_threshold  # [-1, 1] is twice [0, 1]
@@ -62,10 +69,13 @@ class WorldModelSampler:
     def sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
                       num_samples: int = 1) -> Prediction:
         """``sample`` in the model's sample space: context and the returned frames are encoded."""
+        context, actions, state = self._checked(context, actions, state, num_samples, latent=True)
+        return self._sample_latent(context, actions, state, generator, num_samples)
+
+    def _sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None,
+                       num_samples: int) -> Prediction:
         model = self.model
         K, B = num_samples, context.shape[0]
-        if K < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples=}")
         if K > 1:  # the K samples of an input are adjacent rows: (B*K, ...)
             context, actions, state = (x.repeat_interleave(K, dim=0) for x in (context, actions, state))
         spec = model.spec
@@ -89,10 +99,11 @@ class WorldModelSampler:
         actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w), states (B, N*F, S) and, with
         ``num_samples`` > 1, the uncertainty of every chunk (B, N).
         """
+        context, actions, state = self._checked(context, actions, state, num_samples, chunks=True)
         latent, last = self.model.encode(context), context[:, :, -1:]
         frames, states, spread = [], [], []
         for n in range(actions.shape[1]):
-            pred = self.sample_latent(latent, actions[:, n], state, generator, num_samples)
+            pred = self._sample_latent(latent, actions[:, n], state, generator, num_samples)
             chunk = self.decoded(pred.frames, last)
             frames.append(chunk)
             states.append(pred.state)
@@ -101,6 +112,48 @@ class WorldModelSampler:
             last = chunk[:, :, -1:]
         return Prediction(frames=torch.cat(frames, dim=2), state=torch.cat(states, dim=1),
                           uncertainty=torch.stack(spread, dim=1) if num_samples > 1 else None)
+
+    def _checked(self, context: Tensor, actions: Tensor, state: Tensor, num_samples: int, latent: bool = False,
+                 chunks: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """The inputs of a public entry point, checked and cast to the model's dtype (module doc).
+        ``latent``: the context is in the sample space (no range); ``chunks``: actions (B, N, H, A)."""
+        model, spec = self.model, self.model.spec
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples=}")
+        frame = model.sample_shape if latent else (3, spec.image_size, spec.image_size)
+        frame_dims = model._sample_dims if latent else "3, h, w"
+        B = context.shape[0] if torch.is_tensor(context) else "B"
+        expected = {  # name: (dimension names, shape; "N" any)
+            "context": (f"B, V, C, {frame_dims}", (B, spec.views, spec.context, *frame)),
+            "actions": ("B, N, H, A", (B, "N", spec.horizon, spec.action_dim)) if chunks
+            else ("B, H, A", (B, spec.horizon, spec.action_dim)),
+            "state": ("B, C, S", (B, spec.context, spec.state_dim)),
+        }
+        hint = (f"; a longer chunk goes as actions.unflatten(1, (N, {spec.horizon}))" if chunks
+                else f": the model imagines chunks of {spec.horizon} actions (rollout takes several)")
+        for name, x in (("context", context), ("actions", actions), ("state", state)):
+            dims, shape = expected[name]
+            got = f"{x.dtype} of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+            if not torch.is_tensor(x) or not x.is_floating_point():
+                if name == "context" and not latent:
+                    raise TypeError(f"context must be floating-point frames in [-1, 1], got {got}: convert uint8 "
+                                    f"frames with frames.float() / 127.5 - 1")
+                raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+            if x.dim() != len(shape) or any(w != "N" and g != w for g, w in zip(x.shape, shape)):
+                raise ValueError(f"{name} must have shape ({dims}) = ({', '.join(map(str, shape))}), got "
+                                 f"{tuple(x.shape)}{hint if name == 'actions' else ''}")
+            if not torch.isfinite(x).all():
+                bad = tuple(torch.nonzero(~torch.isfinite(x))[0].tolist())
+                raise ValueError(f"{name} must be finite, got {x[bad].item()} at index {bad} of {name} "
+                                 f"{tuple(x.shape)}")
+        if chunks and actions.shape[1] == 0:
+            raise ValueError(f"actions must hold at least one chunk (N >= 1), got {tuple(actions.shape)}")
+        if not latent:
+            low, high = context.aminmax()
+            if low < -1.001 or high > 1.001:  # a little slack for low-precision frames
+                raise ValueError(f"context must be in [-1, 1], got values in [{low.item():.4g}, {high.item():.4g}] "
+                                 f"(frames in [0, 255] go as frames / 127.5 - 1, frames in [0, 1] as frames * 2 - 1)")
+        return context.to(model.dtype), actions.to(model.dtype), state.to(model.dtype)
 
     def slide(self, context: Tensor, state: Tensor, chunk: Tensor, chunk_state: Tensor) -> tuple[Tensor, Tensor]:
         """The next chunk's context (sample space) and context states: the last C of old + predicted.

@@ -198,3 +198,68 @@ def test_scaled_noisy_input_makes_t1_a_deterministic_prediction(batch):
     torch.testing.assert_close(x, at_one[0].clamp(-1, 1), atol=1e-5, rtol=0)  # (x - v = x0, up to round-off)
     with pytest.raises(ValueError, match="regression_share must be in"):
         FlowMatchingConfig(regression_share=1.5)
+
+
+def synthetic_inputs(batch_size: int = 2):
+    """Inputs that fit TINY, drawn without a dataset: context in [-1, 1], normalised actions and states."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(batch_size, 2, 2, 3, 32, 32, generator=g) * 2 - 1, torch.randn(batch_size, 4, 7, generator=g),
+            torch.randn(batch_size, 2, 8, generator=g))
+
+
+def test_the_sampler_names_inputs_that_do_not_fit():
+    sampler = WorldModelSampler(WorldModel(**TINY).eval(), num_steps=1)
+    context, actions, state = synthetic_inputs()
+    chunks = torch.stack([actions] * 2, 1)
+    with pytest.raises(TypeError, match=r"context must be floating-point frames in \[-1, 1\], got torch.uint8 .*"
+                                        r"frames.float\(\) / 127.5 - 1"):
+        sampler.sample(((context + 1) * 127.5).to(torch.uint8), actions, state)
+    with pytest.raises(ValueError, match=r"context must be in \[-1, 1\], got values in \[0, 255\]"):
+        sampler.rollout(((context + 1) * 127.5).round(), chunks, state)
+    with pytest.raises(TypeError, match="actions must be a floating-point tensor, got torch.int64"):
+        sampler.sample(context, actions.long(), state)
+    with pytest.raises(ValueError, match=r"actions must have shape \(B, H, A\) = \(2, 4, 7\), got \(2, 0, 7\)"):
+        sampler.sample(context, actions[:, :0], state)
+    with pytest.raises(ValueError, match=r"got \(2, 3, 7\).* chunks of 4 actions"):
+        sampler.sample(context, actions[:, :3], state)
+    with pytest.raises(ValueError, match=r"actions must have shape \(B, N, H, A\) = \(2, N, 4, 7\), got \(2, 8, 7\)"
+                                         r".*unflatten\(1, \(N, 4\)\)"):
+        sampler.rollout(context, chunks.flatten(1, 2), state)
+    with pytest.raises(ValueError, match=r"actions must hold at least one chunk \(N >= 1\), got \(2, 0, 4, 7\)"):
+        sampler.rollout(context, chunks[:, :0], state)
+    with pytest.raises(ValueError, match=r"state must have shape \(B, C, S\) = \(2, 2, 8\), got \(1, 2, 8\)"):
+        sampler.sample_latent(context, actions, state[:1])
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        sampler.rollout(context, chunks, state, num_samples=0)
+    for name, i in (("context", 0), ("actions", 1), ("state", 2)):
+        bad = [x.clone() for x in (context, chunks, state)]
+        bad[i].view(-1)[5] = float("nan")
+        with pytest.raises(ValueError, match=rf"{name} must be finite, got nan at index \(0, "):
+            sampler.rollout(*bad)
+
+
+def test_float64_inputs_are_cast_to_the_models_dtype():
+    """Actions and states from numpy arrive as float64: the sampler runs them in the model's dtype."""
+    model = WorldModel(**TINY).eval()
+    for p in model.unet.conv_out.parameters():
+        p.data.normal_(0, 0.1)
+    sampler = WorldModelSampler(model, num_steps=2)
+    context, actions, state = synthetic_inputs()
+    a = sampler.sample(context, actions, state, torch.Generator().manual_seed(1))
+    b = sampler.sample(context.double(), actions.double(), state.double(), torch.Generator().manual_seed(1))
+    assert b.frames.dtype == torch.float32 and b.state.dtype == torch.float32
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.state, b.state)
+
+
+def test_non_finite_predictions_stay_non_finite_through_the_clamp():
+    """Clamping to [-1, 1] would turn an infinite pixel into a white one: it stays non-finite, for the
+    caller's check to see."""
+    sampler = WorldModelSampler(WorldModel(**TINY).eval(), num_steps=1, still_threshold=8 / 255)
+    last = torch.zeros(2, 2, 1, 3, 32, 32)
+    samples = last.repeat(1, 1, 2, 1, 1, 1)
+    samples[0, 1, 0, 2, 5, 7] = float("inf")
+    samples[1, 0, 1, 0, 3, 3] = -float("inf")
+    samples[1, 1, 1, 1, 0, 0] = 3.0
+    frames = sampler.decoded(samples, last)
+    assert torch.isinf(frames[0, 1, 0, 2, 5, 7]) and torch.isinf(frames[1, 0, 1, 0, 3, 3])
+    assert frames[1, 1, 1, 1, 0, 0] == 1.0 and torch.isfinite(frames).sum() == frames.numel() - 2
