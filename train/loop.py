@@ -1,13 +1,12 @@
 """What every training loop here shares: the accelerator, EMA, AdamW and cosine schedule, one
-optimiser step over gradient-accumulation micro-batches, atomic checkpoints of accelerate state plus
-an EMA model ready for inference, exact resume, a Ctrl-C/SIGTERM stop that checkpoints first, and
-metrics.jsonl with the accumulated training time. Used by train.world_model, train.progress and
+optimiser step over gradient-accumulation micro-batches, a Ctrl-C/SIGTERM stop that checkpoints
+first (agreed by every process), and metrics.jsonl with the accumulated training time. Checkpoints,
+resume and the final model are ``train.checkpoint``'s. Used by train.world_model, train.progress and
 train.policy, whose configs extend ``LoopConfig``."""
 
 import json
 import logging
 import math
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from train.checkpoint import publish, resume, same_files, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class LoopConfig:
     keep_checkpoints: int = 3  # older checkpoints are deleted (each holds weights, optimiser state and EMA)
     log_every: int = 25
     seed: int = 0
+    # Each process appends, per step, the samples it trained on and a hash of its weights to
+    # <output_dir>/batches/process_<rank>.jsonl (``record_step``): what each process saw, and that they stay in sync.
+    record_batches: bool = False
 
     def __post_init__(self):
         """Clear errors for bad loop settings."""
@@ -49,10 +53,20 @@ class LoopConfig:
 def make_accelerator(cfg):
     """The accelerator (bf16, gradient accumulation, TensorBoard in ``cfg.output_dir``), seeded."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import get_int_from_env, set_seed
 
+    # step_scheduler_with_optimizer=False: the schedule counts optimiser steps (optimizer_step steps it);
+    # accelerate would step it once per process, so that N processes ran through it N times as fast.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accumulation, mixed_precision=cfg.mixed_precision,
-                              log_with="tensorboard", project_dir=str(cfg.output_dir))
+                              log_with="tensorboard", project_dir=str(cfg.output_dir),
+                              step_scheduler_with_optimizer=False)
+    # torchrun's and MPI's variables, read as accelerate reads them
+    launched = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if launched > 1 and accelerator.num_processes == 1:  # e.g. accelerate launch --multi_gpu without GPUs
+        raise RuntimeError(f"this process is one of WORLD_SIZE={launched} launched together, but accelerate trains it "
+                           f"alone: each would train on its own, all writing to {cfg.output_dir}. Without GPUs, launch "
+                           f"with ACCELERATE_USE_CPU=1 (ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                           f"--num_processes {launched} ...)")
     set_seed(cfg.seed)
     return accelerator
 
@@ -69,9 +83,8 @@ def prepare(accelerator, cfg, model, record: dict, tracker: str):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     model, opt, sched = accelerator.prepare(model, opt, sched)
+    step = resume(accelerator, out, sched, ema, accelerator.unwrap_model(model))
     ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
-    step = resume(accelerator, out, sched)
     if step == 0 and accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(record, indent=2, default=str))
@@ -90,69 +103,30 @@ def optimizer_step(accelerator, model, opt, sched, cfg, micro_loss) -> dict:
             if accelerator.sync_gradients:
                 metrics["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            sched.step()
+            if accelerator.sync_gradients:  # the last micro-batch: the optimiser stepped
+                sched.step()
             opt.zero_grad(set_to_none=True)
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accumulation
     return totals
 
 
-def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3,
-                    assets: dict[str, str] | None = None, save_model: Callable | None = None) -> None:
-    """accelerate state (model, optimiser, schedule, EMA, RNG) + the EMA model ready for inference,
-    with ``assets`` ({file name: text}) written beside its weights. ``save_model(model, folder)``
-    writes the model (default: its ``save_pretrained``), for a model that needs more beside its
-    weights to load, such as a lerobot policy's processors."""
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    ckpt = out / "checkpoints" / f"step_{step:07d}"
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp / "state"))
-    model = accelerator.unwrap_model(model)
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    if save_model is None:
-        model.save_pretrained(tmp / "model")
-    else:
-        save_model(model, tmp / "model")
-    ema.restore(model.parameters())
-    for name, text in (assets or {}).items():
-        (tmp / "model" / name).write_text(text)
-    (tmp / "step.json").write_text(json.dumps({"step": step}))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    tmp.rename(ckpt)  # a checkpoint exists only once it is complete
-    final = out / "model"
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(ckpt / "model", final)
-    for old in sorted((out / "checkpoints").glob("step_???????"))[:-keep]:
-        shutil.rmtree(old)
-
-
-def resume(accelerator, out: Path, sched) -> int:
-    """Loads the newest complete checkpoint in ``out``; returns its step (0 if none).
-
-    The optimiser's learning rate is re-derived from this run's schedule: a run resumed with more
-    ``steps`` than it was started with would otherwise take one step at the old schedule's rate.
-    """
-    ckpts = sorted((out / "checkpoints").glob("step_???????")) if (out / "checkpoints").exists() else []
-    if not ckpts:
-        return 0
-    accelerator.load_state(str(ckpts[-1] / "state"))
-    step = json.loads((ckpts[-1] / "step.json").read_text())["step"]
-    lambda_lr = sched.scheduler  # accelerate wraps the LambdaLR
-    for group, base, fn in zip(lambda_lr.optimizer.param_groups, lambda_lr.base_lrs, lambda_lr.lr_lambdas):
-        group["lr"] = base * fn(lambda_lr.last_epoch)
-    log.info("resumed from %s", ckpts[-1])
-    return step
-
-
 class StopRequest:
     """Ctrl-C / SIGTERM finish the current step, checkpoint and stop."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = False  # a signal reached this process
+        self.agreed = False  # every process stops after this step
+
+    def agree(self, accelerator) -> bool:
+        """Whether any process was asked to stop; then all stop after this same step. Each process gets
+        a signal at its own moment, and one that stopped alone would wait for the others forever."""
+        if accelerator.num_processes == 1:
+            self.agreed = self.requested
+        else:
+            flag = torch.tensor([float(self.requested)], device=accelerator.device)
+            self.agreed = bool(accelerator.reduce(flag, "max").item())
+        return self.agreed
 
     def _handler(self, signum, frame):
         if self.requested:
@@ -204,6 +178,23 @@ def append_jsonl(path: Path, record: dict, accelerator) -> None:
                                 for k, v in record.items()}) + "\n")
 
 
+def record_step(accelerator, cfg, out: Path, step: int, samples: list[list], model) -> None:
+    """With ``cfg.record_batches``: appends to <out>/batches/process_<rank>.jsonl this process's
+    ``samples`` of optimiser step ``step`` (one list of sample ids per micro-batch) and a SHA-256 of
+    its weights after the step, which data-parallel processes must share."""
+    if not cfg.record_batches:
+        return
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in accelerator.unwrap_model(model).parameters():
+        digest.update(p.detach().cpu().flatten().view(torch.uint8).numpy().tobytes())
+    path = out / "batches" / f"process_{accelerator.process_index}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({"step": step, "samples": samples, "weights": digest.hexdigest()}) + "\n")
+
+
 def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_step, desc: str,
         assets: dict[str, str] | None = None, save_model: Callable | None = None) -> Path:
     """The loop both trainings share, from ``step`` to ``cfg.steps``: ``train_step(step)`` makes one
@@ -218,7 +209,7 @@ def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_st
     clock = time.perf_counter() - training_time(out)  # time_s in metrics.jsonl adds up over resumed runs
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not accelerator.is_main_process)
     with stop:
-        while step < cfg.steps and not stop.requested:
+        while step < cfg.steps and not stop.agreed:
             metrics = train_step(step)
             ema.step(accelerator.unwrap_model(model).parameters())
             step += 1
@@ -228,11 +219,17 @@ def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_st
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 record = {"step": step, **metrics, "time_s": round(time.perf_counter() - clock, 1)}
                 append_jsonl(out / "metrics.jsonl", record, accelerator)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested:
+            stopping = stop.agree(accelerator)  # every step, on every process
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints, assets, save_model)
     bar.close()
     accelerator.end_training()
-    if stop.requested:
+    last = out / "checkpoints" / f"step_{step:07d}" / "model"
+    if accelerator.is_main_process and last.is_dir() and not same_files(last, out / "model"):
+        # a run that had nothing left to train, whose model a crash or a hand removed
+        log.warning("%s is missing or incomplete: copying it from %s", out / "model", last)
+        publish(last, out / "model")
+    if stop.agreed:
         log.warning("stopped at step %d; run the same command to resume", step)
         raise KeyboardInterrupt
     return out / "model"

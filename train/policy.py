@@ -236,7 +236,7 @@ class FrameTable:
 
     def batches(self, cfg: TrainPolicyConfig, step: int, rank: int = 0, world: int = 1):
         """This process's batches from micro-step ``step`` on; the order depends only on (seed, step),
-        as in ``train.world_model.batches_from``."""
+        as in ``train.world_model.batches_from``. ``index`` (B,): the frames' rows in this table."""
         per_epoch = loop.batches_per_epoch(len(self), cfg.batch_size, world)
         while True:
             epoch, offset = divmod(step, per_epoch)
@@ -249,7 +249,7 @@ class FrameTable:
                     state = torch.where(pick[:, None], self.regenerated_state[idx], state)
                 yield {"frames": frames.float() / 255.0, "state": state,
                        "action": self.actions[idx], "action_mask": self.action_mask[idx],
-                       "task": [self.task[i] for i in idx.tolist()]}
+                       "task": [self.task[i] for i in idx.tolist()], "index": idx}
                 step += 1
 
 
@@ -314,8 +314,12 @@ def train(cfg: TrainPolicyConfig) -> Path:
     batches = data.batches(cfg, step * cfg.grad_accumulation, accelerator.process_index, accelerator.num_processes)
 
     def train_step(s: int) -> dict:
+        seen = []  # the frames' rows, per micro-batch, for --record_batches
+
         def micro_loss(micro: int):
-            batch = to_device(next(batches), accelerator.device)
+            batch = next(batches)
+            seen.append(batch["index"].tolist())
+            batch = to_device(batch, accelerator.device)
             if cfg.policy_type == "diffusion":
                 # lerobot draws noise, timesteps and crops from the global RNG, which checkpoints hold.
                 loss, _ = model(preprocessor(diffusion_batch(batch, data.views)))
@@ -329,7 +333,9 @@ def train(cfg: TrainPolicyConfig) -> Path:
                 loss = model(obs, batch["action"], batch["action_mask"], generator=gen)
             return loss, {"loss": loss.detach()}
 
-        return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
+        metrics = loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
+        loop.record_step(accelerator, cfg, cfg.output_dir, s + 1, seen, model)
+        return metrics
 
     return loop.run(accelerator, model, ema, opt, sched, cfg, cfg.output_dir, step, train_step,
                     "train policy", save_model=save_model)

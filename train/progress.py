@@ -172,7 +172,8 @@ def sample_batch(episodes: list[Episode], cfg: TrainProgressConfig, spec: Progre
 
     Returns frames (B, V, T, 3, h, w) and first_frames (B, V, 3, h, w) augmented floats in [0, 1];
     task (B strings); progress (B,) and solved (B,) targets; weights (B, K) bootstrap weights per
-    head; rewind, mismatch (B,) bool: what kind each sample is.
+    head; rewind, mismatch (B,) bool: what kind each sample is; episode_index, frame_index (B,): the
+    episode and frame of each sample.
     """
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index * world + rank)
     randint = lambda n: int(torch.randint(n, (1,), generator=gen))  # noqa: E731
@@ -184,7 +185,7 @@ def sample_batch(episodes: list[Episode], cfg: TrainProgressConfig, spec: Progre
     mismatch = torch.rand(B, generator=gen) < cfg.mismatch_prob
     imagined = torch.rand(B, generator=gen) < cfg.regenerated_prob
     all_tasks = sorted(set(cfg.mismatch_tasks) | {e.task for e in episodes})
-    frames, firsts, tasks, progress, solved = [], [], [], [], []
+    frames, firsts, tasks, progress, solved, picked = [], [], [], [], [], []
     for b in range(B):
         if rewind[b]:
             e = successes[randint(len(successes))]
@@ -205,11 +206,13 @@ def sample_batch(episodes: list[Episode], cfg: TrainProgressConfig, spec: Progre
         tasks.append(task)
         progress.append(p)
         solved.append(ok)
+        picked.append((e.index, t))
     x, first = augment(torch.stack(frames), torch.stack(firsts), cfg, gen)
     return {"frames": x, "first_frames": first, "task": tasks, "progress": torch.tensor(progress),
             "solved": torch.tensor(solved, dtype=torch.float),
             "weights": torch.poisson(torch.ones(B, spec.ensemble), generator=gen),
-            "rewind": rewind, "mismatch": mismatch}
+            "rewind": rewind, "mismatch": mismatch, "episode_index": torch.tensor([ep for ep, _ in picked]),
+            "frame_index": torch.tensor([t for _, t in picked])}
 
 
 def augment(frames: Tensor, first: Tensor, cfg: TrainProgressConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -262,12 +265,17 @@ def _bootstrapped_bce(logits: Tensor, target: Tensor, weights: Tensor) -> Tensor
 def update(model, opt, sched, accelerator, cfg: TrainProgressConfig, episodes: list[Episode], spec: ProgressConfig,
            step: int) -> dict:
     """One optimiser step (``grad_accumulation`` micro-batches); returns float metrics."""
+    seen = []  # (episode, frame) of each sample, per micro-batch, for --record_batches
+
     def micro_loss(micro: int):
         batch = sample_batch(episodes, cfg, spec, step * cfg.grad_accumulation + micro,
                              accelerator.process_index, accelerator.num_processes)
+        seen.append(torch.stack([batch["episode_index"], batch["frame_index"]], 1).tolist())
         return progress_loss(model, to_device(batch, accelerator.device), cfg.success_weight)
 
-    return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
+    metrics = loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
+    loop.record_step(accelerator, cfg, cfg.output_dir, step + 1, seen, model)
+    return metrics
 
 
 # ---- the loop -----------------------------------------------------------------------------

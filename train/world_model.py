@@ -2,6 +2,7 @@
 
     reverie-train world_model --dataset.root outputs/demo/dataset --output_dir outputs/world_model
     accelerate launch -m train.cli world_model ...      # the same code on several GPUs
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m train.cli world_model ...  # CPUs
 
 bf16 autocast (``--mixed_precision bf16``), gradient accumulation, gradient clipping, an EMA of
 the weights (used for inference), a checkpoint every N steps and on Ctrl-C/SIGTERM, TensorBoard
@@ -141,10 +142,16 @@ def load_weights(model: WorldModel, folder: Path) -> None:
 
 def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, step: int) -> dict:
     """One optimiser step (``grad_accumulation`` micro-batches); returns float metrics."""
+    seen = []  # (episode, frame) of each clip, per micro-batch, for --record_batches
+
     def micro_loss(micro: int):
-        batch = to_device(next(data), accelerator.device)
+        batch = next(data)
+        seen.append(torch.stack([batch["episode_index"], batch["frame_index"]], 1).tolist())
+        batch = to_device(batch, accelerator.device)
         # The diffusion noise of a micro-batch depends only on (seed, step, micro, process): resumable.
         seed = cfg.seed * 1_000_003 + (step * cfg.grad_accumulation + micro) * 131 + accelerator.process_index
         return flow_matching_loss(model, batch, cfg.objective, torch.Generator(accelerator.device).manual_seed(seed))
 
-    return loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
+    metrics = loop.optimizer_step(accelerator, model, opt, sched, cfg, micro_loss)
+    loop.record_step(accelerator, cfg, cfg.output_dir, step + 1, seen, model)
+    return metrics

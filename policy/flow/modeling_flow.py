@@ -293,4 +293,5 @@ class FlowPolicy(ModelMixin, ConfigMixin):
             raise FileNotFoundError(f"{path} holds no {cls.config_name}: not a saved {cls.__name__}{hint}")
         if config.is_file() and (found := json.loads(config.read_text()).get("_class_name")) != cls.__name__:
             raise ValueError(f"{path} holds a {found}, not a {cls.__name__} (reverie-train policy saves <output_dir>/model)")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # safetensors only: diffusers would otherwise fall back to a pickled .bin, which can run code
+        return super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "use_safetensors": True})

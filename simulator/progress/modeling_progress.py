@@ -103,7 +103,8 @@ class ProgressModel(ModelMixin, ConfigMixin):
             if found != cls.__name__:
                 raise ValueError(f"{folder} holds a {found} checkpoint, not a {cls.__name__}: give the folder "
                                  f"of a trained progress model (reverie-train progress saves <output_dir>/model)")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # safetensors only: diffusers would otherwise fall back to a pickled .bin, which can run code
+        return super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "use_safetensors": True})
 
     def forward(self, frames: Tensor, first_frames: Tensor, task: list[str]) -> ProgressOutput:
         """frames (B, V, T, 3, h, w) in [0, 1]: the current frame last, earlier ones before it

@@ -58,7 +58,7 @@ def load_autoencoder(path: str | Path) -> AutoencoderKL:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no diffusers AutoencoderKL in {path}: expected config.json and weights "
                                 f"(AutoencoderKL.save_pretrained), or a pipeline folder with vae/")
-    return AutoencoderKL.from_pretrained(path)
+    return AutoencoderKL.from_pretrained(path, use_safetensors=True)  # never a pickled .bin: unpickling can run code
 
 
 def downsample_of(vae: AutoencoderKL) -> int:

@@ -147,6 +147,12 @@ class WorldModel(ModelMixin, ConfigMixin):
             self.register_to_config(autoencoder_config=_architecture(self.vae))
         super().save_pretrained(*args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "WorldModel":
+        """diffusers' from_pretrained, from safetensors only: diffusers would otherwise fall back to a
+        pickled ``.bin``, and unpickling a file can run code."""
+        return super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "use_safetensors": True})
+
     @property
     def _latent(self) -> bool:
         return self.spec.backbone == "latent_transformer"
