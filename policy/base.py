@@ -110,6 +110,16 @@ LIKELIHOOD_ALGORITHMS = ("grpo", "ppo")  # RL algorithms that need log-probabili
 OTHER_ALGORITHMS = ("advantage_conditioned", "filtered_imitation")  # RL algorithms that train with the policy's own loss
 
 
+def rl_algorithms_for(policy) -> tuple[str, ...]:
+    """The RL algorithms that can train ``policy``: GRPO and PPO need an ``RLPolicy``; filtered
+    imitation its own ``loss``; advantage conditioning that loss and ``set_task_suffix``."""
+    fits = LIKELIHOOD_ALGORITHMS if isinstance(policy, RLPolicy) else ()
+    if callable(getattr(policy, "loss", None)):
+        words = ("advantage_conditioned",) if callable(getattr(policy, "set_task_suffix", None)) else ()
+        fits += words + ("filtered_imitation",)
+    return fits
+
+
 def no_log_prob_message(policy_name: str, needed_by: str) -> str:
     """The error for a policy without log-probabilities where ``needed_by`` needs them."""
     return (f"{policy_name} gives no log-probabilities of its actions, which {needed_by} needs. Algorithms "

@@ -8,6 +8,13 @@ both beside the weights. Our observation keys are lerobot's (``simulator.keys``)
 dict from either simulator goes through the preprocessor unchanged; ``select_action_chunk``
 returns the policy's ``predict_action_chunk``, unnormalised to env units, H = n_action_steps.
 
+The adapter is a torch module around the lerobot policy, so that RL trains it as it trains our
+own policies (``train()``/``eval()``, ``parameters()``, ``state_dict()``, ``to()``, a deep copy as
+the KL anchor, ``save_pretrained``). ``loss(obs, actions, action_mask, generator)`` is the
+policy's own training loss (lerobot's ``forward``) on imitated chunks: what filtered imitation
+trains with. ``num_envs`` may be changed between episodes (RL rolls out and evaluates with
+different batches).
+
 ``LerobotDiffusionPolicy`` (what ``LerobotPolicy.wrap`` and ``from_pretrained`` give for a
 ``diffusion`` policy) is also an ``RLPolicy`` (DPPO, Ren et al. 2024): ``sample`` runs the
 denoising loop written out below with the policy's own U-Net, global conditioning and
@@ -22,6 +29,11 @@ What it does not do:
 
 * Observation history: the envs give one observation per chunk, so a diffusion policy must
   have ``n_obs_steps == 1``.
+* Conditioning on words appended to the task (``advantage_conditioned``): the adapter passes the
+  task unchanged and Diffusion Policy reads no text, so that algorithm refuses lerobot policies;
+  GRPO and PPO (Diffusion Policy) and filtered imitation (any type) train them.
+* Freezing the early denoising steps (``FlowPolicy.start_fine_tuning``): DPPO fine-tunes one
+  U-Net whose early, deterministic steps move with the last K.
 * sample/log_prob for other policy types. Flow-matching VLAs (SmolVLA, pi0, pi0.5) integrate an
   ODE with no per-step density; ``LerobotPolicy`` for them is a ``ChunkPolicy`` but not an
   ``RLPolicy`` (``isinstance(p, RLPolicy)`` is False, ``supports_log_prob`` is False), and
@@ -47,6 +59,7 @@ A action dim, K stochastic denoising steps, N cameras, C global-conditioning dim
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,11 +68,22 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from policy.base import ActionSample, gaussian_log_prob, no_log_prob_message
+from policy.base import LIKELIHOOD_ALGORITHMS, ActionSample, gaussian_log_prob, no_log_prob_message
 from simulator import keys
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 PROCESSOR_FILES = ("policy_preprocessor.json", "policy_postprocessor.json")
+ACTION_IS_PAD = "action_is_pad"  # lerobot's padding mask of a training batch's action chunk
+
+
+def lerobot_policy_type(path: str | Path) -> str | None:
+    """The lerobot policy type saved in the folder ``path`` ("diffusion", "smolvla", ...), or None
+    when it holds no lerobot policy config (our FlowPolicy's config names its ``_class_name``)."""
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return None
+    fields = json.loads(config.read_text())
+    return fields.get("type") if "_class_name" not in fields else None
 
 
 class LogProbUnavailableError(TypeError, AttributeError):
@@ -141,8 +165,9 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-class LerobotPolicy:
-    """A lerobot policy with its processors, as a ``ChunkPolicy`` over ``num_envs`` envs.
+class LerobotPolicy(nn.Module):
+    """A lerobot policy with its processors, as a ``ChunkPolicy`` over ``num_envs`` envs and a
+    torch module whose one submodule is the lerobot policy.
 
     Build one with ``LerobotPolicy.wrap(policy, ...)`` or ``LerobotPolicy.from_pretrained(path)``
     (both give a ``LerobotDiffusionPolicy`` for a diffusion policy). The processors default to
@@ -155,19 +180,30 @@ class LerobotPolicy:
                  dataset_stats: dict | None = None):
         from lerobot.policies.factory import make_pre_post_processors
 
+        super().__init__()
         if preprocessor is None or postprocessor is None:
             preprocessor, postprocessor = make_pre_post_processors(policy.config, dataset_stats=dataset_stats)
         self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
         self.config = policy.config
-        self.num_envs = num_envs
+        self._num_envs = self._checked_num_envs(num_envs)
         self.chunk_size = self.config.n_action_steps
+
+    @staticmethod
+    def adapter_class(policy_type: str) -> type[LerobotPolicy]:
+        """The adapter for a lerobot policy type: ``LerobotDiffusionPolicy`` for "diffusion"."""
+        return LerobotDiffusionPolicy if policy_type == "diffusion" else LerobotPolicy
+
+    @classmethod
+    def rl_algorithms(cls) -> tuple[str, ...]:
+        """The ``reverie-rl`` algorithms that train this adapter's policies."""
+        return (LIKELIHOOD_ALGORITHMS if cls.supports_log_prob else ()) + ("filtered_imitation",)
 
     @classmethod
     def wrap(cls, policy, preprocessor=None, postprocessor=None, num_envs: int = 1,
              dataset_stats: dict | None = None, **kwargs) -> LerobotPolicy:
         """The adapter for ``policy``'s type: ``LerobotDiffusionPolicy`` (an RLPolicy, taking
         ``rl_steps``, ``min_std``, ``seed``) for "diffusion", else ``LerobotPolicy``."""
-        adapter = LerobotDiffusionPolicy if policy.config.type == "diffusion" else LerobotPolicy
+        adapter = cls.adapter_class(policy.config.type)
         return adapter(policy, preprocessor, postprocessor, num_envs, dataset_stats, **kwargs)
 
     @classmethod
@@ -201,8 +237,56 @@ class LerobotPolicy:
         self.preprocessor.save_pretrained(path)
         self.postprocessor.save_pretrained(path)
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.policy.parameters()
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    @property
+    def num_envs(self) -> int:
+        return self._num_envs
+
+    @num_envs.setter
+    def num_envs(self, num_envs: int) -> None:
+        self._num_envs = self._checked_num_envs(num_envs)
+
+    @staticmethod
+    def _checked_num_envs(num_envs: int) -> int:
+        if int(num_envs) != num_envs or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs=}")
+        return int(num_envs)
+
+    def forward(self, obs: dict, actions: Tensor, action_mask: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """The training loss (``loss``), so that a distributed wrapper syncs its gradients."""
+        return self.loss(obs, actions, action_mask, generator)
+
+    def loss(self, obs: dict, actions: Tensor, action_mask: Tensor | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
+        """The policy's own training loss (lerobot's ``forward``) of the chunks ``actions``
+        (n, H, A) in env units taken from ``obs`` (n rows); ``action_mask`` (n, H) False marks
+        steps past an episode's end. The chunk fills the policy's action window from the current
+        step; steps past it or masked are lerobot's padding: copies of the last valid action, flagged
+        in ``action_is_pad``. The policy's own randomness (noise, timesteps, crops) comes from
+        ``generator`` when one is given (the global RNG is left as it was), else from the global RNG."""
+        n, H, A = actions.shape
+        window = list(self.config.action_delta_indices or [])
+        if (H, A) != (self.chunk_size, self.config.action_feature.shape[0]) or window[:1] != [0] or len(window) < H:
+            raise ValueError(f"actions must be (n, {self.chunk_size}, {self.config.action_feature.shape[0]}) chunks "
+                             f"that start the {self.config.type} policy's action window {window}, got "
+                             f"{tuple(actions.shape)}")
+        pad = torch.ones(n, len(window), dtype=torch.bool, device=actions.device)
+        pad[:, :H] = False if action_mask is None else ~action_mask.bool().to(actions.device)
+        last_valid = torch.where(~pad, torch.arange(len(window), device=actions.device), 0).cummax(1).values
+        chunk = torch.cat([actions, actions[:, -1:].expand(n, len(window) - H, A)], 1)
+        chunk = chunk.gather(1, last_valid[..., None].expand(-1, -1, A))  # (n, window, A)
+        batch = self._preprocess(obs | {keys.ACTION: chunk, ACTION_IS_PAD: pad}, check_batch=False, training=True)
+        if generator is None:
+            return self.policy.forward(batch)[0]
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            return self.policy.forward(batch)[0]
 
     def reset(self, obs: dict, info: dict, mask: Tensor | None = None, seeds: list[int] | None = None) -> None:
         """Clears lerobot's internal queues (the adapter calls the chunk API, which does not use them)."""
@@ -216,8 +300,9 @@ class LerobotPolicy:
             actions = self.policy.predict_action_chunk(batch)  # (B, >= H, A) policy units
         return self.postprocessor(actions[:, :self.chunk_size]).float()
 
-    def _preprocess(self, obs: dict, check_batch: bool = True) -> dict:
-        """The policy's preprocessor applied to a copy of ``obs``, after checking the keys it reads."""
+    def _preprocess(self, obs: dict, check_batch: bool = True, training: bool = False) -> dict:
+        """The policy's preprocessor applied to a copy of ``obs``, after checking the keys it reads.
+        ``training``: the observations get the time axis of lerobot's training batches (one step)."""
         for key in self.config.input_features:
             if key not in obs:
                 raise KeyError(f"the observation lacks {key!r}, which the {self.config.type} policy reads; "
@@ -225,7 +310,11 @@ class LerobotPolicy:
         rows = len(obs[keys.STATE]) if keys.STATE in obs else len(next(iter(obs.values())))
         if check_batch and rows != self.num_envs:
             raise ValueError(f"the observation has {rows} rows, the policy drives {self.num_envs} envs")
-        return self.preprocessor(dict(obs))
+        obs = dict(obs)
+        if training and self.config.observation_delta_indices is not None:
+            for key in self.config.input_features:
+                obs[key] = obs[key].unsqueeze(1)
+        return self.preprocessor(obs)
 
     def _unsupported(self, name: str) -> LogProbUnavailableError:
         return LogProbUnavailableError(no_log_prob_message(
@@ -235,7 +324,7 @@ class LerobotPolicy:
         # Not methods, so that RLPolicy's isinstance check (a static attribute lookup) is False.
         if name in ("sample", "log_prob"):
             raise self._unsupported(name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return super().__getattr__(name)  # nn.Module's submodules, parameters and buffers
 
 
 class LerobotDiffusionPolicy(LerobotPolicy):
@@ -249,7 +338,6 @@ class LerobotDiffusionPolicy(LerobotPolicy):
     def __init__(self, policy, preprocessor=None, postprocessor=None, num_envs: int = 1,
                  dataset_stats: dict | None = None, rl_steps: int = 2, min_std: float = 0.1, seed: int = 0):
         super().__init__(policy, preprocessor, postprocessor, num_envs, dataset_stats)
-        self.model = policy.diffusion  # lerobot's DiffusionModel: encoders, unet, noise_scheduler
         if self.config.n_obs_steps != 1:
             raise ValueError("the envs give one observation per chunk, so the diffusion policy needs "
                              f"n_obs_steps 1, got {self.config.n_obs_steps=}")
@@ -260,7 +348,19 @@ class LerobotDiffusionPolicy(LerobotPolicy):
             raise ValueError(f"min_std must be > 0 to keep the last step's log-density finite, got {min_std=}")
         self.rl_steps, self.min_std = rl_steps, min_std
         self._next_seed = seed
-        self.generators = [self._generator(self._take_seeds(1)[0]) for _ in range(num_envs)]
+        self.generators = [self._generator(s) for s in self._take_seeds(self.num_envs)]
+
+    @property
+    def model(self):
+        """lerobot's DiffusionModel: encoders, unet, noise_scheduler (a property: not a second submodule)."""
+        return self.policy.diffusion
+
+    @LerobotPolicy.num_envs.setter
+    def num_envs(self, num_envs: int) -> None:
+        """Keeps the generators of the envs that stay; new envs get the next default seeds."""
+        self._num_envs = self._checked_num_envs(num_envs)
+        kept = self.generators[:self._num_envs]
+        self.generators = kept + [self._generator(s) for s in self._take_seeds(self._num_envs - len(kept))]
 
     def reset(self, obs: dict, info: dict, mask: Tensor | None = None, seeds: list[int] | None = None) -> None:
         """Reseeds the noise of the envs in ``mask`` (default all) with ``seeds``, one per env."""

@@ -171,3 +171,77 @@ def test_missing_camera_is_named(diffusion):
         diffusion.select_action_chunk(obs)
     with pytest.raises(ValueError, match="n_obs_steps"):
         LerobotDiffusionPolicy(diffusion.policy.__class__(cpu_diffusion_config(n_obs_steps=2, device="cpu")))
+
+
+def test_the_adapter_is_a_torch_module_around_the_lerobot_policy(diffusion):
+    import copy
+
+    assert isinstance(diffusion, torch.nn.Module) and diffusion.device == torch.device("cpu")
+    assert diffusion.state_dict().keys() == {f"policy.{k}" for k in diffusion.policy.state_dict()}
+    assert sum(p.numel() for p in diffusion.parameters()) == sum(p.numel() for p in diffusion.policy.parameters())
+    diffusion.train()
+    assert diffusion.policy.training and diffusion.policy.diffusion.unet.training
+    diffusion.eval()
+    assert not diffusion.policy.training
+    anchor = copy.deepcopy(diffusion).requires_grad_(False)  # RL's KL anchor
+    with torch.no_grad():
+        next(diffusion.parameters()).add_(1.0)
+    assert not torch.equal(next(anchor.parameters()), next(diffusion.parameters()))
+    anchor.load_state_dict(diffusion.state_dict())
+    assert torch.equal(next(anchor.parameters()), next(diffusion.parameters()))
+    with torch.no_grad():
+        next(diffusion.parameters()).sub_(1.0)
+
+
+def test_num_envs_can_change_between_episodes(diffusion):
+    policy = LerobotDiffusionPolicy(diffusion.policy, diffusion.preprocessor, diffusion.postprocessor, num_envs=B)
+    first = policy.generators[0].get_state()
+    policy.num_envs = 3
+    assert len(policy.generators) == 3 and torch.equal(policy.generators[0].get_state(), first)
+    obs = {k: torch.cat([v, v[:1]]) if torch.is_tensor(v) else v + v[:1] for k, v in make_obs().items()}
+    policy.reset(obs, {})
+    assert policy.select_action_chunk(obs).shape == (3, 8, 7)
+    policy.num_envs = 1
+    assert len(policy.generators) == 1
+    with pytest.raises(ValueError, match="num_envs must be a positive integer"):
+        policy.num_envs = 0
+
+
+def lerobot_batch(diffusion, obs: dict, actions: torch.Tensor, pad: torch.Tensor) -> dict:
+    """A lerobot training batch by hand: one observation step, the action window, its padding."""
+    batch = {k: v.unsqueeze(1) if k != keys.TASK else v for k, v in obs.items()}
+    return diffusion.preprocessor(batch | {keys.ACTION: actions, "action_is_pad": pad})
+
+
+def test_loss_is_lerobots_training_loss_of_the_chunks(diffusion):
+    obs, actions = make_obs(), torch.rand(B, 8, 7) * 3 - 1  # env units
+    diffusion.train()
+    torch.manual_seed(5)
+    expected = diffusion.policy.forward(lerobot_batch(diffusion, obs, actions, torch.zeros(B, 8, dtype=torch.bool)))[0]
+    torch.manual_seed(5)
+    loss = diffusion.loss(obs, actions)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert diffusion.policy.diffusion.unet.final_conv[1].weight.grad is not None
+    diffusion.policy.zero_grad(set_to_none=True)
+
+    # a generator gives the policy's randomness (noise, timesteps, crops) and leaves the global RNG alone
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        a, b = (diffusion.loss(obs, actions, None, torch.Generator().manual_seed(2)) for _ in range(2))
+    assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), state)
+
+    # steps past an episode's end are lerobot's padding: copies of the last valid action
+    mask = torch.ones(B, 8, dtype=torch.bool)
+    mask[0, 5:] = False
+    garbage, copied = actions.clone(), actions.clone()
+    garbage[0, 5:] = 100.0
+    copied[0, 5:] = actions[0, 4]
+    with torch.no_grad():
+        masked, unmasked, edge = (diffusion.loss(obs, x, m, torch.Generator().manual_seed(2))
+                                  for x, m in ((garbage, mask), (garbage, None), (copied, None)))
+    torch.testing.assert_close(masked, edge)
+    assert not torch.allclose(unmasked, edge)
+    diffusion.eval()
+    with pytest.raises(ValueError, match=r"actions must be \(n, 8, 7\)"):
+        diffusion.loss(obs, actions[:, :4])

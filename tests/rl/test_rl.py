@@ -8,6 +8,7 @@ import torch
 
 from data.clips import DatasetConfig
 from policy.flow import FlowPolicy
+from simulator import keys
 from simulator.env import NORMALIZATION_FILE
 from simulator.progress import ProgressModel
 from tests.conftest import moving_world_model
@@ -95,14 +96,83 @@ def test_one_iteration_of_every_algorithm_runs_and_changes_the_policy(algorithm,
     assert any(not torch.equal(before[k], after[k]) for k in before)
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["iteration"] == 1 and record["chunks"] >= 4 and 0.0 <= record["success"] <= 1.0
+    # the checkpoint holds tensors and plain containers only: it loads without unpickling code
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["iteration"] == 1 and state["generator"].dtype == torch.uint8
+
+
+@pytest.fixture(scope="module")
+def lerobot_policy(tiny_dataset, tmp_path_factory):
+    """A tiny lerobot Diffusion Policy with the tiny dataset's statistics, saved as lerobot saves it."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    from policy.lerobot_adapter import LerobotPolicy, cpu_diffusion_config
+
+    torch.manual_seed(0)
+    config = cpu_diffusion_config(image_size=SIZE, device="cpu", down_dims=(16, 32), diffusion_step_embed_dim=16,
+                                  spatial_softmax_num_keypoints=8, num_inference_steps=4)
+    stats = LeRobotDatasetMetadata("reverie/lift", root=tiny_dataset).stats
+    folder = tmp_path_factory.mktemp("lerobot") / "policy"
+    LerobotPolicy.wrap(DiffusionPolicy(config), dataset_stats=stats).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo", "filtered_imitation"])
+def test_rl_trains_a_lerobot_diffusion_policy_that_loads_back_and_acts(algorithm, lerobot_policy, tiny_dataset,
+                                                                       tiny_models, tmp_path):
+    """DPPO (GRPO, PPO) and filtered imitation with lerobot's own loss, one iteration each; the
+    filtered-imitation run is also evaluated before and after, on fewer envs than it rolls out."""
+    from policy import load_policy
+    from policy.lerobot_adapter import LerobotDiffusionPolicy
+
+    evaluated = algorithm == "filtered_imitation"
+    train(rl_config(tiny_dataset, tiny_models, tmp_path / "run", algorithm=algorithm, policy=lerobot_policy,
+                    eval_episodes=2 if evaluated else 0, eval_num_envs=2))
+    trained = load_policy(tmp_path / "run" / "policy", num_envs=2)
+    assert isinstance(trained, LerobotDiffusionPolicy)
+    before, after = load_policy(lerobot_policy).state_dict(), trained.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    obs = {keys.image_key(v): torch.rand(2, 3, SIZE, SIZE) for v in ("front", "wrist")}
+    trained.reset(obs, {})
+    chunk = trained.select_action_chunk(obs | {keys.STATE: torch.zeros(2, 8), keys.TASK: ["lift"] * 2})
+    assert chunk.shape == (2, 8, 7) and chunk.isfinite().all()
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["chunks"] >= 4
+    if evaluated:
+        report = json.loads((tmp_path / "run" / "rl_eval.json").read_text())
+        assert report["table"]["physics_after"]["n"] == report["table"]["imagined_after"]["n"] == 2
+
+
+def test_advantage_conditioning_refuses_a_lerobot_policy_when_configured(lerobot_policy, tiny_dataset, tiny_models,
+                                                                           tmp_path):
+    from train.rl.advantage_conditioned import AdvantageConditioned
+
+    with pytest.raises(ValueError, match=r"advantage_conditioned.*reads no.*grpo, ppo, filtered_imitation"):
+        rl_config(tiny_dataset, tiny_models, tmp_path, policy=lerobot_policy, algorithm="advantage_conditioned")
+    from policy import load_policy
+
+    with pytest.raises(TypeError, match=r"set_task_suffix.*grpo, ppo, filtered_imitation"):  # built by hand
+        AdvantageConditioned(load_policy(lerobot_policy), AdvantageConditionedConfig(real_share=0.0), ("front", "wrist"))
+
+
+def progress_with_success_logit(source, target, logit: float) -> None:
+    """A copy of the progress model at ``source`` whose success logit is ``logit`` for every frame
+    (its heads' success outputs zeroed but for the bias): a success that no float result decides."""
+    progress = ProgressModel.from_pretrained(source)
+    with torch.no_grad():
+        for head in progress.heads:
+            head[-1].weight[1].zero_()
+            head[-1].bias[1] = logit
+    progress.save_pretrained(target)
 
 
 def test_rl_in_imagination_truncates_episodes_past_the_uncertainty_limit(tiny_dataset, tiny_models, tmp_path):
-    kw = dict(algorithm="advantage_conditioned", num_samples=2, sampling_steps=2)
+    progress_with_success_logit(tiny_models / "progress", tmp_path / "never", -30.0)  # no episode is ever solved
+    kw = dict(algorithm="advantage_conditioned", num_samples=2, sampling_steps=2, progress=tmp_path / "never")
     train(rl_config(tiny_dataset, tiny_models, tmp_path / "free", **kw))
     train(rl_config(tiny_dataset, tiny_models, tmp_path / "limited", uncertainty_limit=1e-9, **kw))
     free, limited = (json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("free", "limited"))
-    assert free["chunks"] == 4 * 2  # 4 envs, 16 steps: two chunks each, none solved by the tiny progress model
+    assert free["chunks"] == 4 * 2  # 4 envs, 16 steps: two chunks each
     assert limited["chunks"] == 4 and limited["success"] == 0.0  # every episode truncated after its first chunk
 
 
@@ -182,6 +252,28 @@ def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_datas
     assert report["table"]["physics_before"]["n"] == 2 and (tmp_path / "split" / "learning_curve.png").stat().st_size > 0
 
 
+class OpensAFile:
+    """Unpickling it opens (creates) a file: what a tampered checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_resumed_run_unpickles_no_code_from_its_checkpoint(tiny_dataset, tiny_models, tmp_path):
+    cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "run")
+    train(cfg)
+    state_file = tmp_path / "run" / "checkpoint" / "state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save(state | {"extra": OpensAFile(tmp_path / "opened")}, state_file)
+    cfg.iterations = 2
+    with pytest.raises(ValueError, match=r"state\.pt.*tensors"):
+        train(cfg)
+    assert not (tmp_path / "opened").exists()
+
+
 def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
     with pytest.raises(ValueError, match="unknown self.algorithm='dqn'"):
         rl_config(tiny_dataset, tiny_models, tmp_path, algorithm="dqn")
@@ -248,23 +340,79 @@ def test_the_console_script_lists_every_algorithm():
     assert "--algorithm" in out.stdout and "--grpo.group_size" in out.stdout and "--ppo.gae_lambda" in out.stdout
 
 
+class SuccessProbe:
+    """Collects the imagined env's success probability after every chunk (``run_episodes``' recorder
+    hook): rounds of (chunks, envs)."""
+
+    def __init__(self):
+        self.rounds: list[list[torch.Tensor]] = []
+
+    def start(self, obs, info):
+        self.rounds.append([])
+
+    def step(self, actions, reward, terminated, truncated, info):
+        self.rounds[-1].append(info["success_prob"].clone())
+
+
+def threshold_that_splits(probs: torch.Tensor, chunk: int, max_steps: int) -> tuple[float, list[bool], list[int]]:
+    """A success threshold under which some but not all episodes are solved, at more than two
+    different step counts and none in its first chunk (each has a spread before it is solved),
+    from each episode's success probability after every chunk (N, chunks):
+    the midpoint of the widest gap between measured values that does this (so that no float
+    difference of another CPU moves a value across it). Returns it, the successes and the steps."""
+    values = probs.flatten().unique()  # sorted
+    best = None
+    for low, high in zip(values[:-1].tolist(), values[1:].tolist()):
+        threshold = (low + high) / 2
+        passed = probs > threshold
+        success = passed.any(1)
+        steps = torch.where(success, (passed.float().argmax(1) + 1) * chunk, max_steps)
+        splits = 0 < success.sum() < len(success) and len(steps.unique()) > 2 and steps.min() > chunk
+        if splits and (best is None or high - low > best[0]):
+            best = (high - low, threshold, success.tolist(), steps.tolist())
+    assert best is not None, f"no threshold splits these episodes: {probs}"
+    return best[1:]
+
+
 def test_an_uncertainty_limit_applied_afterwards_matches_the_env_that_truncates(tiny_models, tmp_path):
     """The imagined env's ``uncertainty_limit`` truncates an episode as a failure once the world
-    model's spread passes it; ``under_uncertainty_limit`` re-scores an unlimited run the same way."""
+    model's spread passes it; ``under_uncertainty_limit`` re-scores an unlimited run the same way.
+    The success threshold is chosen from a measured run, so that whatever the float kernels of
+    the machine, some episodes are solved, at different steps, and some are not."""
+    from eval.policy import matched_starts, run_episodes
     from eval.rl import physics_and_imagined, under_uncertainty_limit
+    from simulator.env import ImaginedEnv
+    from simulator.physics.tasks import get_task
 
+    # one imagined frame per chunk: the success probability the env reports is the chunk's whole verdict
+    moving_world_model(SIZE, future=1).save_pretrained(tmp_path / "world_model")
+    (tmp_path / "world_model" / NORMALIZATION_FILE).write_text((tiny_models / "world_model" / NORMALIZATION_FILE).read_text())
     torch.manual_seed(1)
-    progress = ProgressModel.from_pretrained(tiny_models / "progress")
+    progress = ProgressModel(image_size=SIZE, channels=(8, 8), norm_num_groups=4, width=32, head_width=16, ensemble=3,
+                             history_stride=8)
     with torch.no_grad():  # a random success head that depends on the frames, so episodes end at different steps
         for p in progress.parameters():
             p.add_(0.3 * torch.randn_like(p))
     progress.save_pretrained(tmp_path / "progress")
     policy = FlowPolicy.from_pretrained(tiny_models / "policy")
+    views, episodes, seed, num_envs, max_steps = ("front", "wrist"), 8, 100_000, 4, get_task("lift").max_steps
+    imagined = {"num_samples": 2, "sampling_steps": 2}
+
+    starts = matched_starts("lift", views, SIZE, episodes, seed, num_envs)  # as physics_and_imagined starts them
+    env = ImaginedEnv.from_pretrained(tmp_path / "world_model", tmp_path / "progress", starts, views, num_envs=num_envs,
+                                      max_steps=max_steps, terminate_on_success=False, **imagined)
+    probe = SuccessProbe()
+    with torch.no_grad():
+        run_episodes(env, policy, episodes, 0, recorder=probe)
+    probs = torch.cat([torch.stack(r, 1) for r in probe.rounds])[:episodes]  # (episodes, chunks)
+    threshold, solved_by, steps = threshold_that_splits(probs, policy.spec.chunk_size, max_steps)
+
     run = lambda **kw: physics_and_imagined(
-        policy, ("front", "wrist"), SIZE, "lift", 8, 100_000, 4, tiny_models / "world_model", tmp_path / "progress",
-        physics=False, success_threshold=0.01, num_samples=2, sampling_steps=2, **kw)["imagined"]
+        policy, views, SIZE, "lift", episodes, seed, num_envs, tmp_path / "world_model", tmp_path / "progress",
+        physics=False, success_threshold=threshold, **imagined, **kw)["imagined"]
     free = run()
-    assert 0 < sum(free.success) < 8 and len(set(free.steps)) > 2  # episodes solved at different steps
+    assert free.success == solved_by and free.steps == steps  # as measured: episodes solved at different steps
+    assert 0 < sum(free.success) < 8 and len(set(free.steps)) > 2
     assert all(p > 0 for p in free.peak_uncertainty)  # the two samples of a chunk differ
     solved = sorted(p for s, p in zip(free.success, free.peak_uncertainty) if s)
     for limit in (solved[0] - 1e-7, solved[len(solved) // 2] - 1e-7):  # truncates all, then half, of the solved ones

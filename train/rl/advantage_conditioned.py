@@ -19,7 +19,8 @@ than average chunk looks like, told apart by words in its task string. Each iter
    iteration's rollouts and once saved.
 
 Works with any policy that has ``loss(obs, actions, action_mask, generator)`` and
-``set_task_suffix`` (``policy.flow.FlowPolicy``); it does not need log-probabilities.
+``set_task_suffix`` (``policy.flow.FlowPolicy``); it does not need log-probabilities. Lerobot
+policies have no ``set_task_suffix`` (Diffusion Policy reads no text): they fit filtered imitation.
 
 Dimension legend: T chunk steps, B envs, n batch, V views, h x w image size, S state dim,
 H chunk length, A action dim.
@@ -33,6 +34,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from policy.base import rl_algorithms_for
 from simulator import keys
 from train.rl.base import Algorithm, Rollouts, group_advantages, group_starts
 
@@ -125,17 +127,21 @@ def chunk_size_of(policy) -> int:
 class AdvantageConditioned(Algorithm):
     name = "advantage_conditioned"
     needs_log_prob = False
+    needs = ("loss", "set_task_suffix")  # what the policy must have
 
     def __init__(self, policy, config: AdvantageConditionedConfig, views: tuple[str, ...], dataset=None,
                  frames=None):
         """``dataset`` (a ``data.clips.DatasetConfig``: its training episodes are loaded) or
         ``frames`` (a ``train.policy.FrameTable`` with ``success``) gives the real data; neither
         is needed with ``real_share`` 0."""
-        missing = [m for m in ("loss", "set_task_suffix") if not callable(getattr(policy, m, None))]
+        missing = [m for m in self.needs if not callable(getattr(policy, m, None))]
         if missing:
-            raise TypeError(f"{type(policy).__name__} has no {' or '.join(missing)}: {self.name} trains a policy with "
-                            f"its own flow/diffusion loss(obs, actions, action_mask, generator) and conditions it "
-                            f"with set_task_suffix (policy.flow.FlowPolicy does both)")
+            name, fits = type(policy).__name__, rl_algorithms_for(policy)
+            what = "its own flow/diffusion loss(obs, actions, action_mask, generator)" + (
+                " and conditions it on words appended to its task with set_task_suffix" if len(self.needs) > 1 else "")
+            raise TypeError(f"{name} has no {' or '.join(missing)}: {self.name} trains a policy with {what} "
+                            f"(policy.flow.FlowPolicy has both). Algorithms that train a {name}: "
+                            f"{', '.join(fits) or 'none'}")
         super().__init__(policy, config, views)
         if dataset is not None and frames is not None:
             raise ValueError("give the real data once: dataset= or frames=, not both")
@@ -175,7 +181,7 @@ class AdvantageConditioned(Algorithm):
             return metrics
         totals = {"flow_loss": 0.0, "grad_norm": 0.0}
         device = next(iter(self.policy.parameters())).device
-        self.policy.set_task_suffix("")  # the batches carry their conditioned tasks explicitly
+        self._set_task_suffix("")  # the batches carry their conditioned tasks explicitly
         self.policy.train()
         try:
             for _ in range(cfg.steps_per_iteration):
@@ -191,7 +197,7 @@ class AdvantageConditioned(Algorithm):
                 totals["grad_norm"] += float(grad_norm) / cfg.steps_per_iteration
         finally:
             self.policy.eval()
-            self.policy.set_task_suffix(self._acting_suffix())
+            self._set_task_suffix(self._acting_suffix())
         self.updates += 1
         return metrics | totals | {"real_share": n_real / (n_real + n_imagined)}
 
@@ -201,6 +207,9 @@ class AdvantageConditioned(Algorithm):
 
     def _acting_suffix(self) -> str:
         return advantage_words(self.top_bin)  # act as the best bin
+
+    def _set_task_suffix(self, suffix: str) -> None:
+        self.policy.set_task_suffix(suffix)
 
     def _condition(self, tasks: list[str], bins: Tensor, generator: torch.Generator) -> list[str]:
         return conditioned_tasks(tasks, bins, self.config.dropout, generator)
@@ -264,4 +273,4 @@ class AdvantageConditioned(Algorithm):
         self.updates = state["updates"]
         self.memory.extend(state.get("memory", []))
         if self.updates:  # the suffix lives in the policy's config, which a weights-only restore loses
-            self.policy.set_task_suffix(self._acting_suffix())
+            self._set_task_suffix(self._acting_suffix())

@@ -15,7 +15,8 @@ in groups of 8) no longer decide alone what its gradient steps imitate. Kept chu
 they are judged by their outcome, not weighted by the policy's likelihood.
 
 It is ``advantage_conditioned`` with two bins, without the conditioning: the bottom bin is
-dropped instead of being told apart by words, so the policy's plain task changes meaning.
+dropped instead of being told apart by words, so the policy's plain task changes meaning. So it
+needs only the policy's ``loss``: lerobot policies train with theirs (lerobot's ``forward``).
 
 Dimension legend: B envs.
 """
@@ -55,6 +56,7 @@ class FilteredImitationConfig:
 class FilteredImitation(AdvantageConditioned):
     name = "filtered_imitation"
     needs_log_prob = False
+    needs = ("loss",)
 
     def __init__(self, policy, config: FilteredImitationConfig, views: tuple[str, ...], dataset=None, frames=None):
         super().__init__(policy, config.conditioned(), views, dataset=dataset, frames=frames)
@@ -69,6 +71,11 @@ class FilteredImitation(AdvantageConditioned):
 
     def _acting_suffix(self) -> str:
         return ""
+
+    def _set_task_suffix(self, suffix: str) -> None:
+        # a policy that acted with advantage words before (set_task_suffix) acts with the plain task
+        if callable(getattr(self.policy, "set_task_suffix", None)):
+            self.policy.set_task_suffix(suffix)
 
     def _condition(self, tasks: list[str], bins: Tensor, generator: torch.Generator) -> list[str]:
         return tasks

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,8 +40,8 @@ from tqdm import tqdm
 from data.clips import DemoSplitDatasetConfig
 from policy.base import LIKELIHOOD_ALGORITHMS, OTHER_ALGORITHMS
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
-from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.base import collect
+from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.grpo import GRPO, GRPOConfig
 from train.rl.ppo import PPO, PPOConfig
 
@@ -99,6 +102,7 @@ class RLConfig:
             raise ValueError("env=physics starts only where episodes start (their seeds); drop start_every")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown {self.algorithm=}; choose one of {ALGORITHMS}")
+        self._check_lerobot_policy()
         for name in ("iterations", "num_envs", "max_steps", "eval_num_envs", "sampling_steps", "num_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
@@ -113,6 +117,22 @@ class RLConfig:
         if self.env == "imagined" and not self.eval_imagined:
             raise ValueError("RL in imagination is evaluated in imagination too (its exploitation gap); "
                              "eval_imagined=false is for env=physics")
+
+    def _check_lerobot_policy(self) -> None:
+        """A lerobot checkpoint as the policy: the algorithm must be one that trains its adapter."""
+        from policy.lerobot_adapter import LerobotPolicy, lerobot_policy_type
+
+        kind = lerobot_policy_type(self.policy)
+        if kind is None:
+            return
+        fits = LerobotPolicy.adapter_class(kind).rl_algorithms()
+        if self.algorithm in fits:
+            return
+        why = ("it conditions the policy on advantage words appended to its task, which the lerobot adapter does not do "
+               "(lerobot's Diffusion Policy reads no text at all)" if self.algorithm == "advantage_conditioned" else
+               "it needs the log-probabilities of the policy's actions, which only lerobot's Diffusion Policy gives (DPPO)")
+        raise ValueError(f"{self.algorithm=} cannot train the lerobot {kind!r} policy in {self.policy}: {why}. "
+                         f"Algorithms that train it: {', '.join(fits)}")
 
 
 def make_algorithm(cfg: RLConfig, policy, views: tuple[str, ...]):
@@ -183,10 +203,11 @@ def train(cfg: RLConfig) -> Path:
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    policy = load_policy(cfg.policy, cfg.task, device=cfg.device)
+    policy = load_policy(cfg.policy, cfg.task, num_envs=cfg.num_envs, device=cfg.device)
     views, size = camera_views(policy)
     algorithm = make_algorithm(cfg, policy, views)  # fails fast for a policy that cannot serve it
-    before = evaluate_before_after(cfg, policy, "before") if cfg.eval_episodes else None
+    with driving(policy, cfg.eval_num_envs):
+        before = evaluate_before_after(cfg, policy, "before") if cfg.eval_episodes else None
     env, num_starts = make_env(cfg, views, size)
     done, generator = resume(out, policy, algorithm, cfg.seed)
     # the settings the run goes on with: a resumed run may be extended (more iterations)
@@ -207,14 +228,31 @@ def train(cfg: RLConfig) -> Path:
     env.close()  # with --env physics, 32 robosuite envs hold GBs that the evaluation's own envs need
     if cfg.eval_episodes:
         # a finished run re-run (to rebuild its report) reuses its evaluation
-        after = evaluate_before_after(cfg, policy, "after", reuse=done == cfg.iterations)
+        with driving(policy, cfg.eval_num_envs):
+            after = evaluate_before_after(cfg, policy, "after", reuse=done == cfg.iterations)
         save_rl_report(cfg, before, after)
     return out
 
 
+@contextmanager
+def driving(policy, num_envs: int) -> Iterator[None]:
+    """``policy`` sized for ``num_envs`` envs inside the block, when it keeps state per env (a
+    lerobot adapter's noise generators: ``num_envs``); the rollouts' size again after it."""
+    before = getattr(policy, "num_envs", None)
+    if before is None:
+        yield
+        return
+    policy.num_envs = num_envs
+    try:
+        yield
+    finally:
+        policy.num_envs = before
+
+
 def save_checkpoint(out: Path, policy, algorithm, generator: torch.Generator, iteration: int, record: dict) -> None:
     """The policy (ready to load), the algorithm's state and the RNG, written atomically; the
-    iteration's metrics appended to metrics.jsonl."""
+    iteration's metrics appended to metrics.jsonl. state.pt holds tensors and plain containers
+    only (the RNG state is a tensor), so that it loads with ``weights_only``."""
     tmp = out / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp / "policy")
@@ -238,7 +276,11 @@ def resume(out: Path, policy, algorithm, seed: int) -> tuple[int, torch.Generato
     if not (ckpt / "state.pt").is_file():
         return 0, generator
     policy.load_state_dict(load_policy(ckpt / "policy").state_dict())
-    state = torch.load(ckpt / "state.pt", weights_only=False)
+    try:  # weights_only: a checkpoint cannot run code when it is read
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{ckpt / 'state.pt'} holds more than tensors and plain containers, which an RL checkpoint "
+                         f"never does; it was not written by reverie-rl (or was altered), and is not loaded: {e}") from e
     algorithm.load_state_dict(state["algorithm"])
     generator.set_state(state["generator"])
     lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
@@ -248,16 +290,11 @@ def resume(out: Path, policy, algorithm, seed: int) -> tuple[int, torch.Generato
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
+    from data import cli
 
-    import draccus
-
-    cfg = draccus.parse(RLConfig, args=sys.argv[1:] if argv is None else argv)
+    cfg = cli.parse(RLConfig, argv, prog="reverie-rl")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        print(f"done: {train(cfg)}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    print(f"done: {cli.run(train, cfg)}")
 
 
 if __name__ == "__main__":
