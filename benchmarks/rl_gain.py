@@ -91,9 +91,6 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=None,
                         help="advantage_conditioned, filtered_imitation: iterations whose trained imagined chunks are "
                              "drawn from (default 1)")
-    parser.add_argument("--grasp-tolerance", type=float, default=None,
-                        help="imagined success also needs the last grasp within this many metres (x-y) of the "
-                             "object's start, judged from the world model's predicted end effector")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")
     parser.add_argument("--no-imagined-eval", action="store_true",
                         help="with --env physics: evaluate in physics only (no world model or progress model needed)")
@@ -116,8 +113,7 @@ def main() -> None:
         cfg = RLConfig(policy=args.policy, **{k: v for k, v in models.items() if v is not None},
                        dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
                        env=args.env, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
-                       eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval, output_dir=out, seed=seed,
-                       grasp_tolerance=args.grasp_tolerance)
+                       eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval, output_dir=out, seed=seed)
         algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
         changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
         changes |= {"lr": args.lr} if args.lr else {}
@@ -160,16 +156,13 @@ def main() -> None:
     figures = DOC.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     # grpo keeps the plain names; another algorithm gets its own section and figure
-    grasp = args.grasp_tolerance is not None
     # settings other than the defaults name the section and figure apart (earlier runs' sections stay)
     real = args.real_share is not None and not args.real_successes_only
-    settings = ([f"grasp check {100 * args.grasp_tolerance:g} cm"] if grasp else []) + (
-        [f"real share {args.real_share:g}"] if real else []) + ([f"memory {args.memory}"] if args.memory is not None else [])
+    settings = ([f"real share {args.real_share:g}"] if real else []) + ([f"memory {args.memory}"] if args.memory is not None else [])
     tag = ", ".join(([] if args.algorithm == "grpo" else [args.algorithm]) + settings)
     tag = f" ({tag})" if tag else ""
     figure = (("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve")
               + ("" if args.algorithm == "grpo" else f"_{args.algorithm}")
-              + (f"_grasp{100 * args.grasp_tolerance:g}cm" if grasp else "")
               + (f"_real{args.real_share:g}" if real else "")
               + (f"_memory{args.memory}" if args.memory is not None else "") + ".png")
     shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
@@ -182,9 +175,6 @@ def main() -> None:
     write_section(title, command(), "\n\n".join([
         (f"Base policy `{args.policy}`; {args.algorithm} {where} of at most {args.max_steps} steps from the "
         f"dataset's training-episode starts. "
-        + (f"An imagined episode succeeds only if its last grasp closed within {100 * args.grasp_tolerance:g} cm "
-           "(x-y) of the cube's start, by the world model's predicted end effector, in RL and in the imagined "
-           "evaluation. " if grasp else "")
         + (f"A share of {args.real_share:g} of each batch is real dataset chunks"
            f"{' from successful episodes' if args.real_successes_only else ''}. " if args.real_share is not None else "")
         + (f"The kept episodes of the last {args.memory} iterations are imitated. " if args.memory is not None else "")

@@ -69,7 +69,7 @@ def evaluate_before_after(cfg, policy, label: str, reuse: bool | None = None) ->
     results = physics_and_imagined(policy, views, size, cfg.task, cfg.eval_episodes,
                                    cfg.eval_seed, cfg.eval_num_envs, cfg.world_model, cfg.progress, cfg.stats_root,
                                    cfg.device, imagined=cfg.eval_imagined, desc=label,
-                                   success_threshold=cfg.success_threshold, grasp_tolerance=cfg.grasp_tolerance)
+                                   success_threshold=cfg.success_threshold)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: asdict(v) for k, v in results.items()}))
     log.info("%s RL: %s", label, {k: rate(v) for k, v in results.items()})

@@ -17,20 +17,16 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   outside the action space moves the imagined robot further than the real one. A world model that
   imagines non-finite frames or states is an error (``FloatingPointError``), never a black frame.
 - ``reward`` = gamma·Φ(next) − Φ(now), plus ``success_bonus`` when the episode succeeds.
-- ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``
-  and, with ``grasp_tolerance``, the last grasp was aimed at the object (below).
+- ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``.
 - ``truncated``: ``max_steps`` env steps reached, or the world model's uncertainty (the spread of
   ``num_samples`` samples, which needs >= 2 sampling steps) passed ``uncertainty_limit``: past it
   the imagination is not to be trusted.
-- ``grasp_tolerance`` (metres, off by default): a check of the world model's predicted state
-  where its frames are not to be trusted. The frames draw the object between the fingers after a
-  grasp that misses by 1-3 cm (the physics outcome of imagined actions is close to independent of
-  the progress model's verdict), while the predicted end-effector position stays within about a
-  centimetre of physics' (7 mm in x-y at the grasp: ``benchmarks.imagined_replay``). Each time the gripper command turns to closing, the imagined end effector
-  must be within ``grasp_tolerance`` of the start position of the task's first object in x-y and at
-  most ``grasp_height`` above it; an episode whose last grasp was not cannot succeed. The object's
-  start pose is the start frame's (``StartFrames.object_state``); the gripper is the action's last
-  dimension, positive closing (robosuite's convention).
+- The rule of the simulator: an imagined outcome is decided only from what a robot has, its
+  (imagined) frames and proprioception, its actions and the task text. The start frame's object
+  state (``StartFrames.object_state``, ground truth from the physics engine) is handed to the
+  policy in the reset info, for scripted experts that plan from it (the policy's privilege), and
+  never enters the reward, the termination or the truncation. (A grasp check that did read it,
+  reverted after it carried the only RL gain: docs/benchmarks.md, "RL in imagination".)
 - ``obs`` and ``info`` have the physics env's keys (``keys.image_key(view)`` (B, 3, h, w) float in
   [0, 1], ``observation.state`` (B, S), ``task``; info ``success``, ``success_prob``, ``progress``,
   ``uncertainty``, ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states``
@@ -155,8 +151,6 @@ class ImaginedEnvConfig:
     gamma: float = 0.99  # discount of the progress-potential reward
     success_threshold: float = 0.5  # success probability that ends an episode as solved
     success_bonus: float = 1.0  # reward added when an episode succeeds
-    grasp_tolerance: float | None = None  # x-y metres from the object's start a grasp must close within (module doc)
-    grasp_height: float = 0.02  # metres above the object's start centre a grasp may close at
     terminate_on_success: bool = True
     autoreset: bool = False
 
@@ -167,8 +161,6 @@ class ImaginedEnvConfig:
             raise ValueError("uncertainty_limit needs num_samples >= 2: the uncertainty is the spread of several samples")
         if not 0.0 < self.success_threshold < 1.0:
             raise ValueError(f"success_threshold must be in (0, 1), got {self.success_threshold=}")
-        if self.grasp_tolerance is not None and self.grasp_tolerance <= 0:
-            raise ValueError(f"grasp_tolerance must be > 0 metres (or None: no grasp check), got {self.grasp_tolerance=}")
 
 
 class ImaginedEnv:
@@ -201,8 +193,6 @@ class ImaginedEnv:
         self._progress = torch.zeros(B)
         self._success_prob = torch.zeros(B)
         self._uncertainty = torch.zeros(B)
-        self._grasp_ok = torch.ones(B, dtype=torch.bool)  # the last grasp was aimed at the object (none yet: True)
-        self._closing = torch.zeros(B, dtype=torch.bool)  # the last gripper command was to close
         self._next_seed, self._started = 0, False
         self._generator = torch.Generator(device=self.device).manual_seed(0)
 
@@ -265,12 +255,10 @@ class ImaginedEnv:
             self._steps[run] += spec.horizon
             frames.append(torch.where(run.view(B, 1, 1, 1, 1, 1), new, self._frames[:, :, -1:]))
             states.append(torch.where(run.view(B, 1, 1), new_states, self._states[:, -1:]))
-            if cfg.grasp_tolerance is not None:
-                self._check_grasps(actions[:, k * spec.horizon:(k + 1) * spec.horizon], new_states, run)
             valid.append(run[:, None].expand(B, spec.future))
             if pred.uncertainty is not None:
                 self._uncertainty = torch.where(run, pred.uncertainty.float().cpu(), self._uncertainty)
-            solved = self._score(torch.nonzero(run).flatten(), frames=spec.future) & run & self._grasp_ok
+            solved = self._score(torch.nonzero(run).flatten(), frames=spec.future) & run
             self._success |= solved
             finished = (solved & cfg.terminate_on_success) | (self._steps >= self.max_steps)
             if cfg.uncertainty_limit is not None:
@@ -316,18 +304,6 @@ class ImaginedEnv:
                 raise FloatingPointError(f"ImaginedEnv: the world model produced non-finite {what} for env {b} at "
                                          f"step {int(self._steps[b])}: the model or its checkpoint is broken")
 
-    def _check_grasps(self, chunk: Tensor, states: Tensor, run: Tensor) -> None:
-        """Updates ``_grasp_ok`` of the running envs from the chunk's last grasp (``grasp_steps``),
-        judged by the end effector's predicted position after it (``aimed_grasp``).
-        chunk (B, H, A) raw actions; states (B, F, S) raw predicted states, one per imagined frame."""
-        cfg = self.config
-        turns = grasp_steps(chunk[..., -1], self._closing)  # (B, H)
-        last = torch.where(turns, torch.arange(chunk.shape[1]), -1).amax(1)  # (B,) -1: no grasp
-        eef = states[torch.arange(len(states)), last.clamp_min(0) // self.frame_stride, :3]
-        aimed = aimed_grasp(eef, self._object_state[:, :3], cfg.grasp_tolerance, cfg.grasp_height)
-        self._grasp_ok = torch.where(run & (last >= 0), aimed, self._grasp_ok)
-        self._closing = torch.where(run, chunk[:, -1, -1] > 0, self._closing)
-
     def _score(self, envs: Tensor, frames: int) -> Tensor:
         """Scores the last ``frames`` frames of ``envs`` with the progress model; stores the last
         frame's progress and success probability; returns (B,) whether any of them is a success."""
@@ -358,7 +334,6 @@ class ImaginedEnv:
         self._first[b], self._object_state[b], self._task[b] = s.first_frames[n], s.object_state[n], s.task[n]
         self._steps[b], self._done[b], self._success[b] = 0, False, False
         self._uncertainty[b] = 0.0
-        self._grasp_ok[b], self._closing[b] = True, False
 
     def _check_actions(self, actions) -> Tensor:
         actions = torch.as_tensor(actions)
@@ -419,21 +394,6 @@ def as_physics_acts(actions: Tensor) -> Tensor:
     loads (``Controller.scale_action``), and the Panda gripper moves by a fixed speed in the direction
     of its command's sign (``PandaGripper.format_action``): 5 acts as 1, and 0.3 as 1 for the gripper."""
     return torch.cat([actions[..., :-1].clamp(-1.0, 1.0), actions[..., -1:].sign()], -1)
-
-
-def grasp_steps(gripper: Tensor, closing_before: Tensor | None = None) -> Tensor:
-    """(B, T) gripper commands (the action's last dimension, positive closing) -> (B, T) bool: the
-    steps where the command turns to closing. ``closing_before`` (B,): whether the command before
-    the first step was closing (default: not)."""
-    closing = gripper > 0
-    before = torch.zeros_like(closing[:, 0]) if closing_before is None else closing_before.to(closing.device)
-    return closing & ~torch.cat([before[:, None], closing[:, :-1]], 1)
-
-
-def aimed_grasp(eef: Tensor, obj: Tensor, tolerance: float, height: float) -> Tensor:
-    """(B, 3) end-effector positions at a grasp and (B, 3) object positions -> (B,) bool: within
-    ``tolerance`` in x-y and at most ``height`` above the object (the imagined env's grasp check)."""
-    return ((eef[:, :2] - obj[:, :2]).norm(dim=1) <= tolerance) & (eef[:, 2] - obj[:, 2] <= height)
 
 
 def load_normalizer(world_model: str | Path, stats_root: str | Path | None = None) -> Normalizer:

@@ -176,15 +176,6 @@ def test_rl_in_imagination_truncates_episodes_past_the_uncertainty_limit(tiny_da
     assert limited["chunks"] == 4 and limited["success"] == 0.0  # every episode truncated after its first chunk
 
 
-def test_the_grasp_check_reaches_the_rollout_env(tiny_dataset, tiny_models, tmp_path):
-    from policy import camera_views
-    from train.rl.loop import make_env
-
-    cfg = rl_config(tiny_dataset, tiny_models, tmp_path, grasp_tolerance=0.02)
-    env, _ = make_env(cfg, *camera_views(FlowPolicy.from_pretrained(tiny_models / "policy")))
-    assert env.config.grasp_tolerance == 0.02
-
-
 def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dataset, tiny_models, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -279,8 +270,6 @@ def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
         rl_config(tiny_dataset, tiny_models, tmp_path, algorithm="dqn")
     with pytest.raises(ValueError, match="uncertainty_limit needs num_samples >= 2"):
         rl_config(tiny_dataset, tiny_models, tmp_path, uncertainty_limit=0.01)
-    with pytest.raises(ValueError, match="grasp_tolerance must be > 0"):
-        rl_config(tiny_dataset, tiny_models, tmp_path, grasp_tolerance=-0.02)
     with pytest.raises(ValueError, match="multiple of the group size"):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "odd", num_envs=3))
     with pytest.raises(TypeError, match="which grpo needs"):

@@ -79,9 +79,6 @@ class RLConfig:
     num_samples: int = 1
     uncertainty_limit: float | None = None
     success_threshold: float = 0.5
-    # Imagined success also needs the last grasp aimed at the object, judged from the world model's
-    # predicted end effector (metres; ImaginedEnvConfig.grasp_tolerance), in RL and its evaluation.
-    grasp_tolerance: float | None = None
     # Physics and imagined evaluation before and after, from the same matched physics starts.
     eval_episodes: int = 100
     # The imagined half of that evaluation; off, the physics control needs no world model at all.
@@ -111,7 +108,7 @@ class RLConfig:
 
             ImaginedEnvConfig(num_envs=self.num_envs, max_steps=self.max_steps, sampling_steps=self.sampling_steps,
                               num_samples=self.num_samples, uncertainty_limit=self.uncertainty_limit,
-                              success_threshold=self.success_threshold, grasp_tolerance=self.grasp_tolerance)
+                              success_threshold=self.success_threshold)
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes=}")
         if self.env == "imagined" and not self.eval_imagined:
@@ -191,8 +188,7 @@ def make_env(cfg: RLConfig, views: tuple[str, ...], size: int):
     env = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
                                       device=cfg.device, num_envs=cfg.num_envs, max_steps=cfg.max_steps,
                                       sampling_steps=cfg.sampling_steps, success_threshold=cfg.success_threshold,
-                                      num_samples=cfg.num_samples, uncertainty_limit=cfg.uncertainty_limit,
-                                      grasp_tolerance=cfg.grasp_tolerance)
+                                      num_samples=cfg.num_samples, uncertainty_limit=cfg.uncertainty_limit)
     return env, len(starts)
 
 
