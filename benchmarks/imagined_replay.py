@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._report import command, write_section
-from eval.policy import EpisodeResults
-from eval.rl import agreement
+from eval.success import agreement
 
 
 def last_grasps(actions: torch.Tensor) -> torch.Tensor:
@@ -92,11 +91,10 @@ def with_grasp_check(run: dict[str, torch.Tensor], tolerance: float, height: flo
 
 
 def rows(run: dict[str, torch.Tensor], tolerances: list[float], height: float) -> list[dict]:
-    replayed = EpisodeResults(success=run["replayed"].tolist(), steps=[], seconds=0.0)
     out = []
     for tolerance in [None] + tolerances:
         success = run["imagined"] if tolerance is None else with_grasp_check(run, tolerance, height)
-        a = agreement(replayed, EpisodeResults(success=success.tolist(), steps=[], seconds=0.0))
+        a = agreement(run["replayed"].tolist(), success.tolist())
         hit = run["replayed"][success]
         out.append({"tolerance": tolerance, "imagined": success.float().mean().item(),
                     "precision": hit.float().mean().item() if len(hit) else float("nan"),

@@ -26,7 +26,8 @@ import torch
 
 from benchmarks._report import DOC, command, write_section
 from eval.policy import EpisodeResults
-from eval.rl import agreement, physics_and_imagined, under_uncertainty_limit
+from eval.rl import physics_and_imagined, under_uncertainty_limit
+from eval.success import agreement
 from eval.success import wilson_interval
 from eval.value import success_auroc
 
@@ -37,7 +38,7 @@ def rows(physics: EpisodeResults, imagined: EpisodeResults, limits: list[float])
     for limit in limits:
         success = under_uncertainty_limit(imagined, limit)
         both = sum(p and i for p, i in zip(physics.success, success))
-        a = agreement(physics, EpisodeResults(success=success, steps=imagined.steps, seconds=0.0))
+        a = agreement(physics.success, success)
         out.append({"limit": limit, "imagined": sum(success) / len(success), "solved": sum(success),
                     "precision": both / sum(success) if any(success) else float("nan"), "phi": a["phi"],
                     "phi_ci95": a["phi_ci95"]})

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
 from data.clips import DatasetConfig
-from eval.rl import agreement, rate
+from eval.rl import rate
+from eval.success import agreement
 from eval.success import wilson_interval
 from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 
@@ -57,7 +58,7 @@ def phi_cell(results: dict) -> str:
     """The episode-by-episode agreement of imagined and physics outcomes from the same starts."""
     if "imagined" not in results:
         return "n/a (not evaluated)"
-    a = agreement(results["physics"], results["imagined"])
+    a = agreement(results["physics"].success, results["imagined"].success)
     return "n/a (one side constant)" if math.isnan(a["phi"]) else f"{a['phi']:+.2f} [{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]"
 
 

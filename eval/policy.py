@@ -9,13 +9,22 @@ the policy's own randomness for episode i is seeded with i in both. A policy see
 robot's policy sees (cameras, proprioception, task); scripted experts also read the start
 frame's object state, then act on proprioception. The report: success rates with Wilson
 intervals in both simulators, Pearson and Spearman correlations over the family with bootstrap
-intervals, MMRV (``eval.success``), and a scatter of imagined against physics success.
+intervals, MMRV and the mean |imagined - physics| (``eval.success``), and a scatter of imagined
+against physics success.
+
+Closed loop, episode by episode (``closed_loop``; the measuring stick of imagination): per policy,
+the phi correlation of the imagined and physics outcomes of the same starts with its interval;
+beside it the physics ceiling, the phi of two physics runs of the same policy from the same starts
+with its sampling noise reseeded (``physics_ceiling``; how far physics agrees with itself); and,
+where a start succeeds in both, the imagined success step minus the physics one (imagined time
+must run neither slow nor fast).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -25,9 +34,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from eval.success import PolicyComparison
+from eval.success import PolicyComparison, agreement
 
 log = logging.getLogger(__name__)
+RESEEDED = 1_000_000  # offset of the policy seeds of the physics ceiling's second run
 
 
 @dataclass
@@ -43,9 +53,10 @@ class EpisodeResults:
 
 
 def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = None,
-                 recorder=None) -> EpisodeResults:
+                 recorder=None, policy_seed: int = 0) -> EpisodeResults:
     """Runs ``policy`` for ``episodes`` episodes in ``env`` (PhysicsEnv or ImaginedEnv), in rounds
-    of ``env.num_envs``; episode i is the env's reset number ``seed + i`` and the policy's seed i.
+    of ``env.num_envs``; episode i is the env's reset number ``seed + i`` and the policy's seed
+    ``policy_seed + i``.
     An episode succeeds when the env reports it terminated (solved). A
     ``simulator.recording.EpisodeRecorder`` records every episode (the extra envs of a last,
     partial round too)."""
@@ -56,7 +67,7 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
     start_time = time.perf_counter()
     for first in tqdm(range(0, episodes, B), desc=desc, disable=desc is None, leave=False):
         obs, info = env.reset(seed=seed + first)
-        policy.reset(obs, info, seeds=list(range(first, first + B)))
+        policy.reset(obs, info, seeds=list(range(policy_seed + first, policy_seed + first + B)))
         if recorder is not None:
             recorder.start(obs, info)
         done = torch.zeros(B, dtype=torch.bool)
@@ -99,6 +110,9 @@ class EvalPolicyConfig:
     output_dir: Path = Path("outputs/policy_eval")
     # Record the imagined episodes (LeRobotDataset + one mp4 each) under <output_dir>/imagined/<policy>
     record: bool = False
+    # Also re-run every policy in physics from the same starts with its sampling noise reseeded:
+    # the physics ceiling of the per-episode agreement (one more physics run per policy).
+    physics_ceiling: bool = True
     extra: dict = field(default_factory=dict)  # further ImaginedEnvConfig fields
 
     def __post_init__(self):
@@ -169,6 +183,9 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
         with torch.no_grad():
             runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined", recorder),
                           "physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
+            if cfg.physics_ceiling:
+                runs[name]["physics_reseeded"] = run_episodes(physics, policy, cfg.episodes, cfg.seed,
+                                                              f"{name}: physics, reseeded", policy_seed=RESEEDED)
         physics.close()
         if recorder is not None:
             recorder.close()
@@ -179,6 +196,42 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
         imagined_n=[cfg.episodes] * len(names), physics_successes=[sum(runs[n]["physics"].success) for n in names],
         physics_n=[cfg.episodes] * len(names))
     return comparison, runs
+
+
+def closed_loop(runs: dict) -> dict:
+    """Per policy, episode by episode over the paired starts: the imagined-minus-physics success,
+    the agreement (``eval.success.agreement``: counts, phi and its interval) of imagined and physics
+    outcomes, the physics ceiling's (two physics runs, with ``physics_reseeded``), and where a start
+    succeeds in both, the imagined success step minus the physics one (mean, mean absolute, count)."""
+    out = {}
+    for name, r in runs.items():
+        imagined, physics = r["imagined"], r["physics"]
+        both = [k for k, (i, p) in enumerate(zip(imagined.success, physics.success)) if i and p]
+        lag = [imagined.steps[k] - physics.steps[k] for k in both]
+        out[name] = {
+            "gap": (sum(imagined.success) - sum(physics.success)) / len(physics.success),
+            "agreement": agreement(physics.success, imagined.success),
+            "ceiling": agreement(physics.success, r["physics_reseeded"].success) if "physics_reseeded" in r else None,
+            "step_lag": {"n": len(lag), "mean": sum(lag) / len(lag) if lag else float("nan"),
+                         "mean_abs": sum(map(abs, lag)) / len(lag) if lag else float("nan")},
+        }
+    return out
+
+
+def closed_loop_markdown(rows: dict) -> str:
+    """The table of ``closed_loop``."""
+    def phi(a: dict | None) -> str:
+        if a is None:
+            return "not run"
+        return "n/a (one side constant)" if math.isnan(a["phi"]) else (
+            f"{a['phi']:+.2f} [{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]")
+    lines = [("| policy | imagined - physics | per-episode phi [95% bootstrap] | physics ceiling phi (reseeded) "
+              "| success step, imagined - physics (both succeed) |"), "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lag = row["step_lag"]
+        steps = f"{lag['mean']:+.1f} (mean abs {lag['mean_abs']:.1f}, n={lag['n']})" if lag["n"] else "n/a (n=0)"
+        lines.append(f"| {name} | {row['gap']:+.2f} | {phi(row['agreement'])} | {phi(row['ceiling'])} | {steps} |")
+    return "\n".join(lines)
 
 
 def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig) -> Path:
@@ -194,9 +247,9 @@ def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig)
     out.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary() if len(comparison.names) >= 3 else {}
     (out / "policy_eval.json").write_text(json.dumps(
-        {"config": asdict(cfg), "summary": summary,
+        {"config": asdict(cfg), "summary": summary, "closed_loop": closed_loop(runs),
          "runs": {n: {k: asdict(v) for k, v in r.items()} for n, r in runs.items()}}, indent=1, default=str))
-    (out / "policy_eval.md").write_text(comparison.to_markdown() + "\n")
+    (out / "policy_eval.md").write_text(comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs)) + "\n")
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, x, y, xs, ys, n in zip(comparison.names, comparison.physics, comparison.imagined,
                                      comparison.physics_successes, comparison.imagined_successes, comparison.physics_n):
@@ -218,7 +271,7 @@ def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig)
 
 def main(cfg: EvalPolicyConfig) -> Path:
     comparison, runs = evaluate(cfg)
-    print(comparison.to_markdown())
+    print(comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs)))
     save_report(comparison, runs, cfg)
     log.info("report in %s", cfg.output_dir)
     return cfg.output_dir

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from eval.policy import EpisodeResults, matched_starts, run_episodes
-from eval.success import bootstrap_interval, pearson, wilson_interval
+from eval.success import agreement, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +80,6 @@ def rate(results: EpisodeResults) -> float:
     return sum(results.success) / max(1, len(results.success))
 
 
-def agreement(physics: EpisodeResults, imagined: EpisodeResults) -> dict:
-    """How often imagination and physics agree on the same start, episode by episode: the four
-    outcome counts and their phi (Matthews) correlation with a bootstrap 95% interval (1:
-    imagination predicts every physics outcome; 0: it tells nothing about which episodes fail, and
-    RL in it has no signal to fix them; nan where either side never or always succeeds)."""
-    p, i = torch.tensor(physics.success), torch.tensor(imagined.success)
-    if p.shape != i.shape:
-        raise ValueError(f"physics and imagined results must be paired, got {len(p)} and {len(i)} episodes")
-    counts = {"both": (p & i), "physics_only": (p & ~i), "imagined_only": (~p & i), "neither": (~p & ~i)}
-    phi = pearson(p.float(), i.float()) if len(p) >= 3 else float("nan")  # the phi coefficient is Pearson's on 0/1
-    ci = bootstrap_interval(p.float(), i.float(), pearson) if len(p) >= 3 else (float("nan"),) * 2
-    return {k: int(v.sum()) for k, v in counts.items()} | {"phi": phi, "phi_ci95": list(ci)}
-
-
 def under_uncertainty_limit(results: EpisodeResults, limit: float) -> list[bool]:
     """Each episode's success as the imagined env with ``uncertainty_limit=limit`` would have given
     it: a solved episode whose world model spread past ``limit`` before it was solved would have
@@ -116,7 +102,7 @@ def summary(before: dict, after: dict) -> dict:
         out["exploitation_gap_after"] = rate(after["imagined"]) - rate(after["physics"])
         out["exploitation_gap_before"] = rate(before["imagined"]) - rate(before["physics"])
         for when, res in (("before", before), ("after", after)):
-            out[f"agreement_{when}"] = agreement(res["physics"], res["imagined"])
+            out[f"agreement_{when}"] = agreement(res["physics"].success, res["imagined"].success)
     return out
 
 

@@ -19,6 +19,9 @@ successes / n. Metrics (pure functions, unit-tested against hand-computed values
   policies. 0 when the imagined ranking matches; lower is better; in units of success rate, so a
   swap of two near-equal policies costs little and one of a strong and a weak policy a lot.
 
+- ``agreement``: per episode, over paired starts: how often the imagined outcome is the physics
+  one (the four counts) and their phi correlation with a bootstrap interval over episodes.
+
 ``PolicyComparison`` gathers the counts of a set of policies and reports all of these as a dict
 and a markdown table.
 
@@ -117,6 +120,20 @@ def mmrv(imagined: Tensor | Sequence[float], physics: Tensor | Sequence[float]) 
     return float(((r[:, None] - r[None, :]).abs() * violated).max(dim=1).values.mean())
 
 
+def agreement(physics: Sequence[bool], imagined: Sequence[bool]) -> dict:
+    """How often two runs agree on the same start, episode by episode (physics and imagined, or two
+    physics runs): the four outcome counts and their phi (Matthews) correlation with a bootstrap 95%
+    interval over episodes (1: one predicts every outcome of the other; 0: it tells nothing about
+    which episodes fail; nan where either side never or always succeeds)."""
+    p, i = torch.tensor(list(physics), dtype=torch.bool), torch.tensor(list(imagined), dtype=torch.bool)
+    if p.shape != i.shape:
+        raise ValueError(f"physics and imagined results must be paired, got {len(p)} and {len(i)} episodes")
+    counts = {"both": (p & i), "physics_only": (p & ~i), "imagined_only": (~p & i), "neither": (~p & ~i)}
+    phi = pearson(p.float(), i.float()) if len(p) >= 3 else float("nan")  # the phi coefficient is Pearson's on 0/1
+    ci = bootstrap_interval(p.float(), i.float(), pearson) if len(p) >= 3 else (float("nan"),) * 2
+    return {k: int(v.sum()) for k, v in counts.items()} | {"phi": phi, "phi_ci95": list(ci)}
+
+
 # ---- a set of policies --------------------------------------------------------------------
 
 @dataclass
@@ -156,14 +173,15 @@ class PolicyComparison:
 
     def summary(self) -> dict:
         """Pearson and Spearman correlations of the success rates with their bootstrap intervals
-        (over policies), and MMRV."""
+        (over policies), MMRV, and the mean |imagined - physics| success."""
         s, r = self.imagined, self.physics
         if len(s) < 3:
             raise ValueError(f"correlations need at least 3 policies, got {len(s)}")
         interval = lambda stat: bootstrap_interval(s, r, stat, self.bootstrap_samples,
                                                    self.confidence, self.seed)
         return {"policies": len(s), "pearson": pearson(s, r), "pearson_ci": interval(pearson),
-                "spearman": spearman(s, r), "spearman_ci": interval(spearman), "mmrv": mmrv(s, r)}
+                "spearman": spearman(s, r), "spearman_ci": interval(spearman), "mmrv": mmrv(s, r),
+                "mean_abs_gap": float(np.mean(np.abs(np.subtract(s, r))))}
 
     def to_markdown(self) -> str:
         """A table of the per-policy success rates with their Wilson intervals, then a line with
@@ -185,6 +203,7 @@ class PolicyComparison:
             m = self.summary()
             ci = lambda key: f"[{m[key][0]:.2f}, {m[key][1]:.2f}]"
             footer = (f"Pearson r {m['pearson']:.2f} {ci('pearson_ci')}, Spearman rho {m['spearman']:.2f} "
-                      f"{ci('spearman_ci')}, MMRV {m['mmrv']:.3f} ({len(self.names)} policies, {level} "
+                      f"{ci('spearman_ci')}, MMRV {m['mmrv']:.3f}, mean |imagined - physics| {m['mean_abs_gap']:.2f} "
+                      f"({len(self.names)} policies, {level} "
                       f"bootstrap intervals over policies)")
         return "\n".join(lines + ["", footer])

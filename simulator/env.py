@@ -17,7 +17,10 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   outside the action space moves the imagined robot further than the real one. A world model that
   imagines non-finite frames or states is an error (``FloatingPointError``), never a black frame.
 - ``reward`` = gamma·Φ(next) − Φ(now), plus ``success_bonus`` when the episode succeeds.
-- ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``.
+- ``terminated``: the success probability of a frame of the chunk passed ``success_threshold``;
+  the episode ends at that frame (``info["steps"]`` counts to it and ``frames_valid`` is False after
+  it), as a physics episode ends at the step of its success, so that imagined and physics success
+  times compare step for step.
 - ``truncated``: ``max_steps`` env steps reached, or the world model's uncertainty (the spread of
   ``num_samples`` samples, which needs >= 2 sampling steps) passed ``uncertainty_limit``: past it
   the imagination is not to be trusted.
@@ -255,11 +258,16 @@ class ImaginedEnv:
             self._steps[run] += spec.horizon
             frames.append(torch.where(run.view(B, 1, 1, 1, 1, 1), new, self._frames[:, :, -1:]))
             states.append(torch.where(run.view(B, 1, 1), new_states, self._states[:, -1:]))
-            valid.append(run[:, None].expand(B, spec.future))
             if pred.uncertainty is not None:
                 self._uncertainty = torch.where(run, pred.uncertainty.float().cpu(), self._uncertainty)
-            solved = self._score(torch.nonzero(run).flatten(), frames=spec.future) & run
+            first = self._score(torch.nonzero(run).flatten(), frames=spec.future)  # (B,) first solved frame, -1 none
+            solved = (first >= 0) & run
             self._success |= solved
+            ends = solved & cfg.terminate_on_success
+            # the episode ends at its first solved frame, not at the chunk's end, as physics ends at its step
+            self._steps = torch.where(ends, self._steps - spec.horizon + (first + 1) * self.frame_stride, self._steps)
+            past = torch.arange(spec.future) > first[:, None]  # (B, F) frames after the solved one
+            valid.append(run[:, None] & ~(ends[:, None] & past))
             finished = (solved & cfg.terminate_on_success) | (self._steps >= self.max_steps)
             if cfg.uncertainty_limit is not None:
                 finished |= self._uncertainty > cfg.uncertainty_limit
@@ -306,10 +314,11 @@ class ImaginedEnv:
 
     def _score(self, envs: Tensor, frames: int) -> Tensor:
         """Scores the last ``frames`` frames of ``envs`` with the progress model; stores the last
-        frame's progress and success probability; returns (B,) whether any of them is a success."""
-        solved = torch.zeros(self.num_envs, dtype=torch.bool)
+        frame's progress and success probability; returns (B,) the index among them of the first
+        success, -1 where there is none (and for envs not scored)."""
+        solved_at = torch.full((self.num_envs,), -1, dtype=torch.long)
         if len(envs) == 0:
-            return solved
+            return solved_at
         p = self.progress_model.spec
         ends = range(self.length - frames, self.length)
         idx = torch.tensor([history_indices(t, p.history, self._progress_hop) for t in ends])  # (frames, T)
@@ -320,8 +329,9 @@ class ImaginedEnv:
         prob = out.success_prob.view(len(envs), frames).cpu()
         self._progress[envs] = out.progress.view(len(envs), frames)[:, -1].cpu()
         self._success_prob[envs] = prob[:, -1]
-        solved[envs] = (prob > self.config.success_threshold).any(1)
-        return solved
+        over = prob > self.config.success_threshold  # (n, frames)
+        solved_at[envs] = torch.where(over.any(1), over.int().argmax(1), -1)
+        return solved_at
 
     def _reset_one(self, b: int, n: int) -> None:
         s, L = self.starts, self.length

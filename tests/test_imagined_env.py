@@ -146,6 +146,8 @@ def test_reward_is_the_progress_gain_and_success_terminates(starts):
     _, reward, terminated, truncated, after = env.step(torch.zeros(B, H, 7))
     assert terminated.all() and not truncated.any() and after["success"].all()
     assert torch.allclose(reward, 0.9 * after["progress"] - info["progress"] + 2.0)
+    # the episode ends at its first solved frame, as physics ends at the step of its success
+    assert after["steps"].tolist() == [1, 1] and after["frames_valid"].tolist() == [[True] + [False] * (H - 1)] * B
     # finished envs stay finished: no reward, no new frames
     obs_before = env._observation()
     _, reward, terminated, truncated, info = env.step(torch.ones(B, H, 7))

@@ -102,6 +102,8 @@ def test_policy_comparison_summary_and_markdown():
     assert table.splitlines()[0] == "| policy | imagined success [95% Wilson] | physics success [95% Wilson] |"
     assert "| a | 0.80 [0.49, 0.94] (8/10) | 0.90 [0.60, 0.98] (9/10) |" in table
     assert "Spearman rho 0.80" in table and "MMRV 0.050" in table
+    assert m["mean_abs_gap"] == pytest.approx(0.1)  # |0.8-0.9|, |0.4-0.6|, 0, |0.2-0.1| -> 0.4 / 4
+    assert "mean |imagined - physics| 0.10" in table
 
 
 def test_policy_comparison_validates_input():
@@ -118,3 +120,28 @@ def test_policy_comparison_validates_input():
     assert "correlations need at least 3 policies" in two.to_markdown()
     with pytest.raises(ValueError, match="at least 3 policies"):
         two.summary()
+
+
+def test_closed_loop_pairs_episodes_and_compares_success_steps():
+    """Per policy: the gap, the per-episode agreement, the physics ceiling and the success-step lag
+    over the starts that succeed in both, by hand."""
+    from eval.policy import EpisodeResults, closed_loop, closed_loop_markdown
+
+    def results(success, steps):
+        return EpisodeResults(success=success, steps=steps, seconds=0.0)
+
+    runs = {"bc": {"imagined": results([True, True, False, True, False], [10, 20, 120, 30, 120]),
+                   "physics": results([True, False, False, True, False], [12, 120, 120, 25, 120]),
+                   "physics_reseeded": results([True, False, True, True, False], [14, 120, 60, 25, 120])},
+            "blind": {"imagined": results([True] * 5, [8] * 5), "physics": results([False] * 5, [120] * 5)}}
+    rows = closed_loop(runs)
+    bc = rows["bc"]
+    assert bc["gap"] == pytest.approx(1 / 5)
+    assert (bc["agreement"]["both"], bc["agreement"]["imagined_only"], bc["agreement"]["neither"]) == (2, 1, 2)
+    assert bc["agreement"]["phi"] == pytest.approx(pearson([1, 0, 0, 1, 0], [1, 1, 0, 1, 0]))
+    assert bc["ceiling"]["phi"] == pytest.approx(pearson([1, 0, 0, 1, 0], [1, 0, 1, 1, 0]))
+    assert bc["step_lag"] == {"n": 2, "mean": pytest.approx(1.5), "mean_abs": pytest.approx(3.5)}  # -2 and +5
+    assert rows["blind"]["ceiling"] is None and rows["blind"]["step_lag"]["n"] == 0
+    table = closed_loop_markdown(rows)
+    assert "| bc | +0.20 |" in table and "+1.5 (mean abs 3.5, n=2)" in table
+    assert "| blind | +1.00 | n/a (one side constant) | not run | n/a (n=0) |" in table

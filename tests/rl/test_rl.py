@@ -279,25 +279,20 @@ def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
 def test_agreement_counts_paired_outcomes_and_their_phi():
     import math
 
-    from eval.policy import EpisodeResults
-    from eval.rl import agreement
+    from eval.success import agreement
 
-    def results(success):
-        return EpisodeResults(success=success, steps=[10] * len(success), seconds=1.0)
-
-    physics = results([True, True, False, False, True, False])
-    same = agreement(physics, results(list(physics.success)))
+    physics = [True, True, False, False, True, False]
+    same = agreement(physics, list(physics))
     assert (same["both"], same["physics_only"], same["imagined_only"], same["neither"]) == (3, 0, 0, 3)
     assert same["phi"] == pytest.approx(1.0)
-    flipped = agreement(physics, results([not s for s in physics.success]))
+    flipped = agreement(physics, [not s for s in physics])
     assert flipped["phi"] == pytest.approx(-1.0) and flipped["physics_only"] == flipped["imagined_only"] == 3
     # 2x2 counts (2, 1, 1, 2): phi = (2*2 - 1*1) / 3^2
-    mixed = agreement(physics, results([True, True, True, False, False, False]))
+    mixed = agreement(physics, [True, True, True, False, False, False])
     assert mixed["phi"] == pytest.approx(1 / 3) and mixed["phi_ci95"][0] <= 1 / 3 <= mixed["phi_ci95"][1]
-    assert math.isnan(agreement(physics, results([True] * 6))["phi"])  # imagination that always succeeds says nothing
+    assert math.isnan(agreement(physics, [True] * 6)["phi"])  # imagination that always succeeds says nothing
     with pytest.raises(ValueError, match="paired"):
-        agreement(physics, results([True] * 5))
-
+        agreement(physics, [True] * 5)
 
 def test_dr_grpo_keeps_the_size_of_return_differences():
     returns = torch.tensor([1.0, 1.02, 0.0, 1.0])
@@ -315,7 +310,7 @@ def test_saved_policies_are_evaluated_beside_scripted_ones(tiny_dataset, tiny_mo
                            num_envs=2, output_dir=tmp_path)
     comparison, runs = evaluate(cfg)
     assert comparison.names == ["stall", "bc"] and comparison.physics_successes[0] == 0
-    assert all(len(r[k].success) == 2 for r in runs.values() for k in ("imagined", "physics"))
+    assert all(len(r[k].success) == 2 for r in runs.values() for k in ("imagined", "physics", "physics_reseeded"))
     with pytest.raises(ValueError, match="NAME=FOLDER"):
         evaluate(EvalPolicyConfig(world_model=cfg.world_model, progress=cfg.progress, policies=("bc=/nowhere",)))
 
@@ -456,3 +451,18 @@ def test_imagined_episodes_replay_in_physics(tiny_models):
     grasped = ~run["eef_imagined"][:, 0].isnan()
     assert torch.equal(grasped, ~run["eef_physics"][:, 0].isnan())  # the same actions: the same grasps
     assert [r["tolerance"] for r in rows(run, [0.02], 0.02)] == [None, 0.02]
+
+
+def test_the_policy_evaluation_benchmark_reports_the_closed_loop_beside_the_physics_ceiling(tiny_models, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.policy_evaluation", "--world-model",
+                          str(tiny_models / "world_model"), "--progress", str(tiny_models / "progress"),
+                          "--policies", "stall", "expert", f"bc={tiny_models / 'policy'}", "--episodes", "2",
+                          "--num-envs", "2", "--output-dir", str(tmp_path), "--no-write"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| policy | imagined - physics | per-episode phi" in out.stdout and "| bc |" in out.stdout
+    saved = json.loads((tmp_path / "policy_eval.json").read_text())
+    assert set(saved["closed_loop"]) == {"stall", "expert", "bc"} and "mean_abs_gap" in saved["summary"]
+    assert all(len(r["physics_reseeded"]["success"]) == 2 for r in saved["runs"].values())
