@@ -55,6 +55,14 @@ def imagined_env(starts, **config) -> ImaginedEnv:
     return ImaginedEnv(wm, pm, starts, unit_normalizer(), VIEWS, ImaginedEnvConfig(**{"num_envs": B, "max_steps": 16, **config}))
 
 
+def sure(env: ImaginedEnv, success: bool) -> ImaginedEnv:
+    """The env's progress model made sure of success or of failure (its success heads' bias set), so
+    that no outcome rests on where a random model's success probability falls (near 0.5)."""
+    for head in env.progress_model.heads:
+        head[-1].bias.data[1] = 20.0 if success else -20.0
+    return env
+
+
 def same_structure(a, b, where: str) -> None:
     if torch.is_tensor(a):
         assert torch.is_tensor(b) and a.shape == b.shape and a.dtype == b.dtype, (where, a.shape, a.dtype, b)
@@ -113,7 +121,7 @@ def test_a_lerobot_policy_reads_both_unchanged(physics, starts):
 
 
 def test_partial_reset_and_seeding(starts):
-    env = imagined_env(starts, sampling_steps=2, num_samples=2)
+    env = sure(imagined_env(starts, sampling_steps=2, num_samples=2), success=False)
     actions = torch.randn(B, H, 7, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     obs, info = env.reset(seed=5)
     assert info["seeds"] == {0: 5, 1: 6}
@@ -134,14 +142,12 @@ def test_partial_reset_and_seeding(starts):
 
 
 def test_reward_is_the_progress_gain_and_success_terminates(starts):
-    env = imagined_env(starts, gamma=0.9, success_bonus=2.0)
+    env = sure(imagined_env(starts, gamma=0.9, success_bonus=2.0), success=False)
     _, info = env.reset(seed=0)
     _, reward, terminated, truncated, after = env.step(torch.zeros(B, H, 7))
     assert torch.allclose(reward, 0.9 * after["progress"] - info["progress"])
     assert not terminated.any() and not truncated.any()
-    # a progress model sure of success (its success heads' bias raised): the episode ends solved
-    for head in env.progress_model.heads:
-        head[-1].bias.data[1] = 20.0
+    sure(env, success=True)  # the episode ends solved
     _, info = env.reset(seed=0)
     _, reward, terminated, truncated, after = env.step(torch.zeros(B, H, 7))
     assert terminated.all() and not truncated.any() and after["success"].all()
@@ -165,9 +171,7 @@ def test_the_outcome_does_not_read_the_physics_object_state(starts):
     moved = replace(starts, object_state=starts.object_state + torch.tensor([0.1, -0.1, 0.05, 0.5, 0.5, 0.0, 0.0]))
     runs = []
     for s in (starts, moved):
-        env = imagined_env(s)
-        for head in env.progress_model.heads:  # a progress model sure of success
-            head[-1].bias.data[1] = 20.0
+        env = sure(imagined_env(s), success=True)
         _, reset_info = env.reset(seed=0)
         runs.append((reset_info, env.step(grasp), env.step(grasp)))
     (info_a, *steps_a), (info_b, *steps_b) = runs
@@ -184,20 +188,20 @@ def test_the_outcome_does_not_read_the_physics_object_state(starts):
 
 
 def test_truncation_at_the_horizon_and_on_uncertainty(starts):
-    env = imagined_env(starts)
+    env = sure(imagined_env(starts), success=False)
     env.reset(seed=0)
     _, _, _, truncated, _ = env.step(torch.zeros(B, H, 7))
     assert not truncated.any()
     _, _, terminated, truncated, info = env.step(torch.zeros(B, H, 7))
     assert truncated.all() and not terminated.any() and info["steps"].tolist() == [16, 16]
-    env = imagined_env(starts, sampling_steps=2, num_samples=2, uncertainty_limit=0.0)
+    env = sure(imagined_env(starts, sampling_steps=2, num_samples=2, uncertainty_limit=0.0), success=False)
     env.reset(seed=0)
     _, _, _, truncated, info = env.step(torch.zeros(B, H, 7))
     assert truncated.all() and (info["uncertainty"] > 0).all()
 
 
 def test_autoreset_starts_the_next_episode(starts):
-    env = imagined_env(starts, autoreset=True, max_steps=H)
+    env = sure(imagined_env(starts, autoreset=True, max_steps=H), success=False)
     env.reset(seed=0)
     obs, _, _, truncated, info = env.step(torch.zeros(B, H, 7))
     assert truncated.all() and info["seeds"] == {0: 2, 1: 3} and info["steps"].tolist() == [0, 0]
