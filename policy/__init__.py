@@ -8,21 +8,38 @@ import json
 from pathlib import Path
 
 
+# Where lerobot-train leaves the policy of its last checkpoint, inside its output folder.
+LEROBOT_TRAIN_CHECKPOINT = Path("checkpoints/last/pretrained_model")
+
+
+def policy_folder(path: str | Path) -> Path:
+    """The folder that holds a saved policy (its config.json): ``path`` itself, its ``model/`` (the
+    output folder of reverie-train policy or reverie-rl) or its ``checkpoints/last/pretrained_model``
+    (the output folder lerobot-train prints)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    for folder in (path, path / "model", path / LEROBOT_TRAIN_CHECKPOINT):
+        if (folder / "config.json").is_file():
+            return folder
+    raise FileNotFoundError(f"{path} holds no saved policy: no config.json in it, in model/ (reverie-train policy's "
+                            f"output) or in {LEROBOT_TRAIN_CHECKPOINT} (lerobot-train's output)")
+
+
 def load_policy(name_or_path: str | Path, task: str = "lift", num_envs: int = 1, device: str = "cpu"):
     """A policy by name or folder: a scripted policy of ``policy_family()`` by its name, a saved
-    ``FlowPolicy`` (``reverie-train policy``), or a lerobot policy checkpoint."""
+    ``FlowPolicy`` (``reverie-train policy``), or a lerobot policy checkpoint, also as the output
+    folder of the training that wrote it (``policy_folder``)."""
     from policy.scripted import ScriptedPolicy, policy_family
 
     family = {p.name: p for p in policy_family()}
     if str(name_or_path) in family:
         return ScriptedPolicy(task, family[str(name_or_path)].expert, num_envs=num_envs, name=str(name_or_path))
-    path = Path(name_or_path)
-    config = path / "config.json"
-    if not config.is_file():
-        hint = f"; did you mean {path / 'model'}?" if (path / "model" / "config.json").is_file() else ""
-        raise FileNotFoundError(f"{name_or_path!r} is neither a scripted policy ({list(family)}) nor a folder "
-                                f"with a saved policy (config.json){hint}")
-    if json.loads(config.read_text()).get("_class_name") == "FlowPolicy":
+    try:
+        path = policy_folder(name_or_path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{name_or_path!r} is not the name of a scripted policy ({list(family)}), and {e}") from e
+    if json.loads((path / "config.json").read_text()).get("_class_name") == "FlowPolicy":
         from policy.flow import FlowPolicy
 
         return FlowPolicy.from_pretrained(path).to(device).eval()

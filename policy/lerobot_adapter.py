@@ -79,8 +79,11 @@ ACTION_IS_PAD = "action_is_pad"  # lerobot's padding mask of a training batch's 
 def lerobot_policy_type(path: str | Path) -> str | None:
     """The lerobot policy type saved in the folder ``path`` ("diffusion", "smolvla", ...), or None
     when it holds no lerobot policy config (our FlowPolicy's config names its ``_class_name``)."""
-    config = Path(path) / CONFIG_FILE
-    if not config.is_file():
+    from policy import policy_folder
+
+    try:
+        config = policy_folder(path) / CONFIG_FILE
+    except FileNotFoundError:
         return None
     fields = json.loads(config.read_text())
     return fields.get("type") if "_class_name" not in fields else None

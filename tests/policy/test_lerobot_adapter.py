@@ -139,6 +139,24 @@ def test_save_and_load_give_the_same_actions(diffusion, tmp_path):
         LerobotPolicy.from_pretrained(tmp_path / "empty")
 
 
+def test_load_policy_takes_the_folder_lerobot_train_prints(diffusion, tmp_path):
+    """lerobot-train prints its output folder; the policy lies in checkpoints/last/pretrained_model."""
+    from policy import LEROBOT_TRAIN_CHECKPOINT, load_policy
+    from policy.lerobot_adapter import lerobot_policy_type
+
+    diffusion.save_pretrained(tmp_path / "run" / LEROBOT_TRAIN_CHECKPOINT)
+    loaded = load_policy(tmp_path / "run", num_envs=B)
+    assert isinstance(loaded, LerobotDiffusionPolicy) and lerobot_policy_type(tmp_path / "run") == "diffusion"
+    for policy in (diffusion, loaded):
+        policy.reset(make_obs(), {}, seeds=[7, 8])
+    torch.testing.assert_close(loaded.select_action_chunk(make_obs(1)), diffusion.select_action_chunk(make_obs(1)))
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        load_policy(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no saved policy"):
+        load_policy(tmp_path / "empty")
+
+
 def test_policy_without_log_probs_is_a_chunk_policy_but_not_an_rl_policy():
     from lerobot.configs import NormalizationMode
     from lerobot.policies.act.configuration_act import ACTConfig
