@@ -4,6 +4,10 @@ strips of real vs imagined frames.
 
     reverie-eval world_model --model outputs/world_model/model --dataset.root outputs/demo/dataset
 
+Sharpness: the high-frequency energy of each view's frames (``high_frequency_energy``, the mean
+squared Laplacian), imagined over real at every horizon step; a blurred prediction scores below 1
+however close its PSNR (copy-last, which repeats a real frame, scores about 1).
+
 A state probe (eval.probe), trained on real frames of training episodes, reads the end effector
 from imagined and from real frames: its error on imagined frames against its error on real ones
 measures whether the model moved the arm where the actions said.
@@ -75,6 +79,10 @@ class FidelityResult:
     # Object lift: over the rollouts in which the first object really rises more than 2 cm, its
     # mean rise (m) over the horizon: true, read by the probe on real frames, and on imagined ones.
     object_rise: dict | None = None
+    # Per view, per horizon step: high-frequency energy of the imagined frames over the real ones',
+    # and of the copy-last baseline over the real ones'.
+    sharpness: dict[str, list[float]] | None = None
+    sharpness_copy_last: dict[str, list[float]] | None = None
 
     def to_markdown(self, every: int = 4) -> str:
         probe = self.eef_error is not None
@@ -86,6 +94,12 @@ class FidelityResult:
                 eef = f" {1000 * self.eef_error[i]:.1f} / {1000 * self.eef_error_real[i]:.1f} |" if probe else ""
                 rows.append(f"| {h} | {self.psnr[i]:.2f} | {self.psnr_copy_last[i]:.2f} | {self.ssim[i]:.3f} | "
                             f"{self.ssim_copy_last[i]:.3f} |{eef} {self.count[i]} |")
+        if self.sharpness:
+            at = [h for h in (1, 8, 32) if h <= len(self.horizon)] or [len(self.horizon)]
+            ratio = lambda v, h: f"{self.sharpness[v][h - 1]:.2f} [{self.sharpness_copy_last[v][h - 1]:.2f}]"  # noqa: E731
+            views = "; ".join(f"{v} " + " / ".join(ratio(v, h) for h in at) for v in self.sharpness)
+            rows += ["", (f"Sharpness (high-frequency energy, imagined over real; copy-last in brackets) at horizon "
+                          f"{' / '.join(map(str, at))}: {views}")]
         if self.object_rise:
             o = self.object_rise
             rows += ["", f"Object rise over the horizon in the {o['rollouts']} rollouts where it is lifted (mm): "
@@ -110,6 +124,15 @@ def per_frame_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
     psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
     return psnr.clamp(max=PSNR_CAP).reshape(pred.shape[:-3]), ssim.reshape(pred.shape[:-3])
+
+
+def high_frequency_energy(frames: torch.Tensor) -> torch.Tensor:
+    """(..., 3, h, w) frames -> (...): the mean squared response of the 3x3 Laplacian over channels
+    and interior pixels, the fine detail a blurred frame lacks (0 for a flat frame)."""
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+    x = frames.reshape(-1, 1, *frames.shape[-2:]).float()  # every channel of every frame
+    response = torch.nn.functional.conv2d(x, laplacian.view(1, 1, 3, 3))
+    return response.square().mean((1, 2, 3)).view(*frames.shape[:-3], frames.shape[-3]).mean(-1)
 
 
 def rollout_starts(clips: ClipDataset, n: int) -> list[int]:
@@ -140,6 +163,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     T = chunks * spec.future
     sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real")}
     count = torch.zeros(T)
+    energy = {k: torch.zeros(spec.views, T) for k in ("imagined", "copy_last", "real")}  # masked sums, (V, T)
     examples, moves, rises = None, [], {}
     sens_chunks = min(2, chunks)  # action sensitivity is read over the first (up to) 2 chunks
     starts = rollout_starts(clips, cfg.starts)
@@ -155,6 +179,8 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
             sums["psnr" + name] += torch.where(mask, psnr.mean(1), 0.0).sum(0)
             sums["ssim" + name] += torch.where(mask, ssim.mean(1), 0.0).sum(0)
         count += mask.float().sum(0)
+        for name, frames in (("imagined", imagined), ("copy_last", copy_last), ("real", real)):
+            energy[name] += torch.where(mask[:, None], high_frequency_energy(frames), 0.0).sum(0)
         if probe is not None:
             truth = torch.cat([clips.normalizer.unnormalize(keys.STATE, batch["future_state"]), batch["future_env_state"]], -1)
             probed = {"imagined": probe_frames(probe, imagined), "real": probe_frames(probe, real)}
@@ -174,6 +200,10 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     if probe is None:
         mean["eef_error"] = mean["eef_error_real"] = None
     result = FidelityResult(horizon=list(range(1, T + 1)), count=count.int().tolist(), **mean)
+    real_energy = energy["real"].clamp_min(1e-12)
+    result.sharpness, result.sharpness_copy_last = (
+        {v: (energy[name][i] / real_energy[i]).tolist() for i, v in enumerate(clips.views)}
+        for name in ("imagined", "copy_last"))
     if rises and len(torch.cat(rises["true"])):
         result.object_rise = {"rollouts": len(torch.cat(rises["true"]))} | {
             k: torch.cat(v).mean().item() for k, v in rises.items()}
@@ -259,14 +289,19 @@ def save_report(result: FidelityResult, examples: dict, cfg: EvalWorldModelConfi
     panels = [("psnr", "PSNR (dB)", "_copy_last", "copy last frame"), ("ssim", "SSIM", "_copy_last", "copy last frame")]
     if result.eef_error is not None:
         panels.append(("eef_error", "probe end-effector error (m)", "_real", "probe on real frames"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 3.5))
     for ax, (key, label, other, other_label) in zip(axes, panels):
         ax.plot(result.horizon, getattr(result, key), label="world model")
         ax.plot(result.horizon, getattr(result, key + other), "--", label=other_label)
-        ax.set_xlabel("horizon (predicted frames)")
         ax.set_ylabel(label)
+    for v in result.sharpness or {}:
+        line, = axes[-1].plot(result.horizon, result.sharpness[v], label=f"{v}: world model")
+        axes[-1].plot(result.horizon, result.sharpness_copy_last[v], "--", color=line.get_color(), label=f"{v}: copy last")
+    axes[-1].set_ylabel("sharpness, imagined / real")
+    for ax in axes:
+        ax.set_xlabel("horizon (predicted frames)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "fidelity.png", dpi=120)
     plt.close(fig)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from data.clips import DatasetConfig
-from eval.fidelity import EvalWorldModelConfig, correlation, evaluate, per_frame_scores, save_report
+from eval.fidelity import (EvalWorldModelConfig, correlation, evaluate, high_frequency_energy, per_frame_scores,
+                           save_report)
 from simulator.world_model import WorldModel
 
 TINY = dict(views=2, image_size=32, context=2, future=2, horizon=4, block_out_channels=(16, 32), layers_per_block=1,
@@ -51,6 +52,25 @@ def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, 
     assert json.loads((out / "fidelity.json").read_text())["result"]["count"] == result.count
     assert (out / "fidelity.png").stat().st_size > 5000 and (out / "strips.png").stat().st_size > 1000
     assert result.eef_error is None
+    # copy-last repeats a real frame: the untrained model's frames are exactly as sharp as its
+    for view in ("front", "wrist"):
+        torch.testing.assert_close(torch.tensor(result.sharpness[view]), torch.tensor(result.sharpness_copy_last[view]),
+                                   atol=1e-3, rtol=1e-3)
+        assert len(result.sharpness[view]) == 6 and all(r > 0 for r in result.sharpness[view])
+    assert "Sharpness (high-frequency energy" in result.to_markdown()
+
+
+def test_high_frequency_energy_falls_with_blur_and_is_zero_on_flat_frames():
+    frames = torch.rand(2, 4, 3, 16, 16)
+    blurred = torch.nn.functional.avg_pool2d(frames.flatten(0, 1), 3, stride=1, padding=1,
+                                             count_include_pad=False).view_as(frames)
+    sharp, soft = high_frequency_energy(frames), high_frequency_energy(blurred)
+    assert sharp.shape == (2, 4) and (soft < 0.5 * sharp).all()
+    assert (high_frequency_energy(torch.full((3, 3, 8, 8), 0.7)) == 0).all()
+    # one pixel raised by d in one channel of three: the Laplacian answers -4d there and d at its 4 neighbours
+    spike = torch.zeros(3, 8, 8)
+    spike[0, 4, 4] = 0.5
+    assert high_frequency_energy(spike).item() == pytest.approx((16 + 4) * 0.25 / (3 * 6 * 6))
 
 
 def test_probe_reads_imagined_and_real_frames(untrained, tiny_dataset, tmp_path):
