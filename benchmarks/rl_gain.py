@@ -25,8 +25,7 @@ from pathlib import Path
 from benchmarks._report import DOC, command, write_section
 from data.clips import DatasetConfig
 from eval.rl import rate
-from eval.success import agreement
-from eval.success import wilson_interval
+from eval.success import agreement, wilson_interval
 from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
 
 # Settings of one algorithm that this script passes on (flag name = config field).
@@ -62,7 +61,12 @@ def phi_cell(results: dict) -> str:
     return "n/a (one side constant)" if math.isnan(a["phi"]) else f"{a['phi']:+.2f} [{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]"
 
 
-def main() -> None:
+def gap_cell(results: dict) -> str:
+    """Imagined minus physics success: how much the policy exploits the world model."""
+    return f"{rate(results['imagined']) - rate(results['physics']):+.2f}" if "imagined" in results else "n/a"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True)
     parser.add_argument("--world-model", type=Path, default=None, help="needed unless --env physics --no-imagined-eval")
@@ -97,12 +101,41 @@ def main() -> None:
                         help="with --env physics: evaluate in physics only (no world model or progress model needed)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/rl_gain"))
     parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, refused before any run when its flags do not fit together."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.no_imagined_eval and args.env != "physics":
         parser.error("--no-imagined-eval is for --env physics: RL in imagination is evaluated in imagination too")
     if not args.no_imagined_eval and (args.world_model is None or args.progress is None):
         parser.error("--world-model and --progress are needed (or --env physics --no-imagined-eval)")
+    for name, algorithms in ALGORITHM_FLAGS.items():
+        if getattr(args, name) is not None and args.algorithm not in algorithms:
+            parser.error(f"--{name.replace('_', '-')} is a setting of {' and '.join(algorithms)}")
+    return args
 
+
+def rl_config(args: argparse.Namespace, seed: int) -> RLConfig:
+    """The ``reverie-rl`` run of one seed, with the chosen algorithm's settings from the flags."""
+    models = {"world_model": args.world_model, "progress": args.progress}
+    cfg = RLConfig(policy=args.policy, **{k: v for k, v in models.items() if v is not None},
+                   dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
+                   env=args.env, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
+                   eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval,
+                   output_dir=args.output_dir / f"seed{seed}", seed=seed)
+    algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
+    changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
+    changes |= {"lr": args.lr} if args.lr else {}
+    changes |= {name: getattr(args, name) for name in ALGORITHM_FLAGS if getattr(args, name) is not None}
+    setattr(cfg, args.algorithm, replace(algo, **changes))
+    return cfg
+
+
+def run_seeds(args: argparse.Namespace) -> float:
+    """Runs (or resumes) RL for every seed; returns the minutes it took."""
     t0 = time.perf_counter()
     for i, seed in enumerate(args.seeds):
         out = args.output_dir / f"seed{seed}"
@@ -110,69 +143,79 @@ def main() -> None:
         if i > 0 and first.is_file() and not (out / "eval_before.json").exists():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy(first, out / "eval_before.json")  # one evaluation of the base policy serves every seed
-        models = {"world_model": args.world_model, "progress": args.progress}
-        cfg = RLConfig(policy=args.policy, **{k: v for k, v in models.items() if v is not None},
-                       dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
-                       env=args.env, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
-                       eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval, output_dir=out, seed=seed)
-        algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
-        changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
-        changes |= {"lr": args.lr} if args.lr else {}
-        for name, algorithms in ALGORITHM_FLAGS.items():
-            if getattr(args, name) is not None:
-                if args.algorithm not in algorithms:
-                    parser.error(f"--{name.replace('_', '-')} is a setting of {' and '.join(algorithms)}")
-                changes[name] = getattr(args, name)
-        setattr(cfg, args.algorithm, replace(algo, **changes))
-        train(cfg)
-    minutes = (time.perf_counter() - t0) / 60
+        train(rl_config(args, seed))
+    return (time.perf_counter() - t0) / 60
 
+
+def load_results(args: argparse.Namespace, seed: int, when: str) -> dict:
+    """A seed's evaluation ``when`` ("before" or "after" RL): EpisodeResults by simulator."""
     from eval.policy import EpisodeResults
 
-    load = lambda seed, when: {k: EpisodeResults(**v) for k, v in json.loads(
-        (args.output_dir / f"seed{seed}" / f"eval_{when}.json").read_text()).items()}
-    before = load(args.seeds[0], "before")
-    gap = lambda r: f"{rate(r['imagined']) - rate(r['physics']):+.2f}" if "imagined" in r else "n/a"
+    path = args.output_dir / f"seed{seed}" / f"eval_{when}.json"
+    return {k: EpisodeResults(**v) for k, v in json.loads(path.read_text()).items()}
+
+
+def gain_table(args: argparse.Namespace, before: dict) -> tuple[str, str]:
+    """The markdown table of success before and after RL per seed, and the verdict on the mean gain."""
     lines = ["| run | physics success | imagined success | physics gain | imagined − physics | per-episode phi |",
              "|---|---|---|---|---|---|",
              (f"| base policy | {cell(before['physics'])} | {cell(before.get('imagined'))} | | "
-             f"{gap(before)} | {phi_cell(before)} |")]
+             f"{gap_cell(before)} | {phi_cell(before)} |")]
     gains = []
     for seed in args.seeds:
-        after = load(seed, "after")
+        after = load_results(args, seed, "after")
         gains.append(rate(after["physics"]) - rate(before["physics"]))
         lines.append(f"| after RL, seed {seed} | {cell(after['physics'])} | {cell(after.get('imagined'))} | "
-                     f"{gains[-1]:+.2f} | {gap(after)} | {phi_cell(after)} |")
+                     f"{gains[-1]:+.2f} | {gap_cell(after)} | {phi_cell(after)} |")
+    lo, hi = t_interval(gains)
+    mean = sum(gains) / len(gains)
+    verdict = (f"Mean physics gain over {len(gains)} seeds: {mean:+.3f} (95% t interval [{lo:+.3f}, {hi:+.3f}]); "
+               f"target +0.15.")
+    return "\n".join(lines), verdict
+
+
+def wall_times(args: argparse.Namespace, before: dict, minutes: float) -> str:
+    """The sentence on wall time: RL per seed, one evaluation, and this invocation."""
     rl_minutes = [sum(r["collect_s"] + r["update_s"] for r in map(json.loads, (
         args.output_dir / f"seed{seed}" / "metrics.jsonl").read_text().splitlines())) / 60 for seed in args.seeds]
     eval_minutes = sum(r.seconds for r in before.values()) / 60
-    lo, hi = t_interval(gains)
-    mean = sum(gains) / len(gains)
-    table = "\n".join(lines)
-    verdict = (f"Mean physics gain over {len(gains)} seeds: {mean:+.3f} (95% t interval [{lo:+.3f}, {hi:+.3f}]); "
-               f"target +0.15.")
-    print(table + "\n\n" + verdict)
-    if args.no_write:
-        return
-    figures = DOC.parent / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    # grpo keeps the plain names; another algorithm gets its own section and figure
-    # settings other than the defaults name the section and figure apart (earlier runs' sections stay)
+    return (f"RL wall time per seed "
+            f"{', '.join(f'{m:.0f}' for m in rl_minutes)} min; one evaluation (physics and imagined) {eval_minutes:.0f} min; "
+            f"this invocation {minutes:.0f} min (runs already finished are reused, not re-run).")
+
+
+def figure_name(args: argparse.Namespace) -> str:
+    """The learning curve's file name: grpo keeps the plain name; another algorithm, and settings
+    other than the defaults, name it apart (earlier runs' figures stay)."""
+    real = args.real_share is not None and not args.real_successes_only
+    return (("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve")
+            + ("" if args.algorithm == "grpo" else f"_{args.algorithm}")
+            + (f"_real{args.real_share:g}" if real else "")
+            + (f"_memory{args.memory}" if args.memory is not None else "") + ".png")
+
+
+def section_title(args: argparse.Namespace) -> tuple[str, str]:
+    """The section's title, and where the RL ran, for its text. As for the figure, grpo keeps the
+    plain title; another algorithm and settings other than the defaults are named in it."""
     real = args.real_share is not None and not args.real_successes_only
     settings = ([f"real share {args.real_share:g}"] if real else []) + ([f"memory {args.memory}"] if args.memory is not None else [])
     tag = ", ".join(([] if args.algorithm == "grpo" else [args.algorithm]) + settings)
     tag = f" ({tag})" if tag else ""
-    figure = (("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve")
-              + ("" if args.algorithm == "grpo" else f"_{args.algorithm}")
-              + (f"_real{args.real_share:g}" if real else "")
-              + (f"_memory{args.memory}" if args.memory is not None else "") + ".png")
-    shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
-    title, where = {"imagined": (f"RL in imagination{tag}: physics success before and after", (
+    return {"imagined": (f"RL in imagination{tag}: physics success before and after", (
         f"in the imagined env (world model `{args.world_model}`, progress model `{args.progress}`), {args.iterations} "
         f"iterations of {args.num_envs} imagined episodes")),
         "physics": (f"RL in physics{tag}, the control: what a faithful simulator would give", (
         f"with its rollouts in physics (the control; reward 1 at success), {args.iterations} iterations of "
         f"{args.num_envs} physics episodes"))}[args.env]
+
+
+def write_report(args: argparse.Namespace, table: str, verdict: str, times: str) -> None:
+    """Writes the section of docs/benchmarks.md, with the first seed's learning curve as its figure."""
+    figures = DOC.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    figure = figure_name(args)
+    shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
+    title, where = section_title(args)
     write_section(title, command(), "\n\n".join([
         (f"Base policy `{args.policy}`; {args.algorithm} {where} of at most {args.max_steps} steps from the "
         f"dataset's training-episode starts. "
@@ -184,10 +227,19 @@ def main() -> None:
         f"(physics seeds 100000 on), deterministic "
         f"actions (the flow ODE). Success with 95% Wilson intervals; per-episode phi: the correlation of "
         f"imagined and physics outcomes over the paired starts (0: imagination does not tell which episodes fail), "
-        f"with a bootstrap 95% interval. RL wall time per seed "
-        f"{', '.join(f'{m:.0f}' for m in rl_minutes)} min; one evaluation (physics and imagined) {eval_minutes:.0f} min; "
-        f"this invocation {minutes:.0f} min (runs already finished are reused, not re-run)."),
+        f"with a bootstrap 95% interval. " + times),
         table, verdict, f"![learning curve, first seed](figures/{figure})"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    minutes = run_seeds(args)
+    before = load_results(args, args.seeds[0], "before")
+    table, verdict = gain_table(args, before)
+    times = wall_times(args, before, minutes)
+    print(table + "\n\n" + verdict)
+    if not args.no_write:
+        write_report(args, table, verdict, times)
 
 
 if __name__ == "__main__":

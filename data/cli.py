@@ -2,12 +2,17 @@
 and an expected user error (a bad value, a missing or existing folder) ended in one last line
 ``error: <message>`` instead of a traceback. Unexpected exceptions keep their traceback.
 
-It lives in ``data/`` because reverie-collect, the lowest of the scripts, needs it; it imports
-nothing heavy. It does not run anything itself.
+``dispatch`` runs ``prog KIND [options]`` for the scripts with one kind per stage (reverie-train,
+reverie-eval): each kind's module is imported only when that kind runs.
+
+It lives in ``data/`` because reverie-collect, the lowest of the scripts, needs it, and
+reverie-eval must not import training code to share it; it imports nothing heavy.
 """
 
 import dataclasses
+import importlib
 import json
+import logging
 import sys
 import types
 import typing
@@ -54,6 +59,30 @@ def run[T](fn: Callable[[T], typing.Any], cfg: T) -> typing.Any:
         raise SystemExit(130) from None
     except USER_ERRORS as e:
         fail(str(e), code=1)
+
+
+def usage(kinds: dict, prog: str) -> str:
+    width = max(map(len, kinds))
+    lines = [f"  {kind:<{width}}  {about}" for kind, (*_, about) in kinds.items()]
+    return "\n".join([f"usage: {prog} KIND [options]", "", "kinds:", *lines, "",
+                      f"a kind's options: {prog} KIND --help"])
+
+
+def dispatch(kinds: dict, prog: str, argv: list[str] | None = None) -> None:
+    """Runs ``prog KIND [options]``: parses the kind's config with draccus and calls its function.
+    ``kinds``: kind -> (module, config class, function that runs it, one line on what it does)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage(kinds, prog))
+        return
+    if not argv or argv[0] not in kinds:
+        print(usage(kinds, prog), file=sys.stderr)
+        fail(f"KIND is one of {sorted(kinds)}, got {repr(argv[0]) if argv else 'nothing'}")
+    module_name, config_name, fn_name, _ = kinds[argv[0]]
+    module = importlib.import_module(module_name)
+    cfg = parse(getattr(module, config_name), argv[1:], prog=f"{prog} {argv[0]}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    print(f"done: {run(getattr(module, fn_name), cfg)}")
 
 
 def join_list_values(cls: type, argv: list[str]) -> list[str]:

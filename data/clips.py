@@ -31,8 +31,8 @@ import torch
 from data.validate import EpisodeRecord, check_local_dataset, check_stats, check_values, name_unreadable_file
 from data.video import VIDEO_BACKENDS, decode_frames
 from simulator import keys
+from simulator.normalization import STATS_FILE, Normalizer
 
-STATS_FILE = "meta/reverie_stats.json"
 STATS_KEYS = (keys.ACTION, keys.STATE, keys.ENV_STATE)
 # lerobot wants a repo id even for a local root; a root is checked whole first (data.validate), so
 # lerobot never has a missing piece to fetch from the hub under this name.
@@ -109,22 +109,6 @@ class DemoSplitDatasetConfig(DatasetConfig):
     val_episodes: int = 20  # the demo's split (a tenth of 200 episodes): policy cloning and RL starts
 
 
-class Normalizer:
-    """Mean/std normalisation per feature, from ``meta/reverie_stats.json``."""
-
-    def __init__(self, stats: dict[str, dict[str, list[float]]], eps: float = 1e-3, source: str | Path = "statistics"):
-        check_stats(stats, source)  # a non-finite mean or std would turn every normalised value into NaN or 0
-        self.stats = stats
-        self.mean = {k: torch.tensor(v["mean"], dtype=torch.float32) for k, v in stats.items()}
-        self.std = {k: torch.tensor(v["std"], dtype=torch.float32).clamp_min(eps) for k, v in stats.items()}
-
-    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean[key]) / self.std[key]
-
-    def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        return x * self.std[key] + self.mean[key]
-
-
 def load_or_compute_stats(root: Path, total_frames: int, load_columns, record: EpisodeRecord | None = None) -> dict:
     """Statistics stored beside the dataset; recomputed (``load_columns()`` -> {key: (N, d)}) only
     when the dataset has changed size. Stored ones must agree with lerobot's per-episode ``record``."""
@@ -196,11 +180,21 @@ class ClipDataset(torch.utils.data.Dataset):
             from tqdm import tqdm
 
             for ep in tqdm(self.episodes, desc="decode frames into memory", leave=False):
-                first, end = self._rows[ep]
-                self._cache[ep] = self.decode(ep, list(range(end - first)))
+                self._cache[ep] = self.episode_frames(ep)
 
     def __len__(self) -> int:
         return len(self.episode_of)
+
+    def episode_range(self, ep: int) -> tuple[int, int]:
+        """(first, end) rows of episode ``ep`` in the loaded columns (``columns``, ``episode_of``, ...)."""
+        return self._rows[ep]
+
+    def episode_frames(self, ep: int) -> torch.Tensor:
+        """(V, N, 3, h, w) uint8: every frame of episode ``ep``, from memory with ``cache_frames``."""
+        if ep in self._cache:
+            return self._cache[ep]
+        first, end = self._rows[ep]
+        return self.decode(ep, list(range(end - first)))
 
     def __getitem__(self, idx: int) -> dict:
         cfg = self.config

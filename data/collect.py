@@ -6,11 +6,12 @@ the task string, and the episode's success and injected failure mode.
 
 Resuming: the dataset is written in commit groups of ``commit_every`` episodes. A commit
 finalizes lerobot's writers (closing parquet and video files) and snapshots ``meta/``. Ctrl-C or
-SIGTERM commits what was saved; after a hard kill, the next run rolls back to the last commit (or
-finishes the commit the kill interrupted). The dataset is created beside ``root`` with its settings
-(``meta/reverie.json``) and an empty first commit, then renamed in whole. Re-running the same
-command continues from the episodes already there: episode i always uses seed ``seed + i``, so an
-interrupted and resumed collection equals an uninterrupted one.
+SIGTERM commits what was saved (``data.stop``); after a hard kill, the next run rolls back to the
+last commit, or finishes the commit the kill interrupted (``data.commit`` says how). The dataset
+is created beside ``root`` with its settings (``meta/reverie.json``) and an empty first commit,
+then renamed in whole. Re-running the same command continues from the episodes already there:
+episode i always uses seed ``seed + i``, so an interrupted and resumed collection equals an
+uninterrupted one.
 
     reverie-collect --task lift --episodes 20 --root outputs/datasets/lift
 
@@ -24,22 +25,21 @@ alignment); use seeds no evaluation uses, e.g. ``--seed 50000``.
 
 import json
 import logging
-import os
 import shutil
-import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from data.commit import commit, recover, start_writing, write_atomic
+from data.stop import GracefulStop, Interrupted, is_interruption
 from simulator import keys
 from simulator.physics.experts import ACTION_DIM, FAILURE_MODES, ExpertConfig, ScriptedExpert
 
 log = logging.getLogger(__name__)
 FPS = 20  # robosuite control frequency
 REVERIE_META = "meta/reverie.json"  # our collection config beside lerobot's metadata
-_STATE_DIR = ".reverie"  # commit snapshot and "writing" marker
 
 
 @dataclass
@@ -94,7 +94,7 @@ def dataset_features(cfg: CollectConfig) -> dict:
 
     spec = get_task(cfg.task)
     obj_names = [f"{o}_{c}" for o in spec.objects for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
-    scalar = lambda dtype: {"dtype": dtype, "shape": (1,), "names": None}  # noqa: E731
+    scalar = lambda dtype: {"dtype": dtype, "shape": (1,), "names": None}
     features = {
         keys.image_key(v): {"dtype": "video", "shape": (cfg.height, cfg.width, 3), "names": ["height", "width", "channels"]}
         for v in cfg.views
@@ -171,7 +171,7 @@ def run_episode(env, expert: ScriptedExpert | ExpertActor | PolicyActor, seed: i
         frame = {keys.image_key(v): img for v, img in images.items()}
         frame |= {keys.STATE: state, keys.ENV_STATE: info["object_state"][0].numpy(), keys.ACTION: action,
                   keys.STAGE: np.array([stage], dtype=np.int64)}
-        obs, reward, terminated, truncated, info = env.step(torch.from_numpy(action)[None, None])
+        obs, _, terminated, truncated, info = env.step(torch.from_numpy(action)[None, None])
         solved_now = bool(info["stage"][0] == env.spec.num_stages)
         if solved_now and first_success is None:
             first_success = len(frames)
@@ -212,100 +212,7 @@ def policy_actor(cfg: CollectConfig) -> PolicyActor:
     return PolicyActor(policy)
 
 
-# ---- commits and recovery -------------------------------------------------------------------
-
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and _STATE_DIR not in p.parts)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# The commit protocol: each step may be killed, and _recover handles the state every step leaves.
-# The new snapshot is complete once files.json is in it; the old one is set aside before the new one
-# is renamed in, and deleted only after.
-_TMP, _COMMITTED, _OLD = "committed.tmp", "committed", "committed.old"
-
-
-def _snapshot_meta(root: Path) -> None:
-    state = root / _STATE_DIR
-    shutil.rmtree(state / _TMP, ignore_errors=True)
-    shutil.copytree(root / "meta", state / _TMP / "meta")
-
-
-def _write_file_list(root: Path) -> None:  # last, so that its presence marks the snapshot complete
-    _write_atomic(root / _STATE_DIR / _TMP / "files.json", json.dumps(_files(root)))
-
-
-def _set_old_aside(root: Path) -> None:
-    state = root / _STATE_DIR
-    if (state / _COMMITTED).exists():
-        (state / _COMMITTED).rename(state / _OLD)
-
-
-def _promote(root: Path) -> None:
-    (root / _STATE_DIR / _TMP).rename(root / _STATE_DIR / _COMMITTED)
-
-
-def _drop_old(root: Path) -> None:
-    shutil.rmtree(root / _STATE_DIR / _OLD, ignore_errors=True)
-
-
-def _clear_writing(root: Path) -> None:
-    (root / _STATE_DIR / "writing").unlink(missing_ok=True)
-
-
-_COMMIT_STEPS = (_snapshot_meta, _write_file_list, _set_old_aside, _promote, _drop_old, _clear_writing)
-_FINISHING = 2  # _COMMIT_STEPS[_FINISHING:] finish a commit whose snapshot is complete; each may be redone
-
-
-def _commit(root: Path) -> None:
-    """Snapshot meta/ and the file list of a finalized dataset (call after ds.finalize())."""
-    (root / _STATE_DIR).mkdir(exist_ok=True)
-    for step in _COMMIT_STEPS:
-        step(root)
-
-
-def _recover(root: Path) -> str | None:
-    """Brings a dataset left by a killed run to a commit; returns what was done, for the log. Never
-    removes a file of a commit."""
-    state = root / _STATE_DIR
-    if (state / _TMP / "files.json").exists():
-        # killed after a complete snapshot: the files on disk are the ones it lists (nothing is written
-        # between ds.finalize() and the end of a commit), so the commit is finished rather than undone
-        for step in _COMMIT_STEPS[_FINISHING:]:
-            step(root)
-        return "finished the commit its last run was killed in"
-    shutil.rmtree(state / _TMP, ignore_errors=True)  # a snapshot killed while being taken
-    if (state / _OLD).exists() and not (state / _COMMITTED).exists():  # the protocol never leaves this; be safe
-        (state / _OLD).rename(state / _COMMITTED)
-    _drop_old(root)
-    if not (state / "writing").exists():
-        return None
-    if not (state / _COMMITTED).exists():
-        raise RuntimeError(f"{root}: episodes were being written, and there is no commit to roll back to "
-                           f"({state / _COMMITTED} is missing). Nothing was changed; pass --overwrite true to "
-                           "collect again from the start")
-    removed = _roll_back(root)
-    return f"rolled back to its last commit, removing {removed} files of episodes a killed run left unfinished"
-
-
-def _roll_back(root: Path) -> int:
-    """Removes the files written since the last commit and restores its meta/; returns files removed.
-    Killed midway, it is redone whole by the next run, since "writing" goes last."""
-    state = root / _STATE_DIR
-    keep = set(json.loads((state / _COMMITTED / "files.json").read_text()))
-    removed = [rel for rel in _files(root) if rel not in keep]
-    for rel in removed:
-        (root / rel).unlink()
-    shutil.rmtree(root / "meta", ignore_errors=True)
-    shutil.copytree(state / _COMMITTED / "meta", root / "meta")
-    (state / "writing").unlink()
-    return len(removed)
-
+# ---- opening the dataset --------------------------------------------------------------------
 
 def _encoder(cfg: CollectConfig):
     from lerobot.configs.video import RGBEncoderConfig
@@ -331,7 +238,7 @@ def _open_dataset(cfg: CollectConfig, features: dict):
     if _creating(root).exists():  # ours alone, and it never held an episode
         shutil.rmtree(_creating(root))
         log.warning("%s: removed %s, left by a run killed while creating the dataset", root, _creating(root))
-    if root.exists() and (done := _recover(root)):
+    if root.exists() and (done := recover(root)):
         log.warning("%s: %s", root, done)
     if root.exists() and any(root.iterdir()):
         check_same_collection(root, cfg, features)
@@ -347,9 +254,9 @@ def _create_dataset(cfg: CollectConfig, features: dict):
     new = _creating(cfg.root)
     ds = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=features, root=new, robot_type="panda",
                                use_videos=True, rgb_encoder=_encoder(cfg), metadata_buffer_size=1)
-    _write_atomic(new / REVERIE_META, json.dumps(_reverie_meta(cfg), indent=2, default=str))
+    write_atomic(new / REVERIE_META, json.dumps(_reverie_meta(cfg), indent=2, default=str))
     ds.finalize()
-    _commit(new)
+    commit(new)
     new.rename(cfg.root)  # replaces an empty folder at root, if there is one
     return _reopen(cfg)
 
@@ -392,52 +299,6 @@ def check_same_collection(root: Path, cfg: CollectConfig, features: dict) -> Non
 
 # ---- the collection loop --------------------------------------------------------------------
 
-class _Interrupted(Exception):
-    pass
-
-
-def _interruption(e: BaseException) -> bool:
-    """Whether ``e`` is the stop signal's: raised while robosuite's numba-compiled controller runs,
-    the handler's exception comes out as a SystemError ("returned a result with an exception set"),
-    possibly wrapped again, by cause or by context, so the whole chain is searched."""
-    seen, todo = set(), [e]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:  # chains can loop
-            continue
-        if isinstance(e, _Interrupted):
-            return True
-        seen.add(id(e))
-        todo += [e.__cause__, e.__context__]
-    return False
-
-
-class _GracefulStop:
-    """SIGINT/SIGTERM stop the collection at the next safe point: at once while an episode is
-    being simulated, after the save (and the commit, if one is due) while one is being written: a
-    half-saved episode must not be committed. A second Ctrl-C during a save stops at once, and the
-    next run rolls back to the last commit, or finishes it."""
-
-    def __init__(self):
-        self.saving = False
-        self.requested = False
-
-    def __call__(self, signum, frame):
-        if self.saving and not self.requested:
-            self.requested = True
-            log.warning("stopping after this episode is saved (Ctrl-C again to abort it)")
-            return
-        raise _Interrupted()
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 def collect(cfg: CollectConfig) -> Path:
     """Collects until the dataset at ``cfg.root`` holds ``cfg.episodes`` episodes; returns the root."""
     from simulator.physics.env import PhysicsEnv
@@ -452,10 +313,9 @@ def collect(cfg: CollectConfig) -> Path:
         return root
     env = PhysicsEnv(cfg.env_config())
     expert = ScriptedExpert(env.spec, cfg.expert) if cfg.policy is None else policy_actor(cfg)
-    (root / _STATE_DIR).mkdir(exist_ok=True)
-    (root / _STATE_DIR / "writing").touch()
+    start_writing(root)
     bar = tqdm(range(start, cfg.episodes), initial=start, total=cfg.episodes, desc=f"collect {cfg.task}", unit="ep")
-    stop = _GracefulStop()
+    stop = GracefulStop()
     clean = False  # True when no episode is half-written, so the dataset may be committed
     try:
         with stop:
@@ -469,15 +329,15 @@ def collect(cfg: CollectConfig) -> Path:
                 bar.set_postfix(success=labels["success"], mode=labels["failure_mode"], steps=labels["length"])
                 if (i + 1 - start) % cfg.commit_every == 0 and i + 1 < cfg.episodes:
                     ds.finalize()
-                    _commit(root)
+                    commit(root)
                     ds = _reopen(cfg)
-                    (root / _STATE_DIR / "writing").touch()
+                    start_writing(root)
                 clean, stop.saving = True, False
                 if stop.requested:
-                    raise _Interrupted()
+                    raise Interrupted()
             clean = True
-    except (_Interrupted, SystemError) as e:
-        if not _interruption(e):
+    except (Interrupted, SystemError) as e:
+        if not is_interruption(e):
             raise
         log.warning("interrupted: %s keeps its %d finished episodes; run the same command to resume",
                     root, ds.meta.total_episodes)
@@ -486,7 +346,7 @@ def collect(cfg: CollectConfig) -> Path:
         env.close()
         if clean:
             ds.finalize()
-            _commit(root)
+            commit(root)
     return root
 
 

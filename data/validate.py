@@ -26,15 +26,12 @@ import pyarrow.parquet as pq
 import torch
 
 from simulator import keys
+from simulator.normalization import CorruptDatasetError, check_finite
 
 CHECKED = (keys.ACTION, keys.STATE, keys.ENV_STATE, keys.PROGRESS)
 LEROBOT_META = ("meta/info.json", "meta/tasks.parquet", "meta/episodes")
 UNREADABLE = (pa.ArrowException, OSError)  # what pyarrow raises for a truncated or garbled file
 REL_TOL = 1e-6  # recorded ranges are float64 stats of values the parquet keeps as float32
-
-
-class CorruptDatasetError(ValueError):
-    """A dataset file that cannot be read or holds values that were not recorded."""
 
 
 @dataclass
@@ -154,13 +151,8 @@ def check_stats(features: dict[str, dict[str, list[float]]], source: str | Path,
                 record: EpisodeRecord | None = None) -> None:
     """Statistics {key: {mean, std, min, max}} from ``source``: finite, and, where ``record`` has the
     key's per-episode ranges, inside the dataset's recorded range."""
+    check_finite(features, source)
     for key, stats in features.items():
-        for name, values in stats.items():
-            v = np.asarray(values, dtype=np.float64).reshape(-1)
-            if not np.isfinite(v).all():
-                i = int(np.flatnonzero(~np.isfinite(v))[0])
-                raise CorruptDatasetError(f"{source}: {key} {name}[{i}] = {v[i]} is not finite: the statistics were "
-                                          f"computed from corrupt data; delete it to recompute them")
         if record is None or key not in record.ranges:
             continue
         lo, hi = record.ranges[key][0].min(0), record.ranges[key][1].max(0)

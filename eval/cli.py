@@ -7,7 +7,7 @@
     reverie-eval policy --policies expert bc=outputs/policy/model ...   # a list flag takes values apart
 """
 
-from train.cli import dispatch
+from data.cli import dispatch
 
 KINDS = {
     "world_model": ("eval.fidelity", "EvalWorldModelConfig", "main",

@@ -71,7 +71,7 @@ def views_of(progress: Path) -> tuple[str, ...]:
 def imagine_policy(policy: str | Path, world_model: Path, progress: Path, root: Path, episodes: list,
                    task: str = "lift", max_steps: int | None = None, seed: int = 0) -> list[Tensor]:
     """``policy`` (a scripted policy's name or a saved policy's folder, ``policy.load_policy``)
-    acting in the imagined env from the first frames of ``episodes`` (train.progress.Episode).
+    acting in the imagined env from the first frames of ``episodes`` (data.episodes.Episode).
     Returns each episode's imagined frames (V, N', 3, h, w) uint8, from the start frame until the
     env ends it (success, or ``max_steps``: default the longest real episode)."""
     from policy import load_policy

@@ -55,7 +55,7 @@ def load_frames(clips, episodes: list[int], every: int = 1) -> tuple[Tensor, Ten
     (N, V, 3, h, w) and float targets (N, K) = observation.state ++ observation.environment_state."""
     frames, targets = [], []
     for ep in episodes:
-        first, end = clips._rows[ep]
+        first, end = clips.episode_range(ep)
         idx = list(range(0, end - first, every))
         frames.append(clips.decode(ep, idx).transpose(0, 1))
         rows = torch.tensor(idx) + first

@@ -316,24 +316,24 @@ def _figure_and_table(s: Section, folder: Path, png: str, md: str, stage: str, o
 # ---- real and imagined episodes -----------------------------------------------------------
 
 def demo_dataset(root: Path):
-    """The demo's dataset with the split every demo stage used (train.demo.held_out_count)."""
+    """The demo's dataset with the split every demo stage used (data.episodes.held_out_count)."""
     from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 
     from data.clips import DatasetConfig
-    from train.demo import held_out_count
+    from data.episodes import held_out_count
 
     n = LeRobotDatasetMetadata("local/dataset", root=root).total_episodes
     return DatasetConfig(root=Path(root), val_episodes=held_out_count(n))
 
 
 def held_out_episodes(root: Path, n: int, views: tuple[str, ...] | None = None) -> tuple[list, tuple[str, ...], int]:
-    """The first ``n`` held-out episodes of the demo's dataset at ``root`` (train.progress.Episode:
+    """The first ``n`` held-out episodes of the demo's dataset at ``root`` (data.episodes.Episode:
     frames, actions, states, labels), the views in order, and the dataset's frame rate."""
     from dataclasses import replace
 
     from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 
-    from train.progress import load_episodes
+    from data.episodes import load_episodes
 
     dataset = demo_dataset(root)
     if views is not None:

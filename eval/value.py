@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from data.clips import DatasetConfig
+from data.episodes import held_out_episodes, regenerate
 from simulator.progress import ProgressModel
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class ValueResult:
 
 def score_episodes(model: ProgressModel, episodes: list, mismatch_task: str,
                    batch_size: int = 64) -> list[EpisodeScores]:
-    """Every frame of each episode (train.progress.Episode), with its own task and with a wrong one."""
+    """Every frame of each episode (data.episodes.Episode), with its own task and with a wrong one."""
     from tqdm import tqdm
 
     scores = []
@@ -236,8 +237,6 @@ def summarize(scores: list[EpisodeScores]) -> ValueResult:
 
 def evaluate_progress(cfg: EvalProgressConfig) -> ValueResult:
     """Scores the model on the held-out episodes; writes value.json, value.md and value.png."""
-    from train.progress import held_out_episodes
-
     model = ProgressModel.from_pretrained(cfg.model).to(cfg.device).eval()
     episodes = held_out_episodes(cfg.dataset, model.spec.views)
     if episodes[0].frames.shape[-1] != model.spec.image_size:
@@ -246,8 +245,6 @@ def evaluate_progress(cfg: EvalProgressConfig) -> ValueResult:
     scores = score_episodes(model, episodes, cfg.mismatch_task, cfg.batch_size)
     result = summarize(scores)
     if cfg.world_model is not None:
-        from train.progress import regenerate
-
         regenerate(episodes, cfg.world_model, cfg.dataset.root, cfg.device)
         result.regenerated = value_gap(model, [e.frames for e in episodes], [e.regenerated for e in episodes],
                                        [e.task for e in episodes], [e.success for e in episodes], cfg.batch_size)

@@ -51,8 +51,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from data.clips import STATS_FILE, Normalizer
 from simulator import keys
+from simulator.normalization import STATS_FILE, Normalizer
 from simulator.progress import ProgressModel
 from simulator.progress.modeling_progress import history_indices
 from simulator.world_model import STILL_THRESHOLD, WorldModel, WorldModelSampler

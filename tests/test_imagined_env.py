@@ -5,11 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from data.clips import Normalizer
 from eval.policy import run_episodes
 from policy.scripted import ScriptedPolicy
 from simulator import keys
 from simulator.env import ImaginedEnv, ImaginedEnvConfig, StartFrames
+from simulator.normalization import Normalizer
 from simulator.physics import ExpertConfig
 from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 from simulator.progress import ProgressModel
@@ -275,7 +275,7 @@ def test_starts_from_dataset_episodes_and_keyframes(tiny_dataset):
 
     clips = ClipDataset(root=tiny_dataset, episodes=[0, 1])
     starts = StartFrames.from_dataset(clips, every=20, history=4)
-    lengths = [clips._rows[ep][1] - clips._rows[ep][0] for ep in (0, 1)]
+    lengths = [end - first for first, end in map(clips.episode_range, (0, 1))]
     times = [(ep, t) for ep, n in zip((0, 1), lengths) for t in range(0, n, 20)]
     assert len(starts) == len(times) and starts.history.shape[2] == 4
     ep, t = times[1]  # a keyframe inside episode 0

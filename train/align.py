@@ -76,7 +76,7 @@ def merge(rollouts: Path, dataset: Path, out: Path) -> Path:
     """Rollouts then dataset, merged by lerobot into ``out`` (written beside it, then renamed in)."""
     from lerobot.datasets import LeRobotDataset, merge_datasets
 
-    from data.clips import STATS_FILE
+    from simulator.normalization import STATS_FILE
 
     if (out / "meta" / "info.json").is_file():
         return out

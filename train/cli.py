@@ -10,11 +10,7 @@ Options are the fields of the kind's config (draccus): ``reverie-train world_mod
 takes its values apart (``--model.channels 16 32``) or as YAML (``--model.channels [16,32]``).
 """
 
-import importlib
-import logging
-import sys
-
-from data import cli
+from data.cli import dispatch
 
 # kind -> (module, config class, function that runs it, what it trains)
 KINDS = {
@@ -25,29 +21,6 @@ KINDS = {
     "progress": ("train.progress", "TrainProgressConfig", "train", "the progress value model (progress + success)"),
     "policy": ("train.policy", "TrainPolicyConfig", "train", "a policy by behaviour cloning"),
 }
-
-
-def usage(kinds: dict, prog: str) -> str:
-    width = max(map(len, kinds))
-    lines = [f"  {kind:<{width}}  {about}" for kind, (*_, about) in kinds.items()]
-    return "\n".join([f"usage: {prog} KIND [options]", "", "kinds:", *lines, "",
-                      f"a kind's options: {prog} KIND --help"])
-
-
-def dispatch(kinds: dict, prog: str, argv: list[str] | None = None) -> None:
-    """Runs ``prog KIND [options]``: parses the kind's config with draccus and calls its function."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["-h"], ["--help"]):
-        print(usage(kinds, prog))
-        return
-    if not argv or argv[0] not in kinds:
-        print(usage(kinds, prog), file=sys.stderr)
-        cli.fail(f"KIND is one of {sorted(kinds)}, got {repr(argv[0]) if argv else 'nothing'}")
-    module_name, config_name, fn_name, _ = kinds[argv[0]]
-    module = importlib.import_module(module_name)
-    cfg = cli.parse(getattr(module, config_name), argv[1:], prog=f"{prog} {argv[0]}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    print(f"done: {cli.run(getattr(module, fn_name), cfg)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from data.clips import DatasetConfig
 from data.collect import CollectConfig, collect, quiet_writers
+from data.episodes import held_out_count
 from data.summary import summarize
 
 PRESETS = {
@@ -62,11 +63,6 @@ def stage_collect(cfg: DemoConfig) -> Path:
     summary = summarize(root, strip_path=cfg.output_dir / "dataset_strip.png")
     print(summary.to_text())
     return root
-
-
-def held_out_count(episodes: int) -> int:
-    """Held-out episodes of a demo dataset of ``episodes``: a tenth, at least one."""
-    return max(1, episodes // 10)
 
 
 def dataset_config(cfg: DemoConfig) -> DatasetConfig:

@@ -151,22 +151,6 @@ def training_time(out: Path) -> float:
     return json.loads(lines[-1]).get("time_s", 0.0) if lines else 0.0
 
 
-def batches_per_epoch(n: int, batch_size: int, world: int) -> int:
-    per_epoch = n // (batch_size * world)
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {batch_size} x {world} processes is larger than the dataset ({n} samples)")
-    return per_epoch
-
-
-def epoch_batches(n: int, batch_size: int, world: int, seed: int, epoch: int) -> torch.Tensor:
-    """Epoch ``epoch``'s sample indices as (batches, world, batch_size): a permutation of range(n)
-    seeded by (seed, epoch), so the order depends only on the step; micro-step k of process r takes
-    [k, r]. The world-model and policy trainings both draw their batches so."""
-    per_epoch = batches_per_epoch(n, batch_size, world)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[: per_epoch * batch_size * world].reshape(per_epoch, world, batch_size)
-
-
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 

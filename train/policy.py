@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from data.clips import DemoSplitDatasetConfig
+from data.episodes import FrameTable
 from policy.flow import FlowPolicy, FlowPolicyConfig
 from simulator import keys
 from train import loop
@@ -175,93 +176,6 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     theta = torch.eye(2, 3, device=images.device, dtype=images.dtype).expand(N, 2, 3)
     grid = F.affine_grid(theta, (N, 3, h, w), align_corners=False) + shift
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
-
-
-class FrameTable:
-    """Every frame of the chosen episodes in memory as tensors, indexed without a DataLoader: the
-    frames (N, V, 3, h, w) uint8, the state (N, S), the action chunk starting at each frame
-    (N, H, A) with its padding mask (N, H), and the task. A batch is a gather, which keeps the
-    data side negligible beside the model on a CPU.
-
-    With ``with_success`` it also holds ``success`` (N,) bool, the label of each frame's episode
-    (``keys.EPISODE_SUCCESS``), which advantage-conditioned RL turns into the frame's bin
-    (``train.rl.advantage_conditioned``); otherwise ``success`` is None.
-
-    ``regenerate`` adds the episodes as a world model re-imagines them; a batch then reads each
-    sample's frames and state from the re-generation with probability ``regenerated_prob``."""
-
-    def __init__(self, clips, chunk_size: int, with_success: bool = False):
-        rows = [clips._rows[ep] for ep in clips.episodes]
-        self.frames = torch.cat([clips._cache[ep].transpose(0, 1) for ep in clips.episodes])
-        self.state = clips.columns[keys.STATE]
-        actions = clips.columns[keys.ACTION]
-        offsets = torch.arange(chunk_size)
-        chunk_idx, masks = [], []
-        for first, end in rows:
-            idx = torch.arange(first, end)[:, None] + offsets  # (n, H)
-            masks.append(idx < end)
-            chunk_idx.append(idx.clamp(max=end - 1))
-        self.action_mask = torch.cat(masks)
-        self.actions = actions[torch.cat(chunk_idx)] * self.action_mask[..., None]
-        self.task = [clips.tasks[int(i)] for i in clips.task_of]
-        self.views = clips.views
-        self.success = episode_success(clips) if with_success else None
-        ends = torch.tensor([end - first for first, end in rows]).cumsum(0).tolist()
-        self.episode_bounds = list(zip([0] + ends[:-1], ends))  # each episode's (first, end) rows here
-        self.regenerated_frames: torch.Tensor | None = None  # (N, V, 3, h, w) uint8, as frames
-        self.regenerated_state: torch.Tensor | None = None  # (N, S), as state
-
-    def regenerate(self, world_model: Path, stats_root: Path | None, device: torch.device, batch_size: int = 32) -> None:
-        """Fills the re-generations: each episode re-imagined by ``world_model`` open loop from its
-        first frame, with the imagined env's default sampler (its steps and still-pixel threshold)."""
-        from simulator.env import ImaginedEnvConfig, load_normalizer
-        from simulator.world_model import WorldModel, WorldModelSampler
-        from simulator.world_model.sampler import regenerate_episodes
-
-        model = WorldModel.from_pretrained(world_model).to(device).eval()
-        V, _, h, _ = self.frames.shape[1:]
-        if (model.spec.views, model.spec.image_size) != (V, h):
-            raise ValueError(f"the world model {world_model} imagines {model.spec.views} views of "
-                             f"{model.spec.image_size}px, the dataset has {V} of {h}px")
-        env = ImaginedEnvConfig()
-        sampler = WorldModelSampler(model, num_steps=env.sampling_steps, still_threshold=env.still_threshold)
-        episodes = [(self.frames[a:b].transpose(0, 1), self.actions[a:b, 0], self.state[a:b]) for a, b in self.episode_bounds]
-        out = regenerate_episodes(sampler, episodes, load_normalizer(world_model, stats_root), batch_size=batch_size,
-                                  with_states=True)
-        self.regenerated_frames = torch.cat([f.transpose(0, 1) for f, _ in out])
-        self.regenerated_state = torch.cat([s for _, s in out]).to(self.state.dtype)
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def batches(self, cfg: TrainPolicyConfig, step: int, rank: int = 0, world: int = 1):
-        """This process's batches from micro-step ``step`` on; the order depends only on (seed, step),
-        as in ``train.world_model.batches_from``. ``index`` (B,): the frames' rows in this table."""
-        per_epoch = loop.batches_per_epoch(len(self), cfg.batch_size, world)
-        while True:
-            epoch, offset = divmod(step, per_epoch)
-            for idx in loop.epoch_batches(len(self), cfg.batch_size, world, cfg.seed, epoch)[offset:, rank]:
-                frames, state = self.frames[idx], self.state[idx]
-                if self.regenerated_frames is not None:
-                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 131 + rank + 7)
-                    pick = torch.rand(len(idx), generator=gen) < cfg.regenerated_prob
-                    frames = torch.where(pick.view(-1, 1, 1, 1, 1), self.regenerated_frames[idx], frames)
-                    state = torch.where(pick[:, None], self.regenerated_state[idx], state)
-                yield {"frames": frames.float() / 255.0, "state": state,
-                       "action": self.actions[idx], "action_mask": self.action_mask[idx],
-                       "task": [self.task[i] for i in idx.tolist()], "index": idx}
-                step += 1
-
-
-def episode_success(clips) -> torch.Tensor:
-    """(N,) bool: the success label of the episode of each loaded frame, in the clips' row order."""
-    table = clips.lerobot.hf_dataset
-    if keys.EPISODE_SUCCESS not in table.column_names:
-        raise KeyError(f"the dataset has no {keys.EPISODE_SUCCESS!r} column: no success label per episode")
-    cols = table.select_columns(["episode_index", keys.EPISODE_SUCCESS]).with_format("torch")[:]
-    if not torch.equal(cols["episode_index"].long(), clips.episode_of):
-        raise ValueError("the dataset's rows are not the loaded episodes' rows, in order")
-    return cols[keys.EPISODE_SUCCESS].bool().flatten()
 
 
 def observation_of(batch: dict, views: tuple[str, ...], shift: int, generator: torch.Generator) -> dict:

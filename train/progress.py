@@ -4,7 +4,7 @@
     reverie-eval progress --model outputs/progress/model --dataset.root outputs/demo/dataset
 
 Every frame of the training episodes of the split (the held-out ones are never seen) is decoded
-once into memory. A training sample is one frame with its recent frames and the episode's first
+once into memory (``data.episodes``). A training sample is one frame with its recent frames and the episode's first
 frames, and its targets:
 
 - progress: the dataset's ``progress`` column (t/T on successful episodes; on failed ones, the
@@ -35,16 +35,15 @@ h x w image size.
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from data.clips import DatasetConfig
-from simulator import keys
+from data.episodes import Episode, load_episodes, regenerate
 from simulator.progress import ProgressConfig, ProgressModel, history_indices
 from train import loop
 from train.loop import to_device
@@ -107,52 +106,6 @@ class TrainProgressConfig(loop.LoopConfig):
 
 
 # ---- data ---------------------------------------------------------------------------------
-
-@dataclass
-class Episode:
-    """One episode in memory, with its labels."""
-
-    index: int  # episode index in the dataset
-    frames: Tensor  # (V, N, 3, h, w) uint8
-    progress: Tensor  # (N,) progress labels in [0, 1]
-    solved: Tensor  # (N,) bool: the task is solved in this frame
-    success: bool  # the episode ends solved
-    task: str
-    actions: Tensor | None = None  # (N, A) raw actions
-    states: Tensor | None = None  # (N, S) raw proprioception
-    regenerated: Tensor | None = None  # (V, N, 3, h, w) uint8: the episode re-imagined by a world model
-
-    @property
-    def length(self) -> int:
-        return self.frames.shape[1]
-
-
-def load_episodes(dataset: DatasetConfig, episodes: list[int],
-                  desc: str = "decode episodes") -> tuple[list[Episode], tuple[str, ...]]:
-    """The chosen episodes, every frame decoded (uint8), with their labels; and the view names.
-
-    Needs the ``progress`` and ``next.success`` features that reverie-collect writes.
-    """
-    clips = dataset.clips(episodes, context=1, horizon=1, cache_frames=False, normalize=False)
-    missing = [k for k in (keys.PROGRESS, keys.SUCCESS) if k not in clips.meta.features]
-    if missing:
-        raise KeyError(f"dataset {clips.root} has no {missing} feature(s): the progress model needs the labels "
-                       f"that reverie-collect writes; it has {sorted(clips.meta.features)}")
-    solved_after = clips.lerobot.hf_dataset.select_columns([keys.SUCCESS]).with_format("torch")[:][keys.SUCCESS]
-    solved_after = solved_after.reshape(-1).bool()  # next.success: solved after this frame's action
-    progress = clips.columns[keys.PROGRESS].reshape(-1)
-    out = []
-    for ep in tqdm(clips.episodes, desc=desc, leave=False):
-        first, end = clips._rows[ep]
-        after = solved_after[first:end]
-        out.append(Episode(index=ep, frames=clips.decode(ep, list(range(end - first))),
-                           progress=progress[first:end].clone(),
-                           solved=torch.cat([after.new_zeros(1), after[:-1]]),  # what frame t shows
-                           success=bool(after.any()), task=clips.tasks[int(clips.task_of[first])],
-                           actions=clips.columns[keys.ACTION][first:end].clone(),
-                           states=clips.columns[keys.STATE][first:end].clone()))
-    return out, clips.views
-
 
 def rewind_indices(t: int, turn: int, history: int, stride: int) -> list[int]:
     """In-episode indices of the T = ``history`` frames the model sees at frame t of a rewound clip,
@@ -313,21 +266,6 @@ def train(cfg: TrainProgressConfig) -> Path:
     return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train progress model")
 
 
-def regenerate(episodes: list[Episode], world_model: Path, stats_root: Path | None, device) -> None:
-    """Fills ``Episode.regenerated``: each episode re-imagined by the world model (1 sampling step,
-    its deterministic prediction), open loop from its first frame."""
-    from simulator.env import load_normalizer
-    from simulator.world_model import WorldModel, WorldModelSampler
-    from simulator.world_model.sampler import regenerate_episodes
-
-    model = WorldModel.from_pretrained(world_model).to(device).eval()
-    regenerated = regenerate_episodes(WorldModelSampler(model, num_steps=1),
-                                      [(e.frames, e.actions, e.states) for e in episodes],
-                                      load_normalizer(world_model, stats_root))
-    for e, frames in zip(episodes, regenerated):
-        e.regenerated = frames
-
-
 def _check_output_dir(out: Path) -> None:
     """Refuses to resume in a folder where another kind of model was trained."""
     config = out / "model" / ProgressModel.config_name
@@ -335,10 +273,3 @@ def _check_output_dir(out: Path) -> None:
         found = json.loads(config.read_text()).get("_class_name")
         if found != ProgressModel.__name__:
             raise ValueError(f"{out} holds a {found} training, not a progress model's: choose another --output_dir")
-
-
-def held_out_episodes(dataset: DatasetConfig, views: tuple[str, ...]) -> list[Episode]:
-    """The held-out episodes of the split, with the given views in that order (for evaluation)."""
-    _, held_out = dataset.split()
-    episodes, _ = load_episodes(replace(dataset, views=tuple(views)), held_out, desc="decode held-out episodes")
-    return episodes

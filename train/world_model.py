@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from data.clips import CachedDatasetConfig, ClipDataset
+from data.sampling import batches_per_epoch, epoch_batches
 from simulator import keys
 from simulator.env import NORMALIZATION_FILE
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
@@ -93,10 +94,10 @@ def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, 
     (k * world + r) of it, so processes see disjoint clips and the order depends only on the step.
     """
     B = cfg.batch_size
-    per_epoch = loop.batches_per_epoch(len(dataset), B, world)
+    per_epoch = batches_per_epoch(len(dataset), B, world)
     while True:
         epoch, offset = divmod(step, per_epoch)
-        mine = loop.epoch_batches(len(dataset), B, world, cfg.seed, epoch)[offset:, rank].flatten().tolist()
+        mine = epoch_batches(len(dataset), B, world, cfg.seed, epoch)[offset:, rank].flatten().tolist()
         loader = torch.utils.data.DataLoader(dataset, batch_size=B, sampler=mine, num_workers=cfg.num_workers,
                                              drop_last=True)
         for batch in loader:

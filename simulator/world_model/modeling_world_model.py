@@ -4,7 +4,7 @@ context frames, action chunk, state) that predicts the clean future frames of ev
 Dimension legend: B batch, V views, C context frames, F future frames, H action horizon,
 A action dim, S state dim, h x w image size; c x h' x w' one frame in the model's sample space
 (3 x h x w for the U-Net; c latent channels x h/d x w/d for the latent backbone). Frames are in
-[-1, 1]; actions and states are normalised (data.clips.Normalizer).
+[-1, 1]; actions and states are normalised (simulator.normalization.Normalizer).
 
 Backbone ``unet``: a diffusers ``UNet2DModel`` over all views' frames stacked on channels
 (V*C context + V*F noisy future frames in, V*F frames out). The action chunk, the context state

@@ -173,7 +173,7 @@ def regenerate_episodes(sampler: WorldModelSampler, episodes: list[tuple[Tensor,
     rolled out open loop from its first frame (earlier context frames repeat it, as training pads
     them) with its own actions; returns (V, N, 3, h, w) uint8 per episode: the real first frame,
     then the imagined ones. Needs a model of frame stride 1 (one frame per action). ``normalizer``:
-    a ``data.clips.Normalizer`` with the statistics the model was trained with. With ``with_states``
+    a ``simulator.normalization.Normalizer`` with the statistics the model was trained with. With ``with_states``
     each item is (frames, states (N, S) raw: the real first state, then the imagined ones).
     """
     from tqdm import tqdm

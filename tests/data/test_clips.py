@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from data.clips import STATS_FILE, ClipConfig, ClipDataset
+from data.clips import ClipConfig, ClipDataset
 from data.video import CorruptVideoError, decode_frames
 from simulator import keys
+from simulator.normalization import STATS_FILE
 
 CFG = ClipConfig(context=3, horizon=4, stride=2)
 
@@ -39,7 +40,7 @@ def test_item_shapes(clips):
 
 
 def test_episode_start_pads_context_with_the_first_frame(clips):
-    start = clips._rows[1][0]  # first frame of episode 1
+    start = clips.episode_range(1)[0]  # first frame of episode 1
     item = clips[start]
     assert item["frame_index"] == 0 and item["episode_index"] == 1
     assert item["context_mask"].tolist() == [False, False, True]
@@ -50,7 +51,7 @@ def test_episode_start_pads_context_with_the_first_frame(clips):
 
 
 def test_episode_end_pads_future_and_actions(clips):
-    first, end = clips._rows[0]
+    first, end = clips.episode_range(0)
     last = clips[end - 1]
     assert last["future_mask"].tolist() == [False, False] and last["action_mask"].tolist() == [True, False, False, False]
     assert torch.all(last["action"][1:] == 0)

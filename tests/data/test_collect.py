@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-import data.collect as collect_module
+import data.commit as commit_module
 from data.collect import CollectConfig, collect
 from simulator import keys
 from simulator.physics import FAILURE_MODES, ExpertConfig, PhysicsEnv, PhysicsEnvConfig
@@ -137,26 +137,26 @@ def test_sigterm_stops_cleanly_and_keeps_finished_episodes(tmp_path):
 
 
 def test_a_stop_wrapped_by_compiled_code_is_still_a_stop():
-    from data.collect import _Interrupted, _interruption
+    from data.stop import Interrupted, is_interruption
 
     try:
         try:
-            raise _Interrupted()
-        except _Interrupted as stop:
+            raise Interrupted()
+        except Interrupted as stop:
             raise SystemError("CPUDispatcher(...) returned a result with an exception set") from stop
     except SystemError as wrapped:
-        assert _interruption(wrapped)
-    assert _interruption(_Interrupted()) and not _interruption(SystemError("another")) and not _interruption(ValueError())
+        assert is_interruption(wrapped)
+    assert is_interruption(Interrupted()) and not is_interruption(SystemError("another")) and not is_interruption(ValueError())
 
 
 def test_a_stop_wrapped_twice_or_raised_while_handling_it_is_still_a_stop():
     """numba may wrap the stop more than once, by cause or by context; a chain that loops ends."""
-    from data.collect import _Interrupted, _interruption
+    from data.stop import Interrupted, is_interruption
 
     def wrapped(depth: int, by_cause: bool) -> SystemError:
         try:
-            raise _Interrupted()
-        except _Interrupted as stop:
+            raise Interrupted()
+        except Interrupted as stop:
             inner: BaseException = stop
         for _ in range(depth):
             try:
@@ -164,17 +164,17 @@ def test_a_stop_wrapped_twice_or_raised_while_handling_it_is_still_a_stop():
                     raise SystemError("CPUDispatcher(...) returned a result with an exception set") from inner
                 try:
                     raise inner
-                except (_Interrupted, SystemError):  # raised while handling: the chain is by context
+                except (Interrupted, SystemError):  # raised while handling: the chain is by context
                     raise SystemError("error return without exception set")
             except SystemError as e:
                 inner = e
         return inner
 
     for depth in (2, 3):
-        assert _interruption(wrapped(depth, by_cause=True)) and _interruption(wrapped(depth, by_cause=False))
+        assert is_interruption(wrapped(depth, by_cause=True)) and is_interruption(wrapped(depth, by_cause=False))
     a, b = SystemError("a"), SystemError("b")
     a.__cause__, b.__context__ = b, a
-    assert not _interruption(a)
+    assert not is_interruption(a)
 
 
 class _Killed(Exception):
@@ -198,7 +198,7 @@ def uninterrupted(tmp_path_factory) -> pd.DataFrame:
     return table(collect(CollectConfig(root=tmp_path_factory.mktemp("clean") / "ds", episodes=3, **SMALL)))
 
 
-@pytest.mark.parametrize("k", range(len(collect_module._COMMIT_STEPS) + 1))
+@pytest.mark.parametrize("k", range(len(commit_module._COMMIT_STEPS) + 1))
 def test_a_kill_at_any_step_of_a_commit_loses_nothing_committed(k, tmp_path, monkeypatch, uninterrupted):
     """Killed before step k of the second episode's commit, the rerun keeps every committed file as it
     was (the episode being committed too, once its snapshot was complete) and ends as an uninterrupted
@@ -209,19 +209,19 @@ def test_a_kill_at_any_step_of_a_commit_loses_nothing_committed(k, tmp_path, mon
         if at == root and _episodes_in(root) == 2:
             committed = json.loads((root / ".reverie" / "committed" / "files.json").read_text())
             seen["committed"] = _stamps(root, [f for f in committed if not f.startswith("meta/")])
-            seen["now"] = _stamps(root, [f for f in collect_module._files(root) if not f.startswith("meta/")])
+            seen["now"] = _stamps(root, [f for f in commit_module._files(root) if not f.startswith("meta/")])
 
     def kill(at: Path):
         if at == root and _episodes_in(root) == 2:
             raise _Killed()
 
-    steps = collect_module._COMMIT_STEPS
-    monkeypatch.setattr(collect_module, "_COMMIT_STEPS", (record, *steps[:k], kill, *steps[k:]))
+    steps = commit_module._COMMIT_STEPS
+    monkeypatch.setattr(commit_module, "_COMMIT_STEPS", (record, *steps[:k], kill, *steps[k:]))
     with pytest.raises(_Killed):
         collect(CollectConfig(root=root, episodes=3, **SMALL))
     monkeypatch.undo()
     collect(CollectConfig(root=root, episodes=3, **SMALL))
-    kept = seen["now"] if k >= collect_module._FINISHING else seen["committed"]
+    kept = seen["now"] if k >= commit_module._FINISHING else seen["committed"]
     assert any(f.startswith("data/") for f in kept) and _stamps(root, list(kept)) == kept
     pd.testing.assert_frame_equal(table(root), uninterrupted)
     assert [p.name for p in (root / ".reverie").iterdir()] == ["committed"]

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.clips import STATS_FILE, ClipConfig, ClipDataset, DatasetConfig, Normalizer
-from data.validate import CorruptDatasetError
+from data.clips import ClipConfig, ClipDataset, DatasetConfig
 from simulator import keys
+from simulator.normalization import STATS_FILE, CorruptDatasetError, Normalizer
 
 CFG = ClipConfig(context=1, horizon=1)
 

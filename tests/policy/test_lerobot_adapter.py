@@ -6,13 +6,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from policy.base import ChunkPolicy, RLPolicy
-from policy.lerobot_adapter import (
-    LerobotDiffusionPolicy,
-    LerobotPolicy,
-    cpu_diffusion_config,
-    ddim_step_gaussian,
-    policy_features,
-)
+from policy.lerobot_adapter import LerobotPolicy, cpu_diffusion_config, policy_features
+from policy.lerobot_diffusion import LerobotDiffusionPolicy, ddim_step_gaussian
 from simulator import keys
 
 B = 2

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from data.clips import DatasetConfig
+from data.episodes import FrameTable
 from policy import load_policy
 from policy.flow import FlowPolicy, FlowPolicyConfig
-from policy.lerobot_adapter import LerobotDiffusionPolicy
+from policy.lerobot_diffusion import LerobotDiffusionPolicy
 from simulator import keys
 from tests.conftest import moving_world_model
-from train.policy import POLICY_TYPES, FrameTable, TrainPolicyConfig, train
+from train.policy import POLICY_TYPES, TrainPolicyConfig, train
 
 B, SIZE = 2, 32
 # Each policy type at a tiny size (the diffusion policy keeps lerobot's ResNet18: none is smaller).

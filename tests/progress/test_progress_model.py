@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from data.clips import DatasetConfig
+from data.episodes import load_episodes
 from simulator.progress import ProgressConfig, ProgressModel, history_indices, task_tokens
 from simulator.world_model import WorldModel
 from train.cli import main as train_main
 from train.progress import (
     DISTRACTOR_TASKS,
     TrainProgressConfig,
-    load_episodes,
     progress_loss,
     rewind_indices,
     sample_batch,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from data.clips import Normalizer
 from simulator import keys
+from simulator.normalization import Normalizer
 from simulator.world_model import WorldModel, WorldModelSampler
 from simulator.world_model.sampler import regenerate_episodes
 

@@ -106,7 +106,7 @@ def conditioned_tasks(tasks: list[str], bins: Tensor, dropout: float, generator:
 def real_frames(dataset, views: tuple[str, ...], chunk_size: int):
     """The training episodes of ``dataset`` (a ``data.clips.DatasetConfig``) in memory, as
     ``views``, in env units, with each frame's episode success: the real share of the batches."""
-    from train.policy import FrameTable
+    from data.episodes import FrameTable
 
     train_episodes, _ = dataset.split()
     clips = replace(dataset, views=tuple(views)).clips(train_episodes, context=1, horizon=1, normalize=False,
@@ -132,7 +132,7 @@ class AdvantageConditioned(Algorithm):
     def __init__(self, policy, config: AdvantageConditionedConfig, views: tuple[str, ...], dataset=None,
                  frames=None):
         """``dataset`` (a ``data.clips.DatasetConfig``: its training episodes are loaded) or
-        ``frames`` (a ``train.policy.FrameTable`` with ``success``) gives the real data; neither
+        ``frames`` (a ``data.episodes.FrameTable`` with ``success``) gives the real data; neither
         is needed with ``real_share`` 0."""
         missing = [m for m in self.needs if not callable(getattr(policy, m, None))]
         if missing:

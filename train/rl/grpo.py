@@ -33,7 +33,7 @@ class GRPOConfig:
     # Divide advantages by the group's std (GRPO) or not (Dr. GRPO, the default): on Lift the
     # imagined returns of a group often differ only by how fast the episode succeeded, and the
     # division turned those small differences into full-size advantages that made the policy
-    # drift (docs/benchmarks.md, RL in imagination).
+    # drift (docs/research_log.md, 2026-11-21).
     scale_by_std: bool = False
     # Groups whose returns spread less than this (std) are dropped: with every episode solved,
     # returns differ only by speed and noise, and Adam turns even tiny gradients into full-size
