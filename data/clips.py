@@ -71,6 +71,9 @@ class DatasetConfig:
     repo_id: str | None = None  # or a hub dataset
     views: tuple[str, ...] | None = None  # None = every view
     val_episodes: int = 2
+    # Train on only the first N of the training episodes (None: all); the held-out ones stay the same.
+    # For data-scaling studies, e.g. a family of policies cloned from 10, 25, 50, ... episodes.
+    train_episodes: int | None = None
     video_backend: str = "pyav"
     cache_frames: bool = False  # decode each episode once into memory (~25 KB per frame at 2 views of 64x64)
 
@@ -87,7 +90,13 @@ class DatasetConfig:
         n = LeRobotDatasetMetadata(self.repo_id or LOCAL_REPO_ID, root=self.root).total_episodes
         if n <= self.val_episodes:
             raise ValueError(f"the dataset has {n} episodes; hold out fewer than that (--dataset.val_episodes)")
-        return list(range(n - self.val_episodes)), list(range(n - self.val_episodes, n))
+        train = list(range(n - self.val_episodes))
+        if self.train_episodes is not None:
+            if not 1 <= self.train_episodes <= len(train):
+                raise ValueError(f"train_episodes must be in [1, {len(train)}] (the dataset has {n} episodes, "
+                                 f"{self.val_episodes} held out), got {self.train_episodes}")
+            train = train[:self.train_episodes]
+        return train, list(range(n - self.val_episodes, n))
 
     def clips(self, episodes: list[int], **clip_config) -> "ClipDataset":
         clip_config.setdefault("cache_frames", self.cache_frames)
@@ -209,7 +218,7 @@ class ClipDataset(torch.utils.data.Dataset):
         ctx_mask, fut_mask, act_mask = ctx_t >= 0, fut_t < length, act_t < length
         ctx_c, fut_c, act_c = ctx_t.clamp(0, length - 1), fut_t.clamp(0, length - 1), act_t.clamp(0, length - 1)
 
-        frames = self._frames(ep, torch.cat([ctx_c, fut_c]))  # (V, C+F, 3, h, w)
+        frames = self._frames(ep, torch.cat([ctx_c, fut_c, torch.zeros(1, dtype=torch.long)]))  # (V, C+F+1, 3, h, w)
         action = self.columns[keys.ACTION][first + act_c] * act_mask[:, None]
         state = self.columns[keys.STATE][first + torch.cat([ctx_c, fut_c])]
         if cfg.normalize:
@@ -217,7 +226,8 @@ class ClipDataset(torch.utils.data.Dataset):
             state = self.normalizer.normalize(keys.STATE, state)
         item = {
             "context": frames[:, :C],
-            "future": frames[:, C:],
+            "future": frames[:, C:-1],
+            "first": frames[:, -1],  # the episode's first frame: a world model's memory
             "context_mask": ctx_mask,
             "future_mask": fut_mask,
             "action": action,

@@ -170,7 +170,9 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     for i in tqdm(range(0, len(starts), cfg.batch_size), desc="world-model rollouts"):
         batch = torch.utils.data.default_collate([clips[j] for j in starts[i:i + cfg.batch_size]])
         actions = batch["action"].reshape(-1, chunks, spec.horizon, spec.action_dim)
-        pred = sampler.rollout(to_model_range(batch["context"]), actions, batch["context_state"], generator=gen)
+        memory = to_model_range(batch["first"]) if spec.memory else None
+        pred = sampler.rollout(to_model_range(batch["context"]), actions, batch["context_state"], generator=gen,
+                               memory=memory)
         imagined = (pred.frames + 1) / 2  # (B, V, T, 3, h, w)
         real, mask = batch["future"], batch["future_mask"]  # (B, V, T, ...), (B, T)
         copy_last = batch["context"][:, :, -1:].expand_as(real)
@@ -242,7 +244,7 @@ def displacements(probe, clips: ClipDataset, sampler: WorldModelSampler, batch: 
     recorded = batch["action"][:, :chunks * H]
     other = recorded.roll(1, dims=0)  # another start's chunk: a different motion, still in-distribution
     pred = sampler.rollout(to_model_range(batch["context"]), other.reshape(B, chunks, H, -1), batch["context_state"],
-                           generator=gen)
+                           generator=gen, memory=to_model_range(batch["first"]) if spec.memory else None)
     moved_other = probe_frames(probe, (pred.frames[:, :, -1:] + 1) / 2)[:, 0, :3]
     end = chunks * F - 1
     commanded = clips.normalizer.unnormalize(keys.ACTION, torch.stack([recorded, other], 1))[..., :3].sum(2)

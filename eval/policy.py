@@ -113,6 +113,9 @@ class EvalPolicyConfig:
     # Also re-run every policy in physics from the same starts with its sampling noise reseeded:
     # the physics ceiling of the per-episode agreement (one more physics run per policy).
     physics_ceiling: bool = True
+    # policy_eval.json of an earlier evaluation with the same task, seed, episodes, envs and policies:
+    # its physics runs are reused instead of simulated again (comparing world models on one physics run).
+    physics_from: Path | None = None
     extra: dict = field(default_factory=dict)  # further ImaginedEnvConfig fields
 
     def __post_init__(self):
@@ -151,12 +154,12 @@ def named_policies(entries: tuple[str, ...] | None) -> dict[str, str]:
 
 
 def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
-    from policy import camera_views, load_policy
+    from policy import load_policy
     from simulator.env import ImaginedEnv
-    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
     from simulator.progress import ProgressModel
 
     named = named_policies(cfg.policies)
+    earlier = earlier_physics_runs(cfg, named) if cfg.physics_from is not None else None
     progress = ProgressModel.from_pretrained(cfg.progress).spec  # a clear error for a folder of another kind
     views, size = tuple(progress.views), progress.image_size
     starts = matched_starts(cfg.task, views, size, cfg.episodes, cfg.seed, cfg.num_envs)
@@ -166,10 +169,6 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
     runs = {}
     for name, source in named.items():
         policy = load_policy(source, cfg.task, num_envs=cfg.num_envs, device=cfg.device)
-        # Scripted experts read no images: their physics runs without rendering (the starts were rendered above).
-        seen, seen_size = camera_views(policy)
-        physics = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=seen,
-                                              height=seen_size or size, width=seen_size or size))
         recorder = None
         if cfg.record:
             from simulator.recording import EpisodeRecorder
@@ -182,11 +181,7 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
                                        repo_id=f"reverie/imagined_{folder.name}")
         with torch.no_grad():
             runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined", recorder),
-                          "physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
-            if cfg.physics_ceiling:
-                runs[name]["physics_reseeded"] = run_episodes(physics, policy, cfg.episodes, cfg.seed,
-                                                              f"{name}: physics, reseeded", policy_seed=RESEEDED)
-        physics.close()
+                          **(earlier[name] if earlier else physics_runs(cfg, name, policy, size))}
         if recorder is not None:
             recorder.close()
         log.info("%s: imagined %.2f, physics %.2f", name, *(sum(r.success) / cfg.episodes for r in runs[name].values()))
@@ -196,6 +191,52 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
         imagined_n=[cfg.episodes] * len(names), physics_successes=[sum(runs[n]["physics"].success) for n in names],
         physics_n=[cfg.episodes] * len(names))
     return comparison, runs
+
+
+def physics_runs(cfg: EvalPolicyConfig, name: str, policy, size: int) -> dict[str, EpisodeResults]:
+    """The policy's physics episodes from the evaluation's starts (and, for the ceiling, again with
+    its sampling noise reseeded)."""
+    from policy import camera_views
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    # Scripted experts read no images: their physics runs without rendering (the starts were rendered apart).
+    seen, seen_size = camera_views(policy)
+    physics = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=seen,
+                                          height=seen_size or size, width=seen_size or size))
+    runs = {"physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
+    if cfg.physics_ceiling:
+        runs["physics_reseeded"] = run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics, reseeded",
+                                                policy_seed=RESEEDED)
+    physics.close()
+    return runs
+
+
+def earlier_physics_runs(cfg: EvalPolicyConfig, named: dict[str, str]) -> dict[str, dict[str, EpisodeResults]]:
+    """The physics runs of ``cfg.physics_from``, refused unless they come from the same starts and
+    policies (a different seed, episode count or env count gives other episodes)."""
+    path = Path(cfg.physics_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"physics_from: no such file {path} (a policy_eval.json of reverie-eval policy)")
+    saved = json.loads(path.read_text())
+    old = saved["config"]
+    for key in ("task", "seed", "episodes", "num_envs"):
+        if old[key] != getattr(cfg, key):
+            raise ValueError(f"physics_from {path} was run with {key}={old[key]!r}, this evaluation has "
+                             f"{getattr(cfg, key)!r}: its physics episodes are not these")
+    old_named = named_policies(tuple(old["policies"]) if old["policies"] else None)
+    out = {}
+    for name, source in named.items():
+        if old_named.get(name) != source or name not in saved["runs"]:
+            raise ValueError(f"physics_from {path} has no physics run of policy {name}={source} (it has "
+                             f"{sorted(f'{n}={s}' for n, s in old_named.items())})")
+        kinds = ("physics", "physics_reseeded") if cfg.physics_ceiling else ("physics",)
+        missing = [k for k in kinds if k not in saved["runs"][name]]
+        if missing:
+            raise ValueError(f"physics_from {path} has no {missing} run of {name}; give --physics_ceiling false or "
+                             f"an evaluation that ran it")
+        out[name] = {k: EpisodeResults(**saved["runs"][name][k]) for k in kinds}
+    log.info("physics runs of %s reused from %s", sorted(out), path)
+    return out
 
 
 def closed_loop(runs: dict) -> dict:

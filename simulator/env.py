@@ -29,7 +29,7 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   state (``StartFrames.object_state``, ground truth from the physics engine) is handed to the
   policy in the reset info, for scripted experts that plan from it (the policy's privilege), and
   never enters the reward, the termination or the truncation. (A grasp check that did read it,
-  reverted after it carried the only RL gain: docs/benchmarks.md, "RL in imagination".)
+  reverted after it carried the only RL gain: docs/research_log.md, 2026-12-01 and 2026-12-02.)
 - ``obs`` and ``info`` have the physics env's keys (``keys.image_key(view)`` (B, 3, h, w) float in
   [0, 1], ``observation.state`` (B, S), ``task``; info ``success``, ``success_prob``, ``progress``,
   ``uncertainty``, ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states``
@@ -122,7 +122,7 @@ class StartFrames:
             raise KeyError(f"dataset {clips.root} has no {ENV_STATE!r}: starts need the start frame's object state")
         fields: dict[str, list] = {k: [] for k in ("frames", "history", "first", "state", "hstate", "obj", "task")}
         for ep in episodes if episodes is not None else clips.episodes:
-            first_row, end = clips._rows[ep]
+            first_row, end = clips.episode_range(ep)
             length = end - first_row
             times = range(0, length, every) if every else [0]
             task = clips.tasks[int(clips.task_of[first_row])]
@@ -149,6 +149,7 @@ class ImaginedEnvConfig:
     max_steps: int = 120  # episode horizon in env steps (Lift's physics horizon)
     sampling_steps: int = 1  # world-model denoising steps per chunk
     still_threshold: float = STILL_THRESHOLD  # predicted pixels this close to the last frame keep its value (sampler)
+    action_guidance: float = 1.0  # classifier-free guidance on the actions (sampler); 1: none
     num_samples: int = 1  # samples per chunk; >= 2 (with >= 2 sampling steps) gives the uncertainty
     uncertainty_limit: float | None = None  # truncate an episode when the world model's spread passes this
     gamma: float = 0.99  # discount of the progress-potential reward
@@ -177,7 +178,8 @@ class ImaginedEnv:
         self.views, self.starts, self.normalizer = tuple(views), starts, normalizer
         self.num_envs, self.action_dim, self.max_steps = cfg.num_envs, spec.action_dim, cfg.max_steps
         self.frame_stride = spec.horizon // spec.future  # env steps between imagined frames
-        self.sampler = WorldModelSampler(world_model, num_steps=cfg.sampling_steps, still_threshold=cfg.still_threshold)
+        self.sampler = WorldModelSampler(world_model, num_steps=cfg.sampling_steps, still_threshold=cfg.still_threshold,
+                                         action_guidance=cfg.action_guidance)
         self._check_models(spec, progress)
         p = progress.spec
         self._progress_hop = p.history_stride // self.frame_stride  # buffer entries between progress frames
@@ -297,7 +299,9 @@ class ImaginedEnv:
         context = self._frames[:, :, -spec.context:].to(self.device).float() / 127.5 - 1.0
         state = self.normalizer.normalize(keys.STATE, self._states[:, -spec.context:]).to(self.device)
         actions = self.normalizer.normalize(keys.ACTION, chunk).to(self.device)
-        return self.sampler.sample(context, actions, state, self._generator, num_samples=self.config.num_samples)
+        memory = self._first.to(self.device).float() / 127.5 - 1.0 if spec.memory else None
+        return self.sampler.sample(context, actions, state, self._generator, num_samples=self.config.num_samples,
+                                   memory=memory)
 
     def _check_imagined(self, pred, run: Tensor) -> None:
         """A running env's non-finite prediction would become a black frame that the progress model

@@ -34,14 +34,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def moving_world_model(image_size: int, horizon: int = 8, seed: int = 0, future: int = 8):
+def moving_world_model(image_size: int, horizon: int = 8, seed: int = 0, future: int = 8, memory: bool = False):
     """A tiny world model whose imagination moves: its delta and state heads start at zero
     (copy-last), so every weight is nudged, and the imagined frames and states vary with the actions."""
     from simulator.world_model import WorldModel
 
     torch.manual_seed(seed)
     wm = WorldModel(views=2, image_size=image_size, context=2, future=future, horizon=horizon, block_out_channels=(32, 32),
-                    cond_dim=32, scale_noisy_input=True)
+                    cond_dim=32, scale_noisy_input=True, memory=memory)
     with torch.no_grad():
         for p in wm.parameters():
             p.add_(0.05 * torch.randn_like(p))

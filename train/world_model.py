@@ -29,7 +29,7 @@ from train.loop import to_device
 log = logging.getLogger(__name__)
 
 
-# The CPU recipe (docs/benchmarks.md, run 3): the noisy input scaled by (1 - t), a quarter of each
+# The CPU recipe (docs/research_log.md, run 3): the noisy input scaled by (1 - t), a quarter of each
 # batch at t = 1 (the deterministic prediction), no unrolls. Subclasses, not default_factory lambdas,
 # and the fields typed with them, so that draccus keeps these defaults when another field of the
 # same group is given on the command line (see data.clips.CachedDatasetConfig).

@@ -49,6 +49,10 @@ class WorldModelConfig:
     # deterministic predictor of the chunk from the context and actions (the regression that beats
     # copy-last); lower noise levels add detail on top. False for models saved before it existed.
     scale_noisy_input: bool = False
+    # Memory: every chunk also sees the episode's first real frame of every view (Ctrl-World's memory
+    # frames), so that an object nothing has touched can stay where physics put it however long the
+    # rollout. False for models saved before it existed.
+    memory: bool = False
 
     def __post_init__(self):
         if self.future is None:

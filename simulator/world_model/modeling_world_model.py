@@ -70,7 +70,7 @@ class WorldModel(ModelMixin, ConfigMixin):
                  norm_num_groups: int = 32, cond_dim: int = 256, autoencoder: str | None = None,
                  latent_channels: int = 4, latent_downsample: int = 4, autoencoder_width: int = 64,
                  patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512, scale_noisy_input: bool = False,
-                 autoencoder_config: dict | None = None):
+                 memory: bool = False, autoencoder_config: dict | None = None):
         """Arguments as in WorldModelConfig, and ``autoencoder_config``: the architecture of the
         latent backbone's autoencoder, which the model records in its own config.json when built,
         so that ``from_pretrained`` rebuilds it without the folder it was first loaded from."""
@@ -81,7 +81,7 @@ class WorldModel(ModelMixin, ConfigMixin):
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, cond_dim=cond_dim,
             autoencoder=autoencoder, latent_channels=latent_channels, latent_downsample=latent_downsample,
             autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width,
-            scale_noisy_input=scale_noisy_input)
+            scale_noisy_input=scale_noisy_input, memory=memory)
         self.spec = cfg
         if cfg.backbone == "unet":
             self._build_unet(cfg)
@@ -101,7 +101,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         time_dim = cfg.block_out_channels[0] * 4
         self.unet = UNet2DModel(
             sample_size=cfg.image_size,
-            in_channels=3 * cfg.views * (cfg.context + cfg.future),
+            in_channels=3 * cfg.views * (cfg.context + cfg.future + cfg.memory),
             out_channels=3 * cfg.views * cfg.future,
             block_out_channels=cfg.block_out_channels,
             layers_per_block=cfg.layers_per_block,
@@ -138,7 +138,7 @@ class WorldModel(ModelMixin, ConfigMixin):
             views=cfg.views, context=cfg.context, future=cfg.future, horizon=cfg.horizon, action_dim=cfg.action_dim,
             state_dim=cfg.state_dim, latent_channels=cfg.latent_channels,
             latent_size=cfg.image_size // cfg.latent_downsample, patch_size=cfg.patch_size, width=cfg.width,
-            depth=cfg.depth, heads=cfg.heads)
+            depth=cfg.depth, heads=cfg.heads, memory=cfg.memory)
 
     def save_pretrained(self, *args, **kwargs) -> None:
         """diffusers' save_pretrained, after recording the autoencoder's current config (its latent
@@ -158,16 +158,19 @@ class WorldModel(ModelMixin, ConfigMixin):
         return self.spec.backbone == "latent_transformer"
 
     def forward(self, noisy: Tensor, t: Tensor, context: Tensor, actions: Tensor, state: Tensor,
-                context_noise: Tensor | None = None, drop_actions: Tensor | None = None) -> Prediction:
+                context_noise: Tensor | None = None, drop_actions: Tensor | None = None,
+                memory: Tensor | None = None) -> Prediction:
         """Predicts the clean future frames (B, V, F, c, h', w') from noisy ones at noise level t (B,),
         and the future states (B, F, S) (one call, so that DDP sees every parameter used).
 
         noisy and context (B, V, C, c, h', w') are in the model's sample space (``encode``: pixels
         for the U-Net, latents for the latent backbone); actions (B, H, A); state (B, C, S);
         context_noise (B,): the noise level added to the context (default 0); drop_actions (B,)
-        bool: replace the actions by a learned null chunk (classifier-free-style dropout).
+        bool: replace the actions by a learned null chunk (classifier-free-style dropout); memory
+        (B, V, c, h', w'): the episode's first real frames, for a model with ``memory`` (None otherwise).
         """
         self._check(noisy=noisy, context=context, actions=actions, state=state)
+        self._check_memory(memory, noisy.shape[0])
         cfg = self.spec
         B = noisy.shape[0]
         if t.shape != (B,):
@@ -180,11 +183,12 @@ class WorldModel(ModelMixin, ConfigMixin):
         if cfg.scale_noisy_input:
             noisy = noisy * (1.0 - t).view(B, 1, 1, 1, 1, 1).to(noisy.dtype)
         if self._latent:
-            delta = self.transformer(context, noisy, t, context_noise, actions, state)
+            delta = self.transformer(context, noisy, t, context_noise, actions, state, memory)
         else:
             cond = self.cond(torch.cat([actions.flatten(1), state.flatten(1), _sinusoid(context_noise, cfg.cond_dim)], -1))
             h = w = cfg.image_size
-            x = torch.cat([context.reshape(B, -1, h, w), noisy.reshape(B, -1, h, w)], dim=1)
+            seen = [context, noisy] if memory is None else [memory, context, noisy]
+            x = torch.cat([part.reshape(B, -1, h, w) for part in seen], dim=1)
             delta = self.unet(x, t * 1000.0, class_labels=cond).sample.reshape(noisy.shape)
         frames = context[:, :, -1:].expand_as(noisy) + delta
         # The state head sees the real actions: action dropout is for the frames' guidance only.
@@ -253,6 +257,15 @@ class WorldModel(ModelMixin, ConfigMixin):
             if batch is not None and x.shape[0] != batch:
                 raise ValueError(f"{name} has batch size {x.shape[0]}, other inputs have {batch}")
             batch = x.shape[0]
+
+    def _check_memory(self, memory: Tensor | None, batch: int) -> None:
+        if (memory is None) == self.spec.memory:
+            raise ValueError("this world model sees the episode's first frames: pass memory (B, V, c, h', w')"
+                             if self.spec.memory else "this world model has no memory frames: pass memory=None")
+        if memory is not None:
+            self._check_frames(memory[:, :, None], "memory[:, :, None]", self.sample_shape, self._sample_dims)
+            if memory.shape[0] != batch:
+                raise ValueError(f"memory has batch size {memory.shape[0]}, other inputs have {batch}")
 
     def _check_frames(self, x: Tensor, name: str, frame: tuple[int, int, int], dims: str) -> None:
         """encode/decode inputs: (B, V, N, *frame) for any number N of frames."""

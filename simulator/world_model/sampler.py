@@ -25,32 +25,41 @@ from torch import Tensor
 
 from simulator.world_model.modeling_world_model import Prediction, WorldModel
 
-STILL_THRESHOLD = 8 / 255  # the evaluation's and the imagined env's default (docs/benchmarks.md, recipe log)
+STILL_THRESHOLD = 8 / 255  # the evaluation's and the imagined env's default (docs/research_log.md, recipe log)
 
 
 class WorldModelSampler:
-    def __init__(self, model: WorldModel, num_steps: int = 2, shift: float = 1.0, still_threshold: float = 0.0):
-        """``still_threshold``: in [0, 1] intensity (8 / 255 = 0.031); 0 keeps every predicted pixel."""
+    def __init__(self, model: WorldModel, num_steps: int = 2, shift: float = 1.0, still_threshold: float = 0.0,
+                 action_guidance: float = 1.0):
+        """``still_threshold``: in [0, 1] intensity (8 / 255 = 0.031); 0 keeps every predicted pixel.
+        ``action_guidance`` w: classifier-free guidance on the actions, the prediction
+        null + w (actions - null) with the learned null chunk of action dropout; 1 is no guidance
+        (one model call per step instead of two)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps=}")
         if not 0.0 <= still_threshold < 1.0:
             raise ValueError(f"still_threshold is an intensity in [0, 1), got {still_threshold=}")
+        if action_guidance < 0:
+            raise ValueError(f"action_guidance must be >= 0 (1: none), got {action_guidance=}")
         self.model = model
         self.num_steps = num_steps
         self.still_threshold = still_threshold
+        self.action_guidance = action_guidance
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
     @torch.no_grad()
     def sample(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
-               num_samples: int = 1) -> Prediction:
+               num_samples: int = 1, memory: Tensor | None = None) -> Prediction:
         """One chunk: frames (B, V, F, 3, h, w) in [-1, 1] and states (B, F, S).
 
-        context (B, V, C, 3, h, w) in [-1, 1]; actions (B, H, A) and state (B, C, S) normalised.
+        context (B, V, C, 3, h, w) in [-1, 1]; actions (B, H, A) and state (B, C, S) normalised;
+        memory (B, V, 3, h, w) in [-1, 1]: the episode's first real frames, for a model with memory.
         With ``num_samples`` K > 1 the chunk is sampled K times: the first sample is returned, and
         ``uncertainty`` (B,) is the per-pixel standard deviation across the K, averaged over pixels.
         """
         context, actions, state = self._checked(context, actions, state, num_samples)
-        pred = self._sample_latent(self.model.encode(context), actions, state, generator, num_samples)
+        memory = self._memory(memory, context)
+        pred = self._sample_latent(self.model.encode(context), actions, state, generator, num_samples, memory)
         return Prediction(frames=self.decoded(pred.frames, context[:, :, -1:]), state=pred.state,
                           uncertainty=pred.uncertainty)
 
@@ -67,43 +76,68 @@ class WorldModelSampler:
 
     @torch.no_grad()
     def sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
-                      num_samples: int = 1) -> Prediction:
-        """``sample`` in the model's sample space: context and the returned frames are encoded."""
+                      num_samples: int = 1, memory: Tensor | None = None) -> Prediction:
+        """``sample`` in the model's sample space: context, memory and the returned frames are encoded."""
         context, actions, state = self._checked(context, actions, state, num_samples, latent=True)
-        return self._sample_latent(context, actions, state, generator, num_samples)
+        return self._sample_latent(context, actions, state, generator, num_samples, memory)
+
+    def _memory(self, memory: Tensor | None, context: Tensor) -> Tensor | None:
+        """Memory frames in [-1, 1] (B, V, 3, h, w) -> the sample space (the model checks the shape)."""
+        if memory is None or not self.model.spec.memory:
+            return memory  # a mismatch is the model's error to name
+        if not torch.is_tensor(memory) or not memory.is_floating_point() or memory.dim() != 5:
+            raise TypeError(f"memory must be floating-point frames (B, V, 3, h, w) in [-1, 1], got "
+                            f"{getattr(memory, 'dtype', type(memory))} of shape {tuple(getattr(memory, 'shape', ()))}")
+        return self.model.encode(memory.to(context)[:, :, None])[:, :, 0]
 
     def _sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None,
-                       num_samples: int) -> Prediction:
+                       num_samples: int, memory: Tensor | None = None) -> Prediction:
         model = self.model
         K, B = num_samples, context.shape[0]
         if K > 1:  # the K samples of an input are adjacent rows: (B*K, ...)
             context, actions, state = (x.repeat_interleave(K, dim=0) for x in (context, actions, state))
+            memory = None if memory is None else memory.repeat_interleave(K, dim=0)
         spec = model.spec
         shape = (B * K, spec.views, spec.future, *model.sample_shape)
         x = torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
         self.scheduler.set_timesteps(self.num_steps, device=context.device)
         for t in self.scheduler.timesteps:
             sigma = (t / 1000.0).to(context.dtype)
-            pred = model(x, sigma.expand(B * K), context, actions, state)
+            pred = self._denoise(x, sigma.expand(B * K), context, actions, state, memory)
             velocity = (x - pred.frames) / sigma  # d x_t / d t for x_t = (1 - t) x0 + t eps
             x = self.scheduler.step(velocity, t, x).prev_sample
         x, states = x.unflatten(0, (B, K)), pred.state.unflatten(0, (B, K))
         uncertainty = x.std(1).flatten(1).mean(1) if K > 1 else None
         return Prediction(frames=x[:, 0], state=states[:, 0], uncertainty=uncertainty)
 
+    def _denoise(self, x: Tensor, t: Tensor, context: Tensor, actions: Tensor, state: Tensor,
+                 memory: Tensor | None) -> Prediction:
+        """The model's clean prediction, guided on the actions when ``action_guidance`` != 1
+        (conditional and null-action rows in one batch); the states are the conditional ones."""
+        w = self.action_guidance
+        if w == 1.0:
+            return self.model(x, t, context, actions, state, memory=memory)
+        two = lambda v: None if v is None else torch.cat([v, v])
+        drop = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]
+        both = self.model(two(x), two(t), two(context), two(actions), two(state), drop_actions=drop, memory=two(memory))
+        cond, null = both.frames.chunk(2)
+        return Prediction(frames=null + w * (cond - null), state=both.state[:x.shape[0]])
+
     @torch.no_grad()
     def rollout(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
-                num_samples: int = 1) -> Prediction:
-        """N chunks autoregressively, the context sliding over its own predictions.
+                num_samples: int = 1, memory: Tensor | None = None) -> Prediction:
+        """N chunks autoregressively, the context sliding over its own predictions (and every chunk
+        seeing the same ``memory`` frames, for a model with memory).
 
         actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w), states (B, N*F, S) and, with
         ``num_samples`` > 1, the uncertainty of every chunk (B, N).
         """
         context, actions, state = self._checked(context, actions, state, num_samples, chunks=True)
         latent, last = self.model.encode(context), context[:, :, -1:]
+        memory = self._memory(memory, context)
         frames, states, spread = [], [], []
         for n in range(actions.shape[1]):
-            pred = self._sample_latent(latent, actions[:, n], state, generator, num_samples)
+            pred = self._sample_latent(latent, actions[:, n], state, generator, num_samples, memory)
             chunk = self.decoded(pred.frames, last)
             frames.append(chunk)
             states.append(pred.state)
@@ -199,7 +233,7 @@ def regenerate_episodes(sampler: WorldModelSampler, episodes: list[tuple[Tensor,
         state = normalizer.normalize(keys.STATE, torch.stack([s[0] for _, _, s in batch]).float())
         state = state[:, None].expand(-1, spec.context, -1)
         pred = sampler.rollout(context.to(device), actions.unflatten(1, (chunks, spec.horizon)).to(device),
-                               state.to(device), generator=gen)
+                               state.to(device), generator=gen, memory=first.to(device) if spec.memory else None)
         frames = ((pred.frames.cpu() + 1) * 127.5).round().to(torch.uint8)
         states = normalizer.unnormalize(keys.STATE, pred.state.float().cpu())
         for b, (f, _, s) in enumerate(batch):

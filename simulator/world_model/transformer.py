@@ -103,7 +103,7 @@ class SpatioTemporalTransformer(nn.Module):
 
     def __init__(self, views: int, context: int, future: int, horizon: int, action_dim: int, state_dim: int,
                  latent_channels: int, latent_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 mlp_ratio: int = 4, noise_channels: int = 256):
+                 mlp_ratio: int = 4, noise_channels: int = 256, memory: bool = False):
         super().__init__()
         if horizon % future or latent_size % patch_size or width % heads:
             raise ValueError(f"need future | horizon, patch_size | latent_size, heads | width, got {horizon=} "
@@ -111,7 +111,11 @@ class SpatioTemporalTransformer(nn.Module):
         self.context, self.future, self.patch_size, self.latent_channels = context, future, patch_size, latent_channels
         self.patch_embed = PatchEmbed(height=latent_size, width=latent_size, patch_size=patch_size,
                                       in_channels=latent_channels, embed_dim=width)  # + fixed 2D sin-cos positions
-        self.time_pos = nn.Parameter(0.02 * torch.randn(context + future, width))
+        self.memory = int(memory)  # M: 1 memory frame (the episode's first) before the context, or none
+        self.time_pos = nn.Parameter(0.02 * torch.randn(self.memory + context + future, width))
+        # The memory frame's conditioning, where a context frame has its state (absent without memory,
+        # so that models saved before memory existed load unchanged).
+        self.memory_embed = nn.Parameter(torch.zeros(1, width)) if memory else None
         self.view_pos = nn.Parameter(0.02 * torch.randn(views, width))
         self.noise_proj = Timesteps(noise_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.noise_embed = TimestepEmbedding(noise_channels, width)
@@ -127,13 +131,15 @@ class SpatioTemporalTransformer(nn.Module):
         self.gradient_checkpointing = False  # set by WorldModel.enable_gradient_checkpointing() (diffusers)
 
     def forward(self, context: Tensor, noisy: Tensor, t: Tensor, context_noise: Tensor, actions: Tensor,
-                state: Tensor) -> Tensor:
+                state: Tensor, memory: Tensor | None = None) -> Tensor:
         """context (B, V, C, c, l, l), noisy (B, V, F, c, l, l), t and context_noise (B,) in [0, 1],
-        actions (B, H, A), state (B, C, S) -> delta (B, V, F, c, l, l)."""
+        actions (B, H, A), state (B, C, S), memory (B, V, c, l, l) or None -> delta (B, V, F, c, l, l)."""
         B, V, C, _, l, _ = context.shape
         F_ = noisy.shape[2]
+        frames = [context, noisy] if memory is None else [memory[:, :, None], context, noisy]
+        C = C + self.memory  # the memory frame is one more (clean) context frame
         T = C + F_
-        x = self.patch_embed(torch.cat([context, noisy], dim=2).flatten(0, 2))  # (B V T, N, D)
+        x = self.patch_embed(torch.cat(frames, dim=2).flatten(0, 2))  # (B V T, N, D)
         x = x.unflatten(0, (B, V, T)) + self.time_pos[None, None, :, None] + self.view_pos[None, :, None, None]
         cond = self._conditioning(t, context_noise, actions, state).to(x.dtype)  # (B, T, D)
         for block in self.blocks:
@@ -147,11 +153,15 @@ class SpatioTemporalTransformer(nn.Module):
 
     def _conditioning(self, t: Tensor, context_noise: Tensor, actions: Tensor, state: Tensor) -> Tensor:
         """(B, T, D): noise level + (context frames) their state / (future frames) their H/F actions."""
-        B, C, F_ = t.shape[0], self.context, self.future
-        levels = torch.cat([context_noise[:, None].expand(B, C), t[:, None].expand(B, F_)], dim=1)  # (B, T)
+        B, M, C, F_ = t.shape[0], self.memory, self.context, self.future
+        levels = torch.cat([t.new_zeros(B, M), context_noise[:, None].expand(B, C),
+                            t[:, None].expand(B, F_)], dim=1)  # (B, T)
         dtype = self.noise_embed.linear_1.weight.dtype
-        noise = self.noise_embed(self.noise_proj(levels.flatten() * 1000.0).to(dtype)).view(B, C + F_, -1)
-        per_frame = torch.cat([self.state_embed(state), self.action_embed(actions.reshape(B, F_, -1))], dim=1)
+        noise = self.noise_embed(self.noise_proj(levels.flatten() * 1000.0).to(dtype)).view(B, M + C + F_, -1)
+        per_frame = [self.state_embed(state), self.action_embed(actions.reshape(B, F_, -1))]
+        if M:
+            per_frame.insert(0, self.memory_embed.to(dtype).expand(B, M, -1))
+        per_frame = torch.cat(per_frame, dim=1)
         return noise + per_frame
 
     def _unpatchify(self, tokens: Tensor, size: int) -> Tensor:

@@ -161,3 +161,13 @@ def test_frames_cached_in_memory_equal_decoded_frames(tiny_dataset, clips):
     for i in (0, 7, len(clips) - 1):
         a, b = clips[i], cached[i]
         assert torch.equal(a["context"], b["context"]) and torch.equal(a["future"], b["future"])
+
+
+def test_a_training_subset_keeps_the_held_out_episodes(tiny_dataset):
+    from data.clips import DatasetConfig
+
+    train, held_out = DatasetConfig(root=tiny_dataset, val_episodes=1).split()
+    fewer, same_held_out = DatasetConfig(root=tiny_dataset, val_episodes=1, train_episodes=2).split()
+    assert fewer == train[:2] and same_held_out == held_out and len(train) > 2
+    with pytest.raises(ValueError, match="train_episodes"):
+        DatasetConfig(root=tiny_dataset, val_episodes=1, train_episodes=len(train) + 1).split()

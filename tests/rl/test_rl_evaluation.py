@@ -48,6 +48,24 @@ def test_saved_policies_are_evaluated_beside_scripted_ones(tiny_dataset, tiny_mo
     with pytest.raises(ValueError, match="NAME=FOLDER"):
         evaluate(EvalPolicyConfig(world_model=cfg.world_model, progress=cfg.progress, policies=("bc=/nowhere",)))
 
+    # Another world model against the same physics: the saved physics runs are reused, not re-simulated,
+    # and only for the same starts and policies.
+    from dataclasses import replace
+
+    from eval.policy import save_report
+
+    for run in runs["stall"].values():  # mark the saved run: a re-simulation would not give this back
+        run.steps[0] = 999
+    saved = save_report(comparison, runs, cfg) / "policy_eval.json"
+    _, again = evaluate(replace(cfg, physics_from=saved, output_dir=tmp_path / "again"))
+    for name in runs:
+        for kind in ("physics", "physics_reseeded"):
+            assert again[name][kind].success == runs[name][kind].success
+            assert again[name][kind].steps == runs[name][kind].steps
+    with pytest.raises(ValueError, match="seed"):
+        evaluate(replace(cfg, physics_from=saved, seed=cfg.seed + 1))
+    with pytest.raises(ValueError, match="no physics run of policy"):
+        evaluate(replace(cfg, physics_from=saved, policies=("expert",)))
 
 
 
