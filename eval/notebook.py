@@ -75,7 +75,8 @@ def imagine_policy(policy: str | Path, world_model: Path, progress: Path, root: 
     Returns each episode's imagined frames (V, N', 3, h, w) uint8, from the start frame until the
     env ends it (success, or ``max_steps``: default the longest real episode)."""
     from policy import load_policy
-    from simulator.env import ImaginedEnv, StartFrames
+    from simulator.env import ImaginedEnv
+    from simulator.starts import StartFrames
 
     ids, views = [e.index for e in episodes], views_of(progress)
     clips = demo_dataset(root).clips(ids, context=1, horizon=1, normalize=False, cache_frames=False)
@@ -141,7 +142,8 @@ class InteractiveImagination:
                  chunks: int = 1, scale: int = 4):
         import ipywidgets as widgets
 
-        from simulator.env import ImaginedEnv, StartFrames, load_normalizer
+        from simulator.env import ImaginedEnv, load_normalizer
+        from simulator.starts import StartFrames
 
         dataset = demo_dataset(root)
         episode = dataset.split()[1][0] if episode is None else episode

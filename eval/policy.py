@@ -126,8 +126,8 @@ class EvalPolicyConfig:
 
 def matched_starts(task: str, views: tuple[str, ...], size: int, episodes: int, seed: int, num_envs: int):
     """The physics start states seed, seed + 1, ... rendered as the imagined env's start frames."""
-    from simulator.env import StartFrames
     from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+    from simulator.starts import StartFrames
 
     env = PhysicsEnv(PhysicsEnvConfig(task=task, num_envs=num_envs, views=views, height=size, width=size))
     parts = []

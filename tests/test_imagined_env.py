@@ -8,12 +8,13 @@ import torch
 from eval.policy import run_episodes
 from policy.scripted import ScriptedPolicy
 from simulator import keys
-from simulator.env import ImaginedEnv, ImaginedEnvConfig, StartFrames
+from simulator.env import ImaginedEnv, ImaginedEnvConfig
 from simulator.normalization import Normalizer
 from simulator.physics import ExpertConfig
 from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 from simulator.progress import ProgressModel
 from simulator.recording import EpisodeRecorder
+from simulator.starts import StartFrames
 from simulator.world_model import WorldModel
 
 VIEWS, SIZE, B, H = ("front", "wrist"), 32, 2, 8

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from data.clips import ClipConfig, ClipDataset
-from simulator.env import ImaginedEnv, ImaginedEnvConfig, StartFrames
+from simulator.env import ImaginedEnv, ImaginedEnvConfig
+from simulator.starts import StartFrames
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelSampler, flow_matching_loss
 from simulator.world_model.objective import pixel_weights
 from tests.conftest import moving_world_model

@@ -169,7 +169,8 @@ class PhysicsStarts:
 
 def make_env(cfg: RLConfig, views: tuple[str, ...], size: int):
     """The rollout env at the dataset's training-episode starts; returns (env, number of starts)."""
-    from simulator.env import ImaginedEnv, StartFrames
+    from simulator.env import ImaginedEnv
+    from simulator.starts import StartFrames
 
     train_episodes, _ = cfg.dataset.split()
     if cfg.env == "physics":
