@@ -1,0 +1,99 @@
+"""Policy evaluation in imagination against physics over a learned family of visuomotor policies.
+
+    python -m benchmarks.learned_family --dataset outputs/nm/dataset \
+        --world-model outputs/nm/wm/model --progress outputs/nm/progress/model --episodes 50
+
+The scripted family does not look at the frames, so it tests the rendering of given actions, not
+the closed loop of a policy that acts on what it sees (issue 21). This family does: policies
+cloned by ``reverie-train policy`` from the dataset, of spread quality by construction (LEARNED:
+behaviour cloning from 10, 25, 50, 100 and all training episodes, a short run, the successful
+episodes only, and lerobot's Diffusion Policy at CPU size). Each is trained once under
+``<output-dir>/policies/<name>`` (a re-run resumes or skips it), then ``reverie-eval policy`` runs
+them all from the same paired starts in both simulators (without the physics ceiling, which the
+behaviour-cloned policy's closed-loop evaluation reports).
+``--physics-from`` reuses an earlier run's physics episodes, to compare world models on one
+physics run.
+"""
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from benchmarks._report import DOC, command, write_section
+
+# name: reverie-train policy options. Steps are a share of --steps (1 = all of them).
+LEARNED = {
+    "bc10": {"train_episodes": 10},
+    "bc25": {"train_episodes": 25},
+    "bc50": {"train_episodes": 50},
+    "bc100": {"train_episodes": 100},
+    "bc_all": {},
+    "bc_all_short": {"step_share": 0.25},
+    "bc_successes": {"episodes": "success"},
+    "diffusion": {"policy_type": "diffusion"},
+}
+
+
+def train_family(dataset: Path, val_episodes: int, steps: int, out: Path) -> dict[str, Path]:
+    """Trains (or resumes) every policy of LEARNED; returns {name: saved policy folder}."""
+    from data.clips import DemoSplitDatasetConfig
+    from train.policy import TrainPolicyConfig, train
+
+    folders = {}
+    for name, options in LEARNED.items():
+        options = dict(options)
+        share = options.pop("step_share", 1.0)
+        subset = options.pop("train_episodes", None)
+        cfg = TrainPolicyConfig(dataset=DemoSplitDatasetConfig(root=dataset, val_episodes=val_episodes,
+                                                               train_episodes=subset),
+                                steps=max(1, round(steps * share)), output_dir=out / name, **options)
+        print(f"policy {name}: {cfg.steps} steps", flush=True)
+        folders[name] = train(cfg)
+    return folders
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, required=True, help="the dataset the policies are cloned from")
+    parser.add_argument("--val-episodes", type=int, default=20, help="held-out episodes (as the world model's)")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps of a policy")
+    parser.add_argument("--world-model", type=Path, required=True)
+    parser.add_argument("--progress", type=Path, required=True)
+    parser.add_argument("--episodes", type=int, default=50, help="paired episodes per policy")
+    parser.add_argument("--physics-from", type=Path, default=None,
+                        help="policy_eval.json of an earlier run of this family: its physics episodes are reused")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/learned_family"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    from eval.policy import EvalPolicyConfig, closed_loop, closed_loop_markdown, evaluate, save_report
+
+    t0 = time.perf_counter()
+    folders = train_family(args.dataset, args.val_episodes, args.steps, args.output_dir / "policies")
+    trained = time.perf_counter() - t0
+    cfg = EvalPolicyConfig(world_model=args.world_model, progress=args.progress,
+                           policies=tuple(f"{n}={f}" for n, f in folders.items()), episodes=args.episodes,
+                           physics_from=args.physics_from, physics_ceiling=False, output_dir=args.output_dir / "eval")
+    comparison, runs = evaluate(cfg)
+    save_report(comparison, runs, cfg)
+    table = comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs))
+    print(table)
+    if args.no_write:
+        return
+    figures = DOC.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    shutil.copy(cfg.output_dir / "policy_eval.png", figures / "policy_eval_learned.png")
+    seconds = {k: sum(r[k].seconds for r in runs.values() if k in r) for k in ("imagined", "physics")}
+    write_section("Policy evaluation: learned family", command(), "\n\n".join([
+        f"{len(folders)} visuomotor Lift policies cloned from `{args.dataset}` ({', '.join(folders)}; "
+        f"benchmarks/learned_family.py LEARNED), {args.steps} training steps each unless named short, "
+        f"{cfg.episodes} paired episodes each from physics seeds {cfg.seed} on. Imagined: world model "
+        f"`{args.world_model}`, progress model `{args.progress}`. Wall time: training {trained:.0f} s, imagined "
+        f"{seconds['imagined']:.0f} s, physics {seconds['physics']:.0f} s"
+        + (f" (physics reused from `{args.physics_from}`)" if args.physics_from else "") + ".",
+        table, "![learned family](figures/policy_eval_learned.png)"]))
+
+
+if __name__ == "__main__":
+    main()
