@@ -6,11 +6,6 @@ sampler turns that into the flow velocity (x_t - x0) / t. Against compounding er
 autoregressive rollouts, the context frames are noised too, at a level the model is told
 (GameNGen/Oasis); and the action chunk is sometimes replaced by a learned null chunk.
 
-Motion weighting (``motion_weight`` m > 0): a pixel's squared error weighs 1 + m |x0 - last|, its
-change from the last context frame (averaged over channels, in [0, 2]): the few pixels where the
-arm and the cube move weigh more than the still background that dominates a frame (DWS's
-motion-reinforced loss).
-
 Unrolled training (``unroll_chunks`` U > 1): clips cover U action chunks; each sample trains on
 chunk d ~ U{0, ..., U-1}, and the d chunks before it are imagined by the model itself (no
 gradient, the sampler's own steps), so the model learns to continue from its own predictions as
@@ -39,7 +34,6 @@ class FlowMatchingConfig:
     regression_share: float = 0.0  # share of each batch trained at t = 1 (the deterministic prediction)
     unroll_chunks: int = 1  # U: chunks per training clip; the model imagines the ones before the trained one
     unroll_sampling_steps: int = 2  # sampling steps for the imagined chunks
-    motion_weight: float = 0.0  # m: a pixel's error weighs 1 + m |change from the last context frame|
 
     def __post_init__(self):
         if self.unroll_chunks < 1 or self.unroll_sampling_steps < 1:
@@ -51,8 +45,6 @@ class FlowMatchingConfig:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout=}")
         if self.context_noise_max < 0:
             raise ValueError(f"context_noise_max must be >= 0, got {self.context_noise_max=}")
-        if self.motion_weight < 0:
-            raise ValueError(f"motion_weight must be >= 0, got {self.motion_weight=}")
 
 
 def to_model_range(frames: Tensor) -> Tensor:
@@ -67,7 +59,6 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     with torch.no_grad():
         context, x0, actions, state, future_state, future_mask = unrolled_inputs(core, batch, cfg, generator)
         memory = memory_of(core, batch)
-        weight = pixel_weights(context, x0, cfg.motion_weight)
     B, device = x0.shape[0], x0.device
     t = compute_density_for_timestep_sampling(cfg.weighting_scheme, B, cfg.logit_mean, cfg.logit_std,
                                               device=device, generator=generator).clamp(1e-3, 1.0)
@@ -81,7 +72,7 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     drop = torch.rand(B, generator=generator, device=device) < cfg.action_dropout
     pred = model(noisy, t, context, actions, state, context_noise=context_noise, drop_actions=drop, memory=memory)
 
-    frame_mask = future_mask.float().view(B, 1, -1, 1, 1, 1) * weight  # (B, V, F, 1, h', w')
+    frame_mask = future_mask.float().view(B, 1, -1, 1, 1, 1)  # (B, 1, F, 1, 1, 1)
     per_pixel = (pred.frames - x0).square() * frame_mask
     frame_loss = per_pixel.sum() / (frame_mask.expand_as(per_pixel).sum()).clamp_min(1.0)
     state_err = (pred.state - future_state).square().mean(-1)
@@ -97,14 +88,6 @@ def memory_of(model: WorldModel, batch: dict) -> Tensor | None:
     if "first" not in batch:
         raise KeyError("a world model with memory trains on clips with the episode's first frames (batch['first'])")
     return model.encode(to_model_range(batch["first"])[:, :, None])[:, :, 0]
-
-
-def pixel_weights(context: Tensor, x0: Tensor, motion_weight: float) -> Tensor:
-    """(B, V, F, 1, h', w') weights of the future pixels: 1 + m |x0 - last context frame| (module doc);
-    normalised by the sum of the weights in the loss, so m moves weight, not the loss's scale."""
-    if motion_weight == 0:
-        return torch.ones_like(x0[:, :, :, :1])
-    return 1.0 + motion_weight * (x0 - context[:, :, -1:]).abs().mean(dim=3, keepdim=True)
 
 
 def unrolled_inputs(model: WorldModel, batch: dict, cfg: FlowMatchingConfig, generator: torch.Generator | None = None):
