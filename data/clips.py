@@ -185,6 +185,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self._rows = {ep: (int(end - n), int(end)) for ep, n, end in zip(self.episodes, counts, ends)}
         self.tasks = {int(i): t for t, i in zip(meta.tasks.index, meta.tasks["task_index"])}
         self._cache: dict[int, torch.Tensor] = {}
+        self._first: dict[int, torch.Tensor] = {}  # uint8 (V, 3, h, w) frame 0 per episode, as clips ask for it
         if cfg.cache_frames:
             from tqdm import tqdm
 
@@ -218,7 +219,7 @@ class ClipDataset(torch.utils.data.Dataset):
         ctx_mask, fut_mask, act_mask = ctx_t >= 0, fut_t < length, act_t < length
         ctx_c, fut_c, act_c = ctx_t.clamp(0, length - 1), fut_t.clamp(0, length - 1), act_t.clamp(0, length - 1)
 
-        frames = self._frames(ep, torch.cat([ctx_c, fut_c, torch.zeros(1, dtype=torch.long)]))  # (V, C+F+1, 3, h, w)
+        frames = self._frames(ep, torch.cat([ctx_c, fut_c]))  # (V, C+F, 3, h, w)
         action = self.columns[keys.ACTION][first + act_c] * act_mask[:, None]
         state = self.columns[keys.STATE][first + torch.cat([ctx_c, fut_c])]
         if cfg.normalize:
@@ -226,8 +227,8 @@ class ClipDataset(torch.utils.data.Dataset):
             state = self.normalizer.normalize(keys.STATE, state)
         item = {
             "context": frames[:, :C],
-            "future": frames[:, C:-1],
-            "first": frames[:, -1],  # the episode's first frame: a world model's memory
+            "future": frames[:, C:],
+            "first": self._first_frame(ep),  # the episode's first frame: a world model's memory
             "context_mask": ctx_mask,
             "future_mask": fut_mask,
             "action": action,
@@ -243,6 +244,13 @@ class ClipDataset(torch.utils.data.Dataset):
         if keys.PROGRESS in self.columns:
             item["future_progress"] = self.columns[keys.PROGRESS][first + fut_c].squeeze(-1)
         return item
+
+    def _first_frame(self, ep: int) -> torch.Tensor:
+        """(V, 3, h, w) float frame 0 of episode ``ep``, decoded once per episode: asked for with the
+        clip's own frames, a video decoder would decode everything between frame 0 and them."""
+        if ep not in self._first:
+            self._first[ep] = self._cache[ep][:, 0] if ep in self._cache else self.decode(ep, [0])[:, 0]
+        return self._first[ep].float().div(255.0)
 
     def _frames(self, ep: int, frame_idx: torch.Tensor) -> torch.Tensor:
         """(V, N, 3, h, w) float frames in [0, 1] of episode ``ep`` at in-episode indices."""

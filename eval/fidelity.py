@@ -139,7 +139,7 @@ def rollout_starts(clips: ClipDataset, n: int) -> list[int]:
     """``n`` clip indices spread evenly over the held-out frames whose whole horizon lies inside
     their episode, so that every horizon step scores the same rollouts."""
     cfg = clips.config
-    length = {ep: len(range(*clips.episode_range(ep))) for ep in clips.episodes}
+    length = {ep: end - first for ep in clips.episodes for first, end in [clips.episode_range(ep)]}
     full = [i for i in range(len(clips)) if int(clips.frame_of[i]) + cfg.horizon < length[int(clips.episode_of[i])]]
     if not full:
         raise ValueError(f"no held-out episode is longer than the horizon ({cfg.horizon} steps): "
