@@ -27,6 +27,7 @@ import torch
 
 from benchmarks._report import command, write_section
 from eval.success import agreement
+from simulator.rollout import Rollout
 
 
 def last_grasps(actions: torch.Tensor) -> torch.Tensor:
@@ -50,34 +51,31 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int) -> d
     B, stride = imagined.num_envs, imagined.frame_stride
     out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics")}
     for first in range(0, episodes, B):
-        obs, info = imagined.reset(seed=first)
-        policy.reset(obs, info, seeds=list(range(first, first + B)))
-        done, solved = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+        rollout = Rollout(imagined, seed=first)
+        policy.reset(rollout.obs, rollout.info, seeds=list(range(first, first + B)))
         chunks, live, states = [], [], []
-        while not done.all():
-            actions = policy.select_action_chunk(obs)
-            chunks.append(actions.cpu().float())
-            live.append((~done)[:, None].expand(-1, actions.shape[1]))
-            obs, _, terminated, truncated, step_info = imagined.step(actions)
-            states.append(step_info["states"].repeat_interleave(stride, 1))
-            solved |= terminated & ~done
-            done |= terminated | truncated
-        physics.reset(seed=seed + first)
-        replayed, ended, physics_states = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool), []
-        for actions, alive in zip(chunks, live):
-            _, _, terminated, truncated, step_info = physics.step(actions)
-            physics_states.append(step_info["states"])
-            replayed |= terminated & alive[:, 0] & ~ended
-            ended |= terminated | truncated
+        for step in rollout.run(policy.select_action_chunk):
+            chunks.append(step.actions.cpu().float())
+            live.append(step.alive[:, None].expand(-1, step.actions.shape[1]))
+            states.append(step.info["states"].repeat_interleave(stride, 1))
+        solved, info = rollout.solved, rollout.start_info
+        # the imagined actions replayed in physics, chunk by chunk, for as long as imagination ran
+        replay = Rollout(physics, seed=seed + first)
+        chunk = iter(chunks)
+        replayed, physics_states = torch.zeros(B, dtype=torch.bool), []
+        for alive, step in zip(live, replay.run(lambda _: next(chunk))):
+            physics_states.append(step.info["states"])
+            replayed |= step.terminated & step.alive & alive[:, 0]  # solved while the imagined episode ran
         # past the end of an imagined episode its actions are not its own: no grasp there
         grasp = last_grasps(torch.where(torch.cat(live, 1)[..., None], torch.cat(chunks, 1), -1.0))
-        at = grasp.clamp_min(0)[:, None, None].expand(-1, 1, 3)
         none = (grasp < 0)[:, None]
         n = min(B, episodes - first)
         out["imagined"].append(solved[:n])
         out["replayed"].append(replayed[:n])
         out["object"].append(info["object_state"][:n, :3].float())
         for key, trajectory in (("eef_imagined", torch.cat(states, 1)), ("eef_physics", torch.cat(physics_states, 1))):
+            # physics may have ended every episode before imagination did: its last state then
+            at = grasp.clamp(0, trajectory.shape[1] - 1)[:, None, None].expand(-1, 1, 3)
             eef = trajectory[..., :3].float().gather(1, at)[:, 0]
             out[key].append(torch.where(none, torch.nan, eef)[:n])
     return {k: torch.cat(v) for k, v in out.items()}

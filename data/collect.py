@@ -126,7 +126,7 @@ class ExpertActor:
         self.expert = expert
 
     def reset(self, obs: dict, info: dict, env, seed: int) -> str:
-        return self.expert.reset(info["object_state"][0].numpy(), env.envs[0].env, seed)
+        return self.expert.reset(info["object_state"][0].numpy(), env.task_env(0), seed)
 
     def act(self, obs: dict) -> np.ndarray:
         return self.expert.act(obs[keys.STATE][0].numpy())
@@ -156,33 +156,32 @@ class PolicyActor:
 def run_episode(env, expert: ScriptedExpert | ExpertActor | PolicyActor, seed: int,
                 hold_steps: int) -> tuple[list[dict], dict]:
     """Runs one episode of the expert (or a policy) in a single-env PhysicsEnv; returns its frames
-    and labels."""
+    and labels. A frame holds what the env showed before its action (the images, the state, the
+    object state, the stage) and what the action led to (reward, success, the end)."""
     import torch
 
+    from simulator.rollout import Rollout
+
     actor = ExpertActor(expert) if isinstance(expert, ScriptedExpert) else expert
-    obs, info = env.reset(seed=seed)
-    mode = actor.reset(obs, info, env, seed)
-    images = _hwc_frames(info)
-    stage = int(info["stage"][0])
+    rollout = Rollout(env, seed=seed)
+    mode = actor.reset(rollout.obs, rollout.info, env, seed)
+    before = rollout.info
     frames, first_success = [], None
-    while True:
-        state = obs[keys.STATE][0].numpy()
-        action = actor.act(obs).astype(np.float32)
-        frame = {keys.image_key(v): img for v, img in images.items()}
-        frame |= {keys.STATE: state, keys.ENV_STATE: info["object_state"][0].numpy(), keys.ACTION: action,
-                  keys.STAGE: np.array([stage], dtype=np.int64)}
-        obs, _, terminated, truncated, info = env.step(torch.from_numpy(action)[None, None])
-        solved_now = bool(info["stage"][0] == env.spec.num_stages)
+    act = lambda obs: torch.from_numpy(actor.act(obs).astype(np.float32))[None, None]  # noqa: E731
+    for step in rollout.run(act):
+        frame = {keys.image_key(v): img for v, img in _hwc_frames(before).items()}
+        frame |= {keys.STATE: step.obs[keys.STATE][0].numpy(), keys.ENV_STATE: before["object_state"][0].numpy(),
+                  keys.ACTION: step.actions[0, 0].numpy(), keys.STAGE: np.array([int(before["stage"][0])], dtype=np.int64)}
+        solved_now = bool(step.info["stage"][0] == env.spec.num_stages)
         if solved_now and first_success is None:
             first_success = len(frames)
-        end = bool(truncated[0] or terminated[0]) or (first_success is not None and len(frames) - first_success >= hold_steps)
+        end = bool(rollout.done[0]) or (first_success is not None and len(frames) - first_success >= hold_steps)
         frame |= {keys.REWARD: np.array([solved_now], dtype=np.float32), keys.SUCCESS: np.array([solved_now]),
                   keys.DONE: np.array([end])}
         frames.append(frame)
         if end:
             break
-        images = _hwc_frames(info)
-        stage = int(info["stage"][0])
+        before = step.info
     success = first_success is not None
     for t, f in enumerate(frames):
         # Successes: the standard t/T label, 1 from the first solved frame on. Failures: the

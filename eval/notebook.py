@@ -76,6 +76,7 @@ def imagine_policy(policy: str | Path, world_model: Path, progress: Path, root: 
     env ends it (success, or ``max_steps``: default the longest real episode)."""
     from policy import load_policy
     from simulator.env import ImaginedEnv
+    from simulator.rollout import Rollout
     from simulator.starts import StartFrames
 
     ids, views = [e.index for e in episodes], views_of(progress)
@@ -92,14 +93,11 @@ def imagine_policy(policy: str | Path, world_model: Path, progress: Path, root: 
         for b in range(B):
             frames[b].append(new[b][:, info["frames_valid"][b].cpu()])
 
-    obs, info = env.reset(seed=0)  # env b starts from episode b's first frame
-    agent.reset(obs, info, seeds=list(range(seed, seed + B)))
-    record(info)
-    done = torch.zeros(B, dtype=torch.bool)
-    while not done.all():
-        obs, _, terminated, truncated, info = env.step(agent.select_action_chunk(obs))
-        record(info)
-        done |= terminated | truncated
+    rollout = Rollout(env, seed=0)  # env b starts from episode b's first frame
+    agent.reset(rollout.obs, rollout.info, seeds=list(range(seed, seed + B)))
+    record(rollout.info)
+    for step in rollout.run(agent.select_action_chunk):
+        record(step.info)
     return [torch.cat(f, 1) for f in frames]
 
 

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from eval.success import PolicyComparison, agreement
+from simulator.rollout import Rollout
 
 log = logging.getLogger(__name__)
 RESEEDED = 1_000_000  # offset of the policy seeds of the physics ceiling's second run
@@ -66,25 +67,20 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
     success, steps, peaks = [], [], []
     start_time = time.perf_counter()
     for first in tqdm(range(0, episodes, B), desc=desc, disable=desc is None, leave=False):
-        obs, info = env.reset(seed=seed + first)
-        policy.reset(obs, info, seeds=list(range(policy_seed + first, policy_seed + first + B)))
+        rollout = Rollout(env, seed=seed + first)
+        policy.reset(rollout.obs, rollout.info, seeds=list(range(policy_seed + first, policy_seed + first + B)))
         if recorder is not None:
-            recorder.start(obs, info)
-        done = torch.zeros(B, dtype=torch.bool)
-        solved = torch.zeros(B, dtype=torch.bool)
+            recorder.start(rollout.obs, rollout.info)
         peak = torch.zeros(B)
-        while not done.all():
-            actions = policy.select_action_chunk(obs)
-            obs, reward, terminated, truncated, info = env.step(actions)
+        for step in rollout.run(policy.select_action_chunk):
             if recorder is not None:
-                recorder.step(actions, reward, terminated, truncated, info)
-            if (uncertainty := info.get("uncertainty")) is not None:
-                peak = torch.where(~done & ~terminated, torch.maximum(peak, torch.as_tensor(uncertainty).float()), peak)
-            solved |= terminated & ~done
-            done |= terminated | truncated
+                recorder.step(step.actions, step.reward, step.terminated, step.truncated, step.info)
+            if (uncertainty := step.info.get("uncertainty")) is not None:
+                unsolved = step.alive & ~step.terminated
+                peak = torch.where(unsolved, torch.maximum(peak, torch.as_tensor(uncertainty).float()), peak)
         n = min(B, episodes - first)
-        success += solved[:n].tolist()
-        steps += info["steps"][:n].tolist()
+        success += rollout.solved[:n].tolist()
+        steps += rollout.info["steps"][:n].tolist()
         peaks += peak[:n].tolist()
     return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time,
                           peak_uncertainty=peaks)

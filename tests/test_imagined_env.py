@@ -14,6 +14,7 @@ from simulator.physics import ExpertConfig
 from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 from simulator.progress import ProgressModel
 from simulator.recording import EpisodeRecorder
+from simulator.rollout import Rollout
 from simulator.starts import StartFrames
 from simulator.world_model import WorldModel
 
@@ -227,6 +228,32 @@ def test_bad_input_gets_a_clear_error(starts, tmp_path):
     wm.save_pretrained(tmp_path / "wm")
     with pytest.raises(ValueError, match="WorldModel checkpoint, not a ProgressModel"):
         ImaginedEnv.from_pretrained(tmp_path / "wm", tmp_path / "wm", starts, VIEWS)
+
+
+def test_the_one_episode_loop_runs_until_every_episode_ended(starts):
+    """simulator.rollout: one step per chunk until every episode ended, each step handing the
+    observation its actions were chosen from; nothing is stepped after the end or after a break."""
+    seen = []
+
+    def act(obs):
+        seen.append(obs[keys.STATE].clone())
+        return torch.zeros(B, H, 7)
+
+    failing = sure(imagined_env(starts), success=False)  # max_steps 16 = 2 chunks, then truncated
+    rollout = Rollout(failing, seed=0)
+    first_state = rollout.obs[keys.STATE].clone()
+    steps = list(rollout.run(act))
+    assert len(steps) == len(seen) == 2 and rollout.done.all() and not rollout.solved.any()
+    assert torch.equal(seen[0], first_state) and torch.equal(steps[1].obs[keys.STATE], steps[0].info["states"][:, -1])
+    assert all(s.alive.all() for s in steps) and steps[-1].truncated.all()
+    solving = sure(imagined_env(starts), success=True)
+    rollout = Rollout(solving, seed=0)
+    steps = list(rollout.run(act))
+    assert len(steps) == 1 and rollout.solved.all() and steps[0].terminated.all()
+    rollout = Rollout(failing, seed=0)
+    for _ in rollout.run(act):
+        break  # a caller leaving early: the env stopped where it left
+    assert rollout.info["steps"].tolist() == [H, H] and not rollout.done.any()
 
 
 def test_scripted_policies_run_in_both(physics, starts, tmp_path):

@@ -243,6 +243,11 @@ class PhysicsEnv:
             info |= {k: reset_info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps", "seeds")}
         return obs, torch.from_numpy(reward), terminated, truncated, info
 
+    def task_env(self, b: int = 0):
+        """Env b's robosuite env, for a scripted expert planning from the start (the policy's
+        privilege, never the simulator's: no imagined outcome reads it)."""
+        return self.envs[b].env
+
     def close(self) -> None:
         for env in self.envs:
             env.close()

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from policy.base import ActionSample, RLPolicy, no_log_prob_message
 from simulator import keys
+from simulator.rollout import Rollout
 
 
 @dataclass
@@ -61,34 +62,33 @@ def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
     from ``generator``): an algorithm that imitates its own rollouts must see its own action
     distribution, not the kernel's wider one, whose extra noise it would learn."""
     B = env.num_envs
-    obs, info = env.reset(seed=seed, options={"start_index": start_index})
+    rollout = Rollout(env, seed=seed, options={"start_index": start_index})
+    obs = rollout.obs
     with_log_prob = log_prob and isinstance(policy, RLPolicy)
     if not with_log_prob:
         seeds = torch.randint(0, 2**31 - 1, (B,), generator=generator).tolist() if generator is not None else None
-        policy.reset(obs, info, seeds=seeds)
-    done, success = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+        policy.reset(obs, rollout.info, seeds=seeds)
     steps: dict[str, list] = {k: [] for k in ("images", "state", "actions", "samples", "rewards", "alive")}
     task = list(obs[keys.TASK]) if not isinstance(obs[keys.TASK], str) else [obs[keys.TASK]] * B
-    while not done.all():
-        with torch.no_grad():
-            if with_log_prob:
-                sample = policy.sample(obs, generator)
-                actions = sample.actions.float().cpu()
-                steps["samples"].append(sample)
-            else:
-                actions = policy.select_action_chunk(obs).float().cpu()
-        steps["images"].append(torch.stack([(obs[keys.image_key(v)] * 255).round().to(torch.uint8) for v in views], 1))
-        steps["state"].append(obs[keys.STATE].float().cpu())
-        steps["actions"].append(actions)
-        steps["alive"].append(~done)
-        obs, reward, terminated, truncated, _ = env.step(actions)
-        steps["rewards"].append(torch.where(done, torch.zeros(B), reward.float().cpu()))
-        success |= terminated & ~done
-        done |= terminated | truncated
+
+    @torch.no_grad()
+    def act(obs: dict) -> Tensor:
+        if not with_log_prob:
+            return policy.select_action_chunk(obs).float().cpu()
+        sample = policy.sample(obs, generator)
+        steps["samples"].append(sample)
+        return sample.actions.float().cpu()
+
+    for step in rollout.run(act):
+        steps["images"].append(torch.stack([(step.obs[keys.image_key(v)] * 255).round().to(torch.uint8) for v in views], 1))
+        steps["state"].append(step.obs[keys.STATE].float().cpu())
+        steps["actions"].append(step.actions)
+        steps["alive"].append(step.alive)
+        steps["rewards"].append(torch.where(step.alive, step.reward.float().cpu(), torch.zeros(B)))
     stack = lambda k: torch.stack(steps[k])
     samples = ActionSample.cat([s.to("cpu") for s in steps["samples"]]) if with_log_prob else None
     return Rollouts(images=stack("images"), state=stack("state"), task=task, actions=stack("actions"), samples=samples,
-                    rewards=stack("rewards"), alive=stack("alive"), success=success, starts=torch.as_tensor(start_index))
+                    rewards=stack("rewards"), alive=stack("alive"), success=rollout.solved, starts=torch.as_tensor(start_index))
 
 
 def group_advantages(returns: Tensor, group_size: int, scale_by_std: bool = True,
