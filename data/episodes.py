@@ -85,17 +85,33 @@ def held_out_episodes(dataset: DatasetConfig, views: tuple[str, ...]) -> list[Ep
     return episodes
 
 
-def regenerate(episodes: list[Episode], world_model: Path, stats_root: Path | None, device) -> None:
-    """Fills ``Episode.regenerated``: each episode re-imagined by the world model (1 sampling step,
-    its deterministic prediction), open loop from its first frame."""
-    from simulator.env import load_normalizer
+def regenerate_episodes(episodes: list[tuple], world_model: Path, stats_root: Path | None, device,
+                        batch_size: int = 32, with_states: bool = False) -> list:
+    """The one re-generation entry point: whole episodes (frames (V, N, 3, h, w) uint8, actions
+    (N, A), states (N, S), raw) re-imagined by ``world_model`` open loop from their first frames,
+    with the imagined env's default sampler (its sampling steps, still-pixel threshold and action
+    guidance), so that a re-generation looks as an imagined episode does. Returns
+    ``simulator.world_model.sampler.regenerate_episodes``' list."""
+    from simulator.env import ImaginedEnvConfig, load_normalizer
     from simulator.world_model import WorldModel, WorldModelSampler
-    from simulator.world_model.sampler import regenerate_episodes
+    from simulator.world_model.sampler import regenerate_episodes as regenerate_open_loop
 
     model = WorldModel.from_pretrained(world_model).to(device).eval()
-    regenerated = regenerate_episodes(WorldModelSampler(model, num_steps=1),
-                                      [(e.frames, e.actions, e.states) for e in episodes],
-                                      load_normalizer(world_model, stats_root))
+    V, h = episodes[0][0].shape[0], episodes[0][0].shape[-1]
+    if (model.spec.views, model.spec.image_size) != (V, h):
+        raise ValueError(f"the world model {world_model} imagines {model.spec.views} views of "
+                         f"{model.spec.image_size}px, the episodes have {V} of {h}px")
+    env = ImaginedEnvConfig()
+    sampler = WorldModelSampler(model, num_steps=env.sampling_steps, still_threshold=env.still_threshold,
+                                action_guidance=env.action_guidance)
+    return regenerate_open_loop(sampler, episodes, load_normalizer(world_model, stats_root), batch_size=batch_size,
+                                with_states=with_states)
+
+
+def regenerate(episodes: list[Episode], world_model: Path, stats_root: Path | None, device) -> None:
+    """Fills ``Episode.regenerated``: each episode re-imagined by the world model
+    (``regenerate_episodes``)."""
+    regenerated = regenerate_episodes([(e.frames, e.actions, e.states) for e in episodes], world_model, stats_root, device)
     for e, frames in zip(episodes, regenerated):
         e.regenerated = frames
 
@@ -137,20 +153,8 @@ class FrameTable:
     def regenerate(self, world_model: Path, stats_root: Path | None, device: torch.device, batch_size: int = 32) -> None:
         """Fills the re-generations: each episode re-imagined by ``world_model`` open loop from its
         first frame, with the imagined env's default sampler (its steps and still-pixel threshold)."""
-        from simulator.env import ImaginedEnvConfig, load_normalizer
-        from simulator.world_model import WorldModel, WorldModelSampler
-        from simulator.world_model.sampler import regenerate_episodes
-
-        model = WorldModel.from_pretrained(world_model).to(device).eval()
-        V, _, h, _ = self.frames.shape[1:]
-        if (model.spec.views, model.spec.image_size) != (V, h):
-            raise ValueError(f"the world model {world_model} imagines {model.spec.views} views of "
-                             f"{model.spec.image_size}px, the dataset has {V} of {h}px")
-        env = ImaginedEnvConfig()
-        sampler = WorldModelSampler(model, num_steps=env.sampling_steps, still_threshold=env.still_threshold)
         episodes = [(self.frames[a:b].transpose(0, 1), self.actions[a:b, 0], self.state[a:b]) for a, b in self.episode_bounds]
-        out = regenerate_episodes(sampler, episodes, load_normalizer(world_model, stats_root), batch_size=batch_size,
-                                  with_states=True)
+        out = regenerate_episodes(episodes, world_model, stats_root, device, batch_size=batch_size, with_states=True)
         self.regenerated_frames = torch.cat([f.transpose(0, 1) for f, _ in out])
         self.regenerated_state = torch.cat([s for _, s in out]).to(self.state.dtype)
 

@@ -175,7 +175,7 @@ def stage_report(cfg: DemoConfig) -> Path:
     """One HTML page (and report.md) over every stage's outputs, with real-vs-imagined videos."""
     from eval.report import check_media, write_report
 
-    page = write_report(cfg.output_dir, seed=cfg.seed)
+    page = write_report(cfg.output_dir)
     check_media(page)
     print(f"report: {page} (report.md beside it)")
     return page

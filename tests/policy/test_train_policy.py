@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from data.clips import DatasetConfig
-from data.episodes import FrameTable
+from data.episodes import FrameTable, load_episodes, regenerate, regenerate_episodes
 from policy import load_policy
 from policy.flow import FlowPolicy, FlowPolicyConfig
 from policy.lerobot_diffusion import LerobotDiffusionPolicy
@@ -117,6 +117,14 @@ def test_clones_the_world_models_regenerations_too(tiny_dataset, tmp_path):
     later[firsts] = False
     assert not torch.equal(table.regenerated_frames[later], table.frames[later])  # imagined after it
     assert not torch.allclose(table.regenerated_state[later], table.state[later])
+    # one re-generation entry point: the evaluation's episodes re-imagine as the training table does
+    episodes, _ = load_episodes(cfg.dataset, cfg.dataset.split()[0])
+    regenerate(episodes, tmp_path / "wm", tiny_dataset, "cpu")
+    for e, (a, b) in zip(episodes, table.episode_bounds, strict=True):
+        assert torch.equal(e.regenerated, table.regenerated_frames[a:b].transpose(0, 1))
+    one_view = [(e.frames[:1], e.actions, e.states) for e in episodes]
+    with pytest.raises(ValueError, match="imagines 2 views of 32px, the episodes have 1 of 32px"):
+        regenerate_episodes(one_view, tmp_path / "wm", tiny_dataset, "cpu")
 
     def first_batch(prob: float) -> dict:
         return next(table.batches(dataclasses.replace(cfg, regenerated_prob=prob), step=0))
