@@ -4,34 +4,38 @@
         --progress outputs/progress/model --root outputs/demo/dataset --seeds 0 1 2 --episodes 100
 
 The base policy is evaluated once, in physics and in imagination, from the matched starts
-``eval_seed + i`` (physics seeds never used for data). Each seed then runs ``reverie-rl`` (the world
+``EVAL_SEED + i`` (physics seeds never used for data). Each seed then runs ``reverie-rl`` (the world
 model and the progress model frozen, no physics during training) and is evaluated again from the
 same starts. Reported: success before and after per seed with Wilson intervals, the mean physics
 gain over seeds with a t interval, and imagined minus physics success (how much the policy
 exploits the world model).
 
-``--env physics`` runs the same algorithm with its rollouts in physics (the control, written to a
-section of its own): what RL could gain here were the imagined simulator faithful.
+``--simulator physics`` runs the same algorithm with its rollouts in physics (the control, written
+to a section of its own): what RL could gain here were the imagined simulator faithful. Settings
+not given are ``reverie-rl``'s defaults (``train.rl.loop.RLConfig``, the algorithm's config); the
+section's title names the algorithm's real share and memory as they ran.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
 from data.clips import DatasetConfig
 from eval.rl import rate
 from eval.success import agreement, wilson_interval
-from train.rl.loop import ALGORITHMS, ENVS, RLConfig, train
+from train.rl.base import DEFAULT_ALGORITHM, AlgorithmConfig
+from train.rl.loop import ALGORITHMS, SIMULATORS, RLConfig, RolloutEnvConfig, train
 
-# Settings of one algorithm that this script passes on (flag name = config field).
-ALGORITHM_FLAGS = {"kl_target": ("grpo",), "max_step_kl": ("grpo",), "episode_weights": ("grpo",),
+# Settings of some algorithms that this script passes on (flag name = config field); lr goes to any.
+ALGORITHM_FLAGS = {"group_size": ("grpo", "advantage_conditioned", "filtered_imitation"),
                    "real_share": ("advantage_conditioned", "filtered_imitation"),
                    "real_successes_only": ("filtered_imitation",), "memory": ("advantage_conditioned", "filtered_imitation")}
+RL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RLConfig)}
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -73,21 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--progress", type=Path, default=None, help="needed unless --env physics --no-imagined-eval")
     parser.add_argument("--root", type=Path, required=True, help="the dataset whose training episodes give the starts")
     parser.add_argument("--val-episodes", type=int, default=20)
-    parser.add_argument("--algorithm", choices=ALGORITHMS, default="grpo")
-    parser.add_argument("--env", choices=ENVS, default="imagined",
+    parser.add_argument("--algorithm", choices=ALGORITHMS, default=DEFAULT_ALGORITHM)
+    parser.add_argument("--simulator", choices=SIMULATORS, default="imagined",
                         help="where the rollouts run; physics is the control (what a faithful simulator would give)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--num-envs", type=int, default=32)
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--max-steps", type=int, default=80)
+    parser.add_argument("--iterations", type=int, default=RL_DEFAULTS["iterations"])
+    parser.add_argument("--num-envs", type=int, default=RolloutEnvConfig.num_envs)
+    parser.add_argument("--group-size", type=int, default=None, help="grpo, advantage_conditioned, filtered_imitation")
+    parser.add_argument("--max-steps", type=int, default=RolloutEnvConfig.max_steps)
     parser.add_argument("--lr", type=float, default=None, help="the algorithm's learning rate (default: its config's)")
-    parser.add_argument("--kl-target", type=float, default=None,
-                        help="grpo: adapt the KL anchor's weight to this KL to the base per action dimension")
-    parser.add_argument("--max-step-kl", type=float, default=None,
-                        help="grpo: stop an iteration's gradient steps past this approximate KL to the rollout policy")
-    parser.add_argument("--episode-weights", action="store_true", default=None,
-                        help="grpo: every episode weighs the same, whatever its length")
     parser.add_argument("--real-share", type=float, default=None,
                         help="advantage_conditioned, filtered_imitation: share of real dataset chunks per batch "
                              "(1 = the offline ablation)")
@@ -95,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="filtered_imitation: the real share from the dataset's successful episodes only")
     parser.add_argument("--memory", type=int, default=None,
                         help="advantage_conditioned, filtered_imitation: iterations whose trained imagined chunks are "
-                             "drawn from (default 1)")
+                             "drawn from (default: the algorithm's config's)")
     parser.add_argument("--episodes", type=int, default=100, help="physics (and imagined) evaluation episodes")
     parser.add_argument("--no-imagined-eval", action="store_true",
-                        help="with --env physics: evaluate in physics only (no world model or progress model needed)")
+                        help="with --simulator physics: evaluate in physics only (no world model or progress model needed)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/rl_gain"))
     parser.add_argument("--no-write", action="store_true")
     return parser
@@ -108,30 +106,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, refused before any run when its flags do not fit together."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.no_imagined_eval and args.env != "physics":
-        parser.error("--no-imagined-eval is for --env physics: RL in imagination is evaluated in imagination too")
+    if args.no_imagined_eval and args.simulator != "physics":
+        parser.error("--no-imagined-eval is for --simulator physics: RL in imagination is evaluated in imagination too")
     if not args.no_imagined_eval and (args.world_model is None or args.progress is None):
-        parser.error("--world-model and --progress are needed (or --env physics --no-imagined-eval)")
+        parser.error("--world-model and --progress are needed (or --simulator physics --no-imagined-eval)")
     for name, algorithms in ALGORITHM_FLAGS.items():
         if getattr(args, name) is not None and args.algorithm not in algorithms:
             parser.error(f"--{name.replace('_', '-')} is a setting of {' and '.join(algorithms)}")
     return args
 
 
+def algorithm_config(args: argparse.Namespace) -> AlgorithmConfig:
+    """The chosen algorithm's config: its defaults, with the settings given as flags."""
+    given = {"lr": args.lr} | {name: getattr(args, name) for name in ALGORITHM_FLAGS}
+    return AlgorithmConfig.get_choice_class(args.algorithm)(**{k: v for k, v in given.items() if v is not None})
+
+
 def rl_config(args: argparse.Namespace, seed: int) -> RLConfig:
-    """The ``reverie-rl`` run of one seed, with the chosen algorithm's settings from the flags."""
-    models = {"world_model": args.world_model, "progress": args.progress}
-    cfg = RLConfig(policy=args.policy, **{k: v for k, v in models.items() if v is not None},
-                   dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes), algorithm=args.algorithm,
-                   env=args.env, iterations=args.iterations, num_envs=args.num_envs, max_steps=args.max_steps,
-                   eval_episodes=args.episodes, eval_imagined=not args.no_imagined_eval,
-                   output_dir=args.output_dir / f"seed{seed}", seed=seed)
-    algo = getattr(cfg, args.algorithm)  # the chosen algorithm's settings
-    changes = {"group_size": args.group_size} if hasattr(algo, "group_size") else {}
-    changes |= {"lr": args.lr} if args.lr else {}
-    changes |= {name: getattr(args, name) for name in ALGORITHM_FLAGS if getattr(args, name) is not None}
-    setattr(cfg, args.algorithm, replace(algo, **changes))
-    return cfg
+    """The ``reverie-rl`` run of one seed."""
+    world_model = None if args.no_imagined_eval else args.world_model  # None: evaluated in physics only
+    progress = {"progress": args.progress} if args.progress is not None else {}
+    return RLConfig(policy=args.policy, world_model=world_model, **progress,
+                    dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes),
+                    algorithm=algorithm_config(args), simulator=args.simulator, iterations=args.iterations,
+                    env=RolloutEnvConfig(num_envs=args.num_envs, max_steps=args.max_steps),
+                    eval_episodes=args.episodes, output_dir=args.output_dir / f"seed{seed}", seed=seed)
 
 
 def run_seeds(args: argparse.Namespace) -> float:
@@ -152,7 +151,7 @@ def load_results(args: argparse.Namespace, seed: int, when: str) -> dict:
     from eval.policy import EpisodeResults
 
     path = args.output_dir / f"seed{seed}" / f"eval_{when}.json"
-    return {k: EpisodeResults(**v) for k, v in json.loads(path.read_text()).items()}
+    return {k: EpisodeResults.from_dict(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def gain_table(args: argparse.Namespace, before: dict) -> tuple[str, str]:
@@ -184,29 +183,43 @@ def wall_times(args: argparse.Namespace, before: dict, minutes: float) -> str:
             f"this invocation {minutes:.0f} min (runs already finished are reused, not re-run).")
 
 
+def settings_named(args: argparse.Namespace) -> list[str]:
+    """The algorithm's real share (and its source) and memory as they ran, for the section's title
+    and figure: runs with other settings write sections of their own."""
+    algo = algorithm_config(args)
+    named = []
+    if hasattr(algo, "real_share"):
+        named.append(f"real share {algo.real_share:g}"
+                     + (" from successes" if getattr(algo, "real_successes_only", False) else ""))
+    if getattr(algo, "memory", 1) > 1:
+        named.append(f"memory {algo.memory}")
+    return named
+
+
 def figure_name(args: argparse.Namespace) -> str:
-    """The learning curve's file name: grpo keeps the plain name; another algorithm, and settings
-    other than the defaults, name it apart (earlier runs' figures stay)."""
-    real = args.real_share is not None and not args.real_successes_only
-    return (("rl_learning_curve" if args.env == "imagined" else "rl_physics_learning_curve")
-            + ("" if args.algorithm == "grpo" else f"_{args.algorithm}")
-            + (f"_real{args.real_share:g}" if real else "")
-            + (f"_memory{args.memory}" if args.memory is not None else "") + ".png")
+    """The learning curve's file name: grpo keeps the plain name; another algorithm, and its
+    settings, name it apart (earlier runs' figures stay)."""
+    algo = algorithm_config(args)
+    parts = [] if args.algorithm == "grpo" else [args.algorithm]
+    if hasattr(algo, "real_share"):
+        parts.append(f"real{algo.real_share:g}" + ("_successes" if getattr(algo, "real_successes_only", False) else ""))
+    if getattr(algo, "memory", 1) > 1:
+        parts.append(f"memory{algo.memory}")
+    return ("rl_learning_curve" if args.simulator == "imagined" else "rl_physics_learning_curve") + "".join(
+        f"_{p}" for p in parts) + ".png"
 
 
 def section_title(args: argparse.Namespace) -> tuple[str, str]:
     """The section's title, and where the RL ran, for its text. As for the figure, grpo keeps the
-    plain title; another algorithm and settings other than the defaults are named in it."""
-    real = args.real_share is not None and not args.real_successes_only
-    settings = ([f"real share {args.real_share:g}"] if real else []) + ([f"memory {args.memory}"] if args.memory is not None else [])
-    tag = ", ".join(([] if args.algorithm == "grpo" else [args.algorithm]) + settings)
+    plain title; another algorithm and its settings are named in it."""
+    tag = ", ".join(([] if args.algorithm == "grpo" else [args.algorithm]) + settings_named(args))
     tag = f" ({tag})" if tag else ""
     return {"imagined": (f"RL in imagination{tag}: physics success before and after", (
         f"in the imagined env (world model `{args.world_model}`, progress model `{args.progress}`), {args.iterations} "
         f"iterations of {args.num_envs} imagined episodes")),
         "physics": (f"RL in physics{tag}, the control: what a faithful simulator would give", (
         f"with its rollouts in physics (the control; reward 1 at success), {args.iterations} iterations of "
-        f"{args.num_envs} physics episodes"))}[args.env]
+        f"{args.num_envs} physics episodes"))}[args.simulator]
 
 
 def write_report(args: argparse.Namespace, table: str, verdict: str, times: str) -> None:
@@ -216,12 +229,15 @@ def write_report(args: argparse.Namespace, table: str, verdict: str, times: str)
     figure = figure_name(args)
     shutil.copy(args.output_dir / f"seed{args.seeds[0]}" / "learning_curve.png", figures / figure)
     title, where = section_title(args)
+    algo = algorithm_config(args)
     write_section(title, command(), "\n\n".join([
         (f"Base policy `{args.policy}`; {args.algorithm} {where} of at most {args.max_steps} steps from the "
         f"dataset's training-episode starts. "
-        + (f"A share of {args.real_share:g} of each batch is real dataset chunks"
-           f"{' from successful episodes' if args.real_successes_only else ''}. " if args.real_share is not None else "")
-        + (f"The kept episodes of the last {args.memory} iterations are imitated. " if args.memory is not None else "")
+        + (f"A share of {algo.real_share:g} of each batch is real dataset chunks"
+           f"{' from successful episodes' if getattr(algo, 'real_successes_only', False) else ''}. "
+           if hasattr(algo, "real_share") else "")
+        + (f"The kept episodes of the last {algo.memory} iterations are imitated. " if getattr(algo, "memory", 1) > 1
+           else "")
         + f"Evaluation: {args.episodes} episodes in physics"
         f"{'' if args.no_imagined_eval else f' and {args.episodes} in imagination from the same starts'} "
         f"(physics seeds 100000 on), deterministic "

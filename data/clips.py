@@ -74,7 +74,7 @@ class DatasetConfig:
     # Train on only the first N of the training episodes (None: all); the held-out ones stay the same.
     # For data-scaling studies, e.g. a family of policies cloned from 10, 25, 50, ... episodes.
     train_episodes: int | None = None
-    video_backend: str = "pyav"
+    video_backend: str = "pyav"  # pyav | torchcodec | decord
     cache_frames: bool = False  # decode each episode once into memory (~25 KB per frame at 2 views of 64x64)
 
     def require(self) -> None:

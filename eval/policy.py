@@ -46,11 +46,12 @@ class EpisodeResults:
     success: list[bool]  # per episode
     steps: list[int]  # env steps until the episode ended
     seconds: float  # wall time of all episodes
-    # Per episode, the highest world-model uncertainty (``info["uncertainty"]``) of the steps that did
-    # not end it solved: the episode would have been truncated as a failure by any
-    # ``uncertainty_limit`` below it. 0 where the env knows none (physics; one world-model sample per
-    # chunk); None in results saved before it was recorded.
-    peak_uncertainty: list[float] | None = None
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> EpisodeResults:
+        """Results saved with ``asdict``. Files from before the uncertainty limit was removed also
+        hold each episode's ``peak_uncertainty``, which nothing reads any more: it is dropped."""
+        return cls(**{k: v for k, v in saved.items() if k != "peak_uncertainty"})
 
 
 def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = None,
@@ -64,26 +65,20 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
     B = env.num_envs
     if getattr(policy, "num_envs", B) != B:
         raise ValueError(f"the policy drives {policy.num_envs} envs, the env has {B}")
-    success, steps, peaks = [], [], []
+    success, steps = [], []
     start_time = time.perf_counter()
     for first in tqdm(range(0, episodes, B), desc=desc, disable=desc is None, leave=False):
         rollout = Rollout(env, seed=seed + first)
         policy.reset(rollout.obs, rollout.info, seeds=list(range(policy_seed + first, policy_seed + first + B)))
         if recorder is not None:
             recorder.start(rollout.obs, rollout.info)
-        peak = torch.zeros(B)
         for step in rollout.run(policy.select_action_chunk):
             if recorder is not None:
                 recorder.step(step.actions, step.reward, step.terminated, step.truncated, step.info)
-            if (uncertainty := step.info.get("uncertainty")) is not None:
-                unsolved = step.alive & ~step.terminated
-                peak = torch.where(unsolved, torch.maximum(peak, torch.as_tensor(uncertainty).float()), peak)
         n = min(B, episodes - first)
         success += rollout.solved[:n].tolist()
         steps += rollout.info["steps"][:n].tolist()
-        peaks += peak[:n].tolist()
-    return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time,
-                          peak_uncertainty=peaks)
+    return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time)
 
 
 @dataclass
@@ -230,7 +225,7 @@ def earlier_physics_runs(cfg: EvalPolicyConfig, named: dict[str, str]) -> dict[s
         if missing:
             raise ValueError(f"physics_from {path} has no {missing} run of {name}; give --physics_ceiling false or "
                              f"an evaluation that ran it")
-        out[name] = {k: EpisodeResults(**saved["runs"][name][k]) for k in kinds}
+        out[name] = {k: EpisodeResults.from_dict(saved["runs"][name][k]) for k in kinds}
     log.info("physics runs of %s reused from %s", sorted(out), path)
     return out
 

@@ -1,8 +1,10 @@
 """What an RL run gained, in physics (the ground truth) and in imagination.
 
-The policy runs ``eval_episodes`` episodes in the physics env from seeds ``eval_seed + i`` and as
+The policy runs ``eval_episodes`` episodes in the physics env from seeds ``EVAL_SEED + i`` and as
 many in the imagined env from the same starts (rendered once, ``eval.policy.matched_starts``),
 with its deterministic actions (the flow ODE), before the first RL iteration and after the last.
+The imagined env is the run's own (``RLConfig.env``: sampling steps, guidance, reward, success
+threshold) at the evaluation's batch and physics' horizon.
 Imagined success above physics success after RL measures how much the policy learned to exploit
 the world model rather than to solve the task; the episode-by-episode agreement of the two (their
 phi correlation over paired starts) measures whether imagination sees which episodes fail
@@ -16,26 +18,30 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import draccus
 import torch
 
 from eval.policy import EpisodeResults, matched_starts, run_episodes
 from eval.success import agreement, wilson_interval
+from simulator.env import ImaginedEnv, ImaginedEnvConfig
 
 log = logging.getLogger(__name__)
+EVAL_SEED = 100_000  # physics seed of evaluation start 0; data collection uses seeds from 0 up
 
 
 def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, episodes: int, seed: int,
-                         num_envs: int, world_model: Path, progress: Path, stats_root=None, device: str = "cpu",
-                         imagined: bool = True, desc: str = "", success_threshold: float = 0.5,
-                         physics: bool = True, **imagined_config) -> dict[str, EpisodeResults]:
+                         num_envs: int, world_model: Path | None = None, progress: Path | None = None,
+                         env: ImaginedEnvConfig | None = None, device: str = "cpu", desc: str = "",
+                         physics: bool = True, recorder=None) -> dict[str, EpisodeResults]:
     """Success of ``policy`` over ``episodes`` physics episodes (seeds seed, seed + 1, ...) and, with
-    ``imagined``, over the imagined episodes from the same starts (the horizon is physics').
-    ``physics`` False skips the physics episodes (results already at hand); ``imagined_config``
-    holds further ``ImaginedEnvConfig`` fields (``num_samples``, ``sampling_steps``, ...)."""
-    from simulator.env import ImaginedEnv
+    a ``world_model``, over the imagined episodes from the same starts. ``env`` holds every setting of
+    the imagined env (sampling, reward, success threshold; defaults without it); its batch and
+    horizon are the evaluation's: ``num_envs`` and physics' horizon. ``physics`` False skips the
+    physics episodes (results already at hand); ``recorder`` records the imagined episodes
+    (``simulator.recording.EpisodeRecorder``)."""
     from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 
     was_stochastic = getattr(policy, "stochastic", False)
@@ -47,29 +53,28 @@ def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, e
         if physics:
             results["physics"] = run_episodes(physics_env, policy, episodes, seed, f"{desc} physics")
         physics_env.close()
-        if imagined:
+        if world_model is not None:
             starts = matched_starts(task, views, size, episodes, seed, num_envs)
-            env = ImaginedEnv.from_pretrained(world_model, progress, starts, views, stats_root=stats_root,
-                                              device=device, num_envs=num_envs, max_steps=max_steps,
-                                              success_threshold=success_threshold, **imagined_config)
-            results["imagined"] = run_episodes(env, policy, episodes, 0, f"{desc} imagined")
+            settings = replace(env or ImaginedEnvConfig(), num_envs=num_envs, max_steps=max_steps)
+            imagined = ImaginedEnv.from_pretrained(world_model, progress, starts, views, device=device,
+                                                   **asdict(settings))
+            results["imagined"] = run_episodes(imagined, policy, episodes, 0, f"{desc} imagined", recorder=recorder)
     policy.stochastic = was_stochastic
     return results
 
 
 def evaluate_before_after(cfg, policy, label: str, reuse: bool | None = None) -> dict[str, EpisodeResults]:
-    """The RL run's evaluation ``label`` ("before" or "after"), saved as eval_<label>.json. A saved
-    one is reused when ``reuse`` (default: for "before", which a resumed run needs again)."""
+    """The RL run's evaluation ``label`` ("before" or "after"), saved as eval_<label>.json: its
+    imagined half runs with the run's own env settings (``cfg.env``). A saved one is reused when
+    ``reuse`` (default: for "before", which a resumed run needs again)."""
     path = Path(cfg.output_dir) / f"eval_{label}.json"
     if (label == "before" if reuse is None else reuse) and path.is_file():
-        return {k: EpisodeResults(**v) for k, v in json.loads(path.read_text()).items()}
+        return {k: EpisodeResults.from_dict(v) for k, v in json.loads(path.read_text()).items()}
     from policy import camera_views
 
     views, size = camera_views(policy)
-    results = physics_and_imagined(policy, views, size, cfg.task, cfg.eval_episodes,
-                                   cfg.eval_seed, cfg.eval_num_envs, cfg.world_model, cfg.progress, cfg.stats_root,
-                                   cfg.device, imagined=cfg.eval_imagined, desc=label,
-                                   success_threshold=cfg.success_threshold)
+    results = physics_and_imagined(policy, views, size, cfg.task, cfg.eval_episodes, EVAL_SEED, cfg.eval_num_envs,
+                                   cfg.world_model, cfg.progress, cfg.env, cfg.device, desc=label)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: asdict(v) for k, v in results.items()}))
     log.info("%s RL: %s", label, {k: rate(v) for k, v in results.items()})
@@ -78,15 +83,6 @@ def evaluate_before_after(cfg, policy, label: str, reuse: bool | None = None) ->
 
 def rate(results: EpisodeResults) -> float:
     return sum(results.success) / max(1, len(results.success))
-
-
-def under_uncertainty_limit(results: EpisodeResults, limit: float) -> list[bool]:
-    """Each episode's success as the imagined env with ``uncertainty_limit=limit`` would have given
-    it: a solved episode whose world model spread past ``limit`` before it was solved would have
-    been truncated there, a failure (the policy's actions up to then do not depend on the limit)."""
-    if results.peak_uncertainty is None or len(results.peak_uncertainty) != len(results.success):
-        raise ValueError("these results carry no per-episode peak uncertainty (re-run them with this version)")
-    return [s and p <= limit for s, p in zip(results.success, results.peak_uncertainty)]
 
 
 def summary(before: dict, after: dict) -> dict:
@@ -110,7 +106,7 @@ def save_rl_report(cfg, before: dict, after: dict) -> Path:
     """rl_eval.json, rl_eval.md and learning_curve.png in the run's folder."""
     out = Path(cfg.output_dir)
     result = summary(before, after)
-    (out / "rl_eval.json").write_text(json.dumps({"config": asdict(cfg), **result}, indent=1, default=str))
+    (out / "rl_eval.json").write_text(json.dumps({"config": draccus.encode(cfg), **result}, indent=1))
     lines = ["| | success | 95% interval | episodes |", "|---|---|---|---|"]
     for key, row in result["table"].items():
         lines.append(f"| {key.replace('_', ' ')} | {row['rate']:.2f} | [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}] "

@@ -21,9 +21,9 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   the episode ends at that frame (``info["steps"]`` counts to it and ``frames_valid`` is False after
   it), as a physics episode ends at the step of its success, so that imagined and physics success
   times compare step for step.
-- ``truncated``: ``max_steps`` env steps reached, or the world model's uncertainty (the spread of
-  ``num_samples`` samples, which needs >= 2 sampling steps) passed ``uncertainty_limit``: past it
-  the imagination is not to be trusted.
+- ``truncated``: ``max_steps`` env steps reached. (A truncation where the spread of several
+  world-model samples passed a limit told the imagined successes that physics fails no better than
+  chance, AUROC 0.51, and was removed: docs/research_log.md.)
 - The rule of the simulator: an imagined outcome is decided only from what a robot has, its
   (imagined) frames and proprioception, its actions and the task text. The start frame's object
   state (``StartFrames.object_state``, ground truth from the physics engine) is handed to the
@@ -32,10 +32,10 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   reverted after it carried the only RL gain: docs/research_log.md, 2026-12-01 and 2026-12-02.)
 - ``obs`` and ``info`` have the physics env's keys (``keys.image_key(view)`` (B, 3, h, w) float in
   [0, 1], ``observation.state`` (B, S), ``task``; info ``success``, ``success_prob``, ``progress``,
-  ``uncertainty``, ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states``
-  (B, H, S), ``steps``, ``seeds``; reset info also ``object_state`` (B, D), the start frame's
-  object state, which scripted experts plan from). Finished envs stay frozen until a partial
-  reset (``options={"reset_mask": mask}``) or ``autoreset``.
+  ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states`` (B, H, S),
+  ``steps``, ``seeds``; reset info also ``object_state`` (B, D), the start frame's object state,
+  which scripted experts plan from). Finished envs stay frozen until a partial reset
+  (``options={"reset_mask": mask}``).
 - Determinism: ``reset(seed=s)`` gives env b start number s + b (later resets continue the
   count; start n is ``starts[n % len(starts)]``) and re-seeds the sampling noise.
   ``options={"start_index": idx}`` instead picks the start of each reset env (one index per
@@ -68,19 +68,14 @@ class ImaginedEnvConfig:
     sampling_steps: int = 1  # world-model denoising steps per chunk
     still_threshold: float = STILL_THRESHOLD  # predicted pixels this close to the last frame keep its value (sampler)
     action_guidance: float = 1.0  # classifier-free guidance on the actions (sampler); 1: none
-    num_samples: int = 1  # samples per chunk; >= 2 (with >= 2 sampling steps) gives the uncertainty
-    uncertainty_limit: float | None = None  # truncate an episode when the world model's spread passes this
     gamma: float = 0.99  # discount of the progress-potential reward
     success_threshold: float = 0.5  # success probability that ends an episode as solved
     success_bonus: float = 1.0  # reward added when an episode succeeds
-    terminate_on_success: bool = True
-    autoreset: bool = False
+    terminate_on_success: bool = True  # end an episode at its success (False: imagine on to max_steps)
 
     def __post_init__(self):
-        if self.num_envs < 1 or self.max_steps < 1 or self.sampling_steps < 1 or self.num_samples < 1:
-            raise ValueError(f"num_envs, max_steps, sampling_steps and num_samples must be >= 1, got {self}")
-        if self.uncertainty_limit is not None and self.num_samples < 2:
-            raise ValueError("uncertainty_limit needs num_samples >= 2: the uncertainty is the spread of several samples")
+        if self.num_envs < 1 or self.max_steps < 1 or self.sampling_steps < 1:
+            raise ValueError(f"num_envs, max_steps and sampling_steps must be >= 1, got {self}")
         if not 0.0 < self.success_threshold < 1.0:
             raise ValueError(f"success_threshold must be in (0, 1), got {self.success_threshold=}")
 
@@ -115,7 +110,6 @@ class ImaginedEnv:
         self._success = torch.zeros(B, dtype=torch.bool)
         self._progress = torch.zeros(B)
         self._success_prob = torch.zeros(B)
-        self._uncertainty = torch.zeros(B)
         self._next_seed, self._started = 0, False
         self._generator = torch.Generator(device=self.device).manual_seed(0)
 
@@ -178,8 +172,6 @@ class ImaginedEnv:
             self._steps[run] += spec.horizon
             frames.append(torch.where(run.view(B, 1, 1, 1, 1, 1), new, self._frames[:, :, -1:]))
             states.append(torch.where(run.view(B, 1, 1), new_states, self._states[:, -1:]))
-            if pred.uncertainty is not None:
-                self._uncertainty = torch.where(run, pred.uncertainty.float().cpu(), self._uncertainty)
             first = self._score(torch.nonzero(run).flatten(), frames=spec.future)  # (B,) first solved frame, -1 none
             solved = (first >= 0) & run
             self._success |= solved
@@ -189,8 +181,6 @@ class ImaginedEnv:
             past = torch.arange(spec.future) > first[:, None]  # (B, F) frames after the solved one
             valid.append(run[:, None] & ~(ends[:, None] & past))
             finished = (solved & cfg.terminate_on_success) | (self._steps >= self.max_steps)
-            if cfg.uncertainty_limit is not None:
-                finished |= self._uncertainty > cfg.uncertainty_limit
             self._done |= finished & run
         terminated = self._success & self._done & active
         truncated = self._done & active & ~self._success
@@ -198,14 +188,7 @@ class ImaginedEnv:
         reward = reward + cfg.success_bonus * terminated.float()
         frames = torch.cat(frames, 2)
         info = self._info({v: frames[:, i] for i, v in enumerate(self.views)}, torch.cat(valid, 1), torch.cat(states, 1))
-        obs = self._observation()
-        if cfg.autoreset and self._done.any():
-            info["final_observation"] = obs
-            info["final_info"] = {k: info[k] for k in ("success", "success_prob", "progress", "uncertainty", "steps")}
-            obs, reset_info = self.reset(options={"reset_mask": self._done.clone()})
-            info |= {k: reset_info[k] for k in ("success", "success_prob", "progress", "uncertainty", "steps", "seeds",
-                                                "object_state")}
-        return obs, reward, terminated, truncated, info
+        return self._observation(), reward, terminated, truncated, info
 
     def close(self) -> None:
         pass
@@ -218,17 +201,13 @@ class ImaginedEnv:
         state = self.normalizer.normalize(keys.STATE, self._states[:, -spec.context:]).to(self.device)
         actions = self.normalizer.normalize(keys.ACTION, chunk).to(self.device)
         memory = self._first.to(self.device).float() / 127.5 - 1.0 if spec.memory else None
-        return self.sampler.sample(context, actions, state, self._generator, num_samples=self.config.num_samples,
-                                   memory=memory)
+        return self.sampler.sample(context, actions, state, self._generator, memory=memory)
 
     def _check_imagined(self, pred, run: Tensor) -> None:
         """A running env's non-finite prediction would become a black frame that the progress model
         scores: refuse it, naming the env and the episode step its chunk starts at."""
-        outputs = {"frames": pred.frames, "states": pred.state, "uncertainty": pred.uncertainty}
-        for what, x in outputs.items():
-            if x is None:
-                continue
-            bad = ~torch.isfinite(x).flatten(1).all(1).cpu() if x.dim() > 1 else ~torch.isfinite(x).cpu()
+        for what, x in {"frames": pred.frames, "states": pred.state}.items():
+            bad = ~torch.isfinite(x).flatten(1).all(1).cpu()
             if (bad & run).any():
                 b = int(torch.nonzero(bad & run)[0])
                 raise FloatingPointError(f"ImaginedEnv: the world model produced non-finite {what} for env {b} at "
@@ -265,7 +244,6 @@ class ImaginedEnv:
         self._frames[b], self._states[b] = frames[:, idx], states[idx].float()
         self._first[b], self._object_state[b], self._task[b] = s.first_frames[n], s.object_state[n], s.task[n]
         self._steps[b], self._done[b], self._success[b] = 0, False, False
-        self._uncertainty[b] = 0.0
 
     def _check_actions(self, actions) -> Tensor:
         actions = torch.as_tensor(actions)
@@ -312,7 +290,6 @@ class ImaginedEnv:
             "success": self._success.clone(),
             "success_prob": self._success_prob.clone(),
             "progress": self._progress.clone(),
-            "uncertainty": self._uncertainty.clone(),
             "frames": frames,
             "frames_valid": valid,
             "states": states,

@@ -19,7 +19,7 @@ from simulator.starts import StartFrames
 from simulator.world_model import WorldModel
 
 VIEWS, SIZE, B, H = ("front", "wrist"), 32, 2, 8
-SHARED_INFO = ("success", "success_prob", "progress", "uncertainty", "frames_valid", "states", "steps")
+SHARED_INFO = ("success", "success_prob", "progress", "frames_valid", "states", "steps")
 
 
 def tiny_models(seed: int = 0):
@@ -123,7 +123,7 @@ def test_a_lerobot_policy_reads_both_unchanged(physics, starts):
 
 
 def test_partial_reset_and_seeding(starts):
-    env = sure(imagined_env(starts, sampling_steps=2, num_samples=2), success=False)
+    env = sure(imagined_env(starts, sampling_steps=2), success=False)
     actions = torch.randn(B, H, 7, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     obs, info = env.reset(seed=5)
     assert info["seeds"] == {0: 5, 1: 6}
@@ -138,7 +138,6 @@ def test_partial_reset_and_seeding(starts):
     env.reset(seed=5)
     again = env.step(actions)
     assert torch.equal(again[4]["frames"]["wrist"], first[4]["frames"]["wrist"])
-    assert torch.equal(again[4]["uncertainty"], first[4]["uncertainty"]) and (first[4]["uncertainty"] > 0).all()
     env.reset(seed=6)
     assert not torch.equal(env.step(actions)[4]["frames"]["wrist"], first[4]["frames"]["wrist"])
 
@@ -189,26 +188,13 @@ def test_the_outcome_does_not_read_the_physics_object_state(starts):
         assert all(torch.equal(obs_a[k], obs_b[k]) for k in obs_a if torch.is_tensor(obs_a[k]))
 
 
-def test_truncation_at_the_horizon_and_on_uncertainty(starts):
+def test_truncation_at_the_horizon(starts):
     env = sure(imagined_env(starts), success=False)
     env.reset(seed=0)
     _, _, _, truncated, _ = env.step(torch.zeros(B, H, 7))
     assert not truncated.any()
     _, _, terminated, truncated, info = env.step(torch.zeros(B, H, 7))
     assert truncated.all() and not terminated.any() and info["steps"].tolist() == [16, 16]
-    env = sure(imagined_env(starts, sampling_steps=2, num_samples=2, uncertainty_limit=0.0), success=False)
-    env.reset(seed=0)
-    _, _, _, truncated, info = env.step(torch.zeros(B, H, 7))
-    assert truncated.all() and (info["uncertainty"] > 0).all()
-
-
-def test_autoreset_starts_the_next_episode(starts):
-    env = sure(imagined_env(starts, autoreset=True, max_steps=H), success=False)
-    env.reset(seed=0)
-    obs, _, _, truncated, info = env.step(torch.zeros(B, H, 7))
-    assert truncated.all() and info["seeds"] == {0: 2, 1: 3} and info["steps"].tolist() == [0, 0]
-    assert info["final_info"]["steps"].tolist() == [H, H]
-    assert torch.equal(obs[keys.STATE], starts.state[[0, 1]])
 
 
 def test_bad_input_gets_a_clear_error(starts, tmp_path):
@@ -223,8 +209,8 @@ def test_bad_input_gets_a_clear_error(starts, tmp_path):
     wm, pm = tiny_models()
     with pytest.raises(ValueError, match="views"):
         ImaginedEnv(wm, pm, starts, unit_normalizer(), ("front",))
-    with pytest.raises(ValueError, match="uncertainty_limit needs num_samples"):
-        ImaginedEnvConfig(uncertainty_limit=0.1)
+    with pytest.raises(ValueError, match="sampling_steps must be >= 1"):
+        ImaginedEnvConfig(sampling_steps=0)
     wm.save_pretrained(tmp_path / "wm")
     with pytest.raises(ValueError, match="WorldModel checkpoint, not a ProgressModel"):
         ImaginedEnv.from_pretrained(tmp_path / "wm", tmp_path / "wm", starts, VIEWS)

@@ -153,17 +153,16 @@ def stage_rl(cfg: DemoConfig) -> Path:
     With nothing privileged in the imagined outcome this recipe gained +0.07 in physics over three
     seeds, inside noise (docs/benchmarks.md): the stage shows the loop, not yet a reliable gain."""
     from train.rl.filtered_imitation import FilteredImitationConfig
-    from train.rl.loop import RLConfig, train
+    from train.rl.loop import RLConfig, RolloutEnvConfig, train
 
     preset, out = PRESETS[cfg.preset], cfg.output_dir / "rl"
     if not (out / "rl_eval.json").exists():
         train(RLConfig(policy=cfg.output_dir / "policy" / "model", world_model=cfg.output_dir / "world_model" / "model",
                        progress=cfg.output_dir / "progress" / "model", dataset=dataset_config(cfg), task=cfg.task,
-                       algorithm="filtered_imitation",
-                       filtered_imitation=FilteredImitationConfig(group_size=preset["rl_group"], real_share=0.25,
-                                                                  memory=preset["rl_iterations"]),
+                       algorithm=FilteredImitationConfig(group_size=preset["rl_group"], real_share=0.25,
+                                                         memory=preset["rl_iterations"]),
+                       env=RolloutEnvConfig(num_envs=preset["rl_envs"], max_steps=preset["rl_max_steps"]),
                        iterations=preset["rl_iterations"],
-                       num_envs=preset["rl_envs"], max_steps=preset["rl_max_steps"],
                        eval_episodes=preset["rl_eval_episodes"], eval_num_envs=min(10, preset["rl_eval_episodes"]),
                        output_dir=out, seed=cfg.seed))
     print((out / "rl_eval.md").read_text())

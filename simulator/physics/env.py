@@ -15,7 +15,7 @@ D object-state dim, V views, C=3 channels, h x w image size.
   progress gains instead). ``terminated`` (B,): solved. ``truncated`` (B,): horizon reached.
 - ``info``: ``success`` (B,) bool, ``object_state`` (B, D), ``stage`` (B,) long, and the keys
   the imagined env reports too: ``success_prob`` (B,) (0 or 1 here), ``progress`` (B,) (the
-  fraction of physics milestones reached), ``uncertainty`` (B,) (0: physics is the ground truth),
+  fraction of physics milestones reached),
   ``frames`` {view: (B, H, 3, h, w) uint8} every frame rendered during the chunk (the first
   frame after each action), ``frames_valid`` (B, H) bool (False after an env finished
   mid-chunk), ``states`` (B, H, S) float32 the state after each action (step only; padded like
@@ -293,7 +293,6 @@ class PhysicsEnv:
             "success": success,
             "success_prob": success.float(),
             "progress": stage.float() / self.spec.num_stages,
-            "uncertainty": torch.zeros(self.num_envs),
             "object_state": torch.from_numpy(np.stack([e.object_state() for e in self.envs])),
             "stage": stage,
             "steps": torch.from_numpy(self._steps.copy()),

@@ -25,7 +25,7 @@ def test_reset_and_step_contract(env):
     assert obs[keys.STATE].shape == (2, keys.STATE_DIM) and obs[keys.STATE].dtype == torch.float32
     assert obs[keys.TASK] == ["pick up the red cube"] * 2
     assert info["object_state"].shape == (2, 7) and info["stage"].dtype == torch.long
-    for key in ("success_prob", "progress", "uncertainty"):  # shared with the imagined env
+    for key in ("success_prob", "progress"):  # shared with the imagined env
         assert info[key].shape == (2,) and info[key].dtype == torch.float32
     assert torch.equal(info["progress"], info["stage"] / 3)
 

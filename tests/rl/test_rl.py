@@ -3,19 +3,21 @@
 
 import json
 
+import draccus
 import pytest
 import torch
 
+from data import cli
 from data.clips import DatasetConfig
 from policy.flow import FlowPolicy
 from simulator import keys
-from simulator.progress import ProgressModel
 from tests.rl.conftest import SIZE
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
 from train.rl.base import clipped_surrogate, gae, group_advantages, kl_k3
 from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.grpo import GRPOConfig
-from train.rl.loop import ALGORITHMS, RLConfig, train
+from train.rl.loop import ALGORITHMS, RLConfig, RolloutEnvConfig, train
+from train.rl.ppo import PPOConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -70,13 +72,21 @@ def test_dr_grpo_keeps_the_size_of_return_differences():
     assert torch.allclose(raw, torch.tensor([-0.01, 0.01, -0.5, 0.5]), atol=1e-6) and kept.all()
 
 
-def rl_config(tiny_dataset, models, out, **kw) -> RLConfig:
+# Each algorithm at a tiny size: groups of 2 of the 4 envs, few gradient steps.
+TINY_ALGORITHMS = {"grpo": lambda: GRPOConfig(group_size=2, min_return_std=0.0), "ppo": PPOConfig,
+                   "advantage_conditioned": lambda: AdvantageConditionedConfig(group_size=2, steps_per_iteration=2,
+                                                                               batch_size=8),
+                   "filtered_imitation": lambda: FilteredImitationConfig(group_size=2, steps_per_iteration=2,
+                                                                         batch_size=8)}
+
+
+def rl_config(tiny_dataset, models, out, algorithm: str = "grpo", num_envs: int = 4, **kw) -> RLConfig:
+    """A one-iteration run of 4 envs of 16 steps on the tiny models; ``algorithm`` by name (grpo, whose
+    runs these tests pinned, unless given)."""
     settings = {"policy": models / "policy", "world_model": models / "world_model", "progress": models / "progress",
-                "dataset": DatasetConfig(root=tiny_dataset, val_episodes=1), "stats_root": tiny_dataset, "iterations": 1,
-                "num_envs": 4, "max_steps": 16, "eval_episodes": 0, "output_dir": out,
-                "grpo": GRPOConfig(group_size=2, min_return_std=0.0),
-                "advantage_conditioned": AdvantageConditionedConfig(group_size=2, steps_per_iteration=2, batch_size=8),
-                "filtered_imitation": FilteredImitationConfig(group_size=2, steps_per_iteration=2, batch_size=8)}
+                "dataset": DatasetConfig(root=tiny_dataset, val_episodes=1), "iterations": 1,
+                "env": RolloutEnvConfig(num_envs=num_envs, max_steps=16), "eval_episodes": 0, "output_dir": out,
+                "algorithm": TINY_ALGORITHMS[algorithm]()}
     return RLConfig(**settings | kw)
 
 
@@ -147,27 +157,6 @@ def test_advantage_conditioning_refuses_a_lerobot_policy_when_configured(lerobot
         AdvantageConditioned(load_policy(lerobot_policy), AdvantageConditionedConfig(real_share=0.0), ("front", "wrist"))
 
 
-def progress_with_success_logit(source, target, logit: float) -> None:
-    """A copy of the progress model at ``source`` whose success logit is ``logit`` for every frame
-    (its heads' success outputs zeroed but for the bias): a success that no float result decides."""
-    progress = ProgressModel.from_pretrained(source)
-    with torch.no_grad():
-        for head in progress.heads:
-            head[-1].weight[1].zero_()
-            head[-1].bias[1] = logit
-    progress.save_pretrained(target)
-
-
-def test_rl_in_imagination_truncates_episodes_past_the_uncertainty_limit(tiny_dataset, tiny_models, tmp_path):
-    progress_with_success_logit(tiny_models / "progress", tmp_path / "never", -30.0)  # no episode is ever solved
-    kw = {"algorithm": "advantage_conditioned", "num_samples": 2, "sampling_steps": 2, "progress": tmp_path / "never"}
-    train(rl_config(tiny_dataset, tiny_models, tmp_path / "free", **kw))
-    train(rl_config(tiny_dataset, tiny_models, tmp_path / "limited", uncertainty_limit=1e-9, **kw))
-    free, limited = (json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("free", "limited"))
-    assert free["chunks"] == 4 * 2  # 4 envs, 16 steps: two chunks each
-    assert limited["chunks"] == 4 and limited["success"] == 0.0  # every episode truncated after its first chunk
-
-
 def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dataset, tiny_models, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -176,7 +165,7 @@ def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dat
     from train.rl.base import collect
     from train.rl.loop import make_env
 
-    cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "physics", env="physics")
+    cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "physics", simulator="physics")
     policy = FlowPolicy.from_pretrained(tiny_models / "policy")
     views, size = camera_views(policy)
     env, num_starts = make_env(cfg, views, size)
@@ -203,17 +192,17 @@ def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dat
     assert torch.allclose(plain.actions[0], policy.sample_ode(obs), atol=1e-5)
     env.close()
     # the control needs no world model or progress model when it is evaluated in physics only
-    cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "physics", env="physics", world_model=tmp_path / "none",
-                    progress=tmp_path / "none", eval_episodes=2, eval_num_envs=2, eval_imagined=False)
+    cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "physics", simulator="physics", world_model=None,
+                    progress=tmp_path / "none", eval_episodes=2, eval_num_envs=2)
     train(cfg)
     record = json.loads((tmp_path / "physics" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["iteration"] == 1 and record["chunks"] >= 4 and record["return"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     report = json.loads((tmp_path / "physics" / "rl_eval.json").read_text())
     assert set(report["table"]) == {"physics_before", "physics_after"} and report["table"]["physics_after"]["n"] == 2
     with pytest.raises(ValueError, match="drop start_every"):
-        rl_config(tiny_dataset, tiny_models, tmp_path, env="physics", start_every=4)
-    with pytest.raises(ValueError, match="eval_imagined=false is for env=physics"):
-        rl_config(tiny_dataset, tiny_models, tmp_path, eval_imagined=False)
+        rl_config(tiny_dataset, tiny_models, tmp_path, simulator="physics", start_every=4)
+    with pytest.raises(ValueError, match="RL in imagination needs a world model"):
+        rl_config(tiny_dataset, tiny_models, tmp_path, world_model=None)
 
 
 def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_dataset, tiny_models, tmp_path):
@@ -228,7 +217,10 @@ def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_datas
     b = FlowPolicy.from_pretrained(tmp_path / "split" / "policy").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
-    assert json.loads((tmp_path / "split" / "rl_config.json").read_text())["iterations"] == 2  # the extended run's
+    saved = json.loads((tmp_path / "split" / "rl_config.json").read_text())
+    assert saved["iterations"] == 2 and saved["algorithm"]["type"] == "grpo"  # the extended run's
+    # --config_path reads a run's settings back: the same run
+    assert draccus.encode(cli.parse(RLConfig, ["--config_path", str(tmp_path / "split" / "rl_config.json")])) == saved
     report = json.loads((tmp_path / "split" / "rl_eval.json").read_text())
     assert set(report["table"]) == {"physics_before", "imagined_before", "physics_after", "imagined_after"}
     assert sum(report["agreement_after"][k] for k in ("both", "physics_only", "imagined_only", "neither")) == 2
@@ -258,20 +250,9 @@ def test_a_resumed_run_unpickles_no_code_from_its_checkpoint(tiny_dataset, tiny_
 
 
 def test_bad_rl_settings_get_clear_errors(tiny_dataset, tiny_models, tmp_path):
-    with pytest.raises(ValueError, match="unknown self.algorithm='dqn'"):
-        rl_config(tiny_dataset, tiny_models, tmp_path, algorithm="dqn")
-    with pytest.raises(ValueError, match="uncertainty_limit needs num_samples >= 2"):
-        rl_config(tiny_dataset, tiny_models, tmp_path, uncertainty_limit=0.01)
+    with pytest.raises(TypeError, match="algorithm must be an algorithm's config.*--algorithm.type NAME"):
+        RLConfig(dataset=DatasetConfig(root=tiny_dataset, val_episodes=1), algorithm="grpo")  # a name, not a config
     with pytest.raises(ValueError, match="multiple of the group size"):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "odd", num_envs=3))
     with pytest.raises(TypeError, match="which grpo needs"):
         train(rl_config(tiny_dataset, tiny_models, tmp_path / "scripted", policy="expert"))
-
-
-def test_the_console_script_lists_every_algorithm():
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "train.rl.loop", "--help"], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "--algorithm" in out.stdout and "--grpo.group_size" in out.stdout and "--ppo.gae_lambda" in out.stdout

@@ -1,17 +1,13 @@
 """Evaluating policies beside each other and before and after RL, in physics and in imagination:
-paired-outcome agreement, saved policies beside scripted ones, the uncertainty limit applied after a
-run, and the evaluation benchmarks on tiny real models."""
+paired-outcome agreement, saved policies beside scripted ones, the RL evaluation imagining with the
+run's env settings, and the evaluation benchmarks on tiny real models."""
 
 import json
-import math
 
 import pytest
 import torch
 
 from policy.flow import FlowPolicy
-from simulator.env import NORMALIZATION_FILE
-from simulator.progress import ProgressModel
-from tests.conftest import moving_world_model
 from tests.rl.conftest import SIZE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -83,95 +79,36 @@ class SuccessProbe:
         self.rounds[-1].append(info["success_prob"].clone())
 
 
-def threshold_that_splits(probs: torch.Tensor, chunk: int, max_steps: int) -> tuple[float, list[bool], list[int]]:
-    """A success threshold under which some but not all episodes are solved, at more than two
-    different step counts and none in its first chunk (each has a spread before it is solved),
-    from each episode's success probability after every chunk (N, chunks):
-    the midpoint of the widest gap between measured values that does this (so that no float
-    difference of another CPU moves a value across it). Returns it, the successes and the steps."""
-    values = probs.flatten().unique()  # sorted
-    best = None
-    for low, high in zip(values[:-1].tolist(), values[1:].tolist()):
-        threshold = (low + high) / 2
-        passed = probs > threshold
-        success = passed.any(1)
-        steps = torch.where(success, (passed.float().argmax(1) + 1) * chunk, max_steps)
-        splits = 0 < success.sum() < len(success) and len(steps.unique()) > 2 and steps.min() > chunk
-        if splits and (best is None or high - low > best[0]):
-            best = (high - low, threshold, success.tolist(), steps.tolist())
-    assert best is not None, f"no threshold splits these episodes: {probs}"
-    return best[1:]
-
-
-def test_an_uncertainty_limit_applied_afterwards_matches_the_env_that_truncates(tiny_models, tmp_path):
-    """The imagined env's ``uncertainty_limit`` truncates an episode as a failure once the world
-    model's spread passes it; ``under_uncertainty_limit`` re-scores an unlimited run the same way.
-    The success threshold is chosen from a measured run, so that whatever the float kernels of
-    the machine, some episodes are solved, at different steps, and some are not."""
+def test_the_rl_evaluation_imagines_with_the_runs_env_settings(tiny_models):
+    """The RL evaluation's imagined env is the run's (``RLConfig.env``: here 2 sampling steps and
+    action guidance) at the evaluation's batch and physics' horizon: its episodes are those of an env
+    built with the same settings, not those of the defaults (it once got only the success threshold)."""
     from eval.policy import matched_starts, run_episodes
-    from eval.rl import physics_and_imagined, under_uncertainty_limit
+    from eval.rl import physics_and_imagined
     from simulator.env import ImaginedEnv
     from simulator.physics.tasks import get_task
+    from train.rl.loop import RolloutEnvConfig
 
-    # one imagined frame per chunk: the success probability the env reports is the chunk's whole verdict
-    moving_world_model(SIZE, future=1).save_pretrained(tmp_path / "world_model")
-    (tmp_path / "world_model" / NORMALIZATION_FILE).write_text((tiny_models / "world_model" / NORMALIZATION_FILE).read_text())
-    torch.manual_seed(1)
-    progress = ProgressModel(image_size=SIZE, channels=(8, 8), norm_num_groups=4, width=32, head_width=16, ensemble=3,
-                             history_stride=8)
-    with torch.no_grad():  # a random success head that depends on the frames, so episodes end at different steps
-        for p in progress.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    progress.save_pretrained(tmp_path / "progress")
     policy = FlowPolicy.from_pretrained(tiny_models / "policy")
-    views, episodes, seed, num_envs, max_steps = ("front", "wrist"), 8, 100_000, 4, get_task("lift").max_steps
-    imagined = {"num_samples": 2, "sampling_steps": 2}
+    views, episodes, seed, num_envs = ("front", "wrist"), 2, 100_000, 2
+    run_env = RolloutEnvConfig(num_envs=4, max_steps=16, sampling_steps=2, action_guidance=2.0)
+    evaluated = SuccessProbe()
+    physics_and_imagined(policy, views, SIZE, "lift", episodes, seed, num_envs, tiny_models / "world_model",
+                         tiny_models / "progress", env=run_env, physics=False, recorder=evaluated)
+    starts = matched_starts("lift", views, SIZE, episodes, seed, num_envs)
 
-    starts = matched_starts("lift", views, SIZE, episodes, seed, num_envs)  # as physics_and_imagined starts them
-    env = ImaginedEnv.from_pretrained(tmp_path / "world_model", tmp_path / "progress", starts, views, num_envs=num_envs,
-                                      max_steps=max_steps, terminate_on_success=False, **imagined)
-    probe = SuccessProbe()
-    with torch.no_grad():
-        run_episodes(env, policy, episodes, 0, recorder=probe)
-    probs = torch.cat([torch.stack(r, 1) for r in probe.rounds])[:episodes]  # (episodes, chunks)
-    threshold, solved_by, steps = threshold_that_splits(probs, policy.spec.chunk_size, max_steps)
+    def imagined(**settings) -> torch.Tensor:
+        """(chunks, envs) success probabilities of the episodes an env with ``settings`` imagines."""
+        probe = SuccessProbe()
+        env = ImaginedEnv.from_pretrained(tiny_models / "world_model", tiny_models / "progress", starts, views,
+                                          num_envs=num_envs, max_steps=get_task("lift").max_steps, **settings)
+        with torch.no_grad():
+            run_episodes(env, policy, episodes, 0, recorder=probe)
+        return torch.stack(probe.rounds[0])
 
-    run = lambda **kw: physics_and_imagined(
-        policy, views, SIZE, "lift", episodes, seed, num_envs, tmp_path / "world_model", tmp_path / "progress",
-        physics=False, success_threshold=threshold, **imagined, **kw)["imagined"]
-    free = run()
-    assert free.success == solved_by and free.steps == steps  # as measured: episodes solved at different steps
-    assert 0 < sum(free.success) < 8 and len(set(free.steps)) > 2
-    assert all(p > 0 for p in free.peak_uncertainty)  # the two samples of a chunk differ
-    solved = sorted(p for s, p in zip(free.success, free.peak_uncertainty) if s)
-    for limit in (solved[0] - 1e-7, solved[len(solved) // 2] - 1e-7):  # truncates all, then half, of the solved ones
-        limited = run(uncertainty_limit=limit)
-        assert limited.success == under_uncertainty_limit(free, limit)
-        assert sum(limited.success) < sum(free.success)
-    # the benchmark's table, by hand: the no-limit row and then tighter limits that solve fewer
-    from benchmarks.imagined_uncertainty import default_limits, rows
-    from eval.policy import EpisodeResults
-
-    physics = EpisodeResults(success=[i % 2 == 0 for i in range(8)], steps=[120] * 8, seconds=0.0)
-    table = rows(physics, free, default_limits(free))
-    assert math.isinf(table[0]["limit"]) and table[0]["solved"] == sum(free.success)
-    both = sum(p and i for p, i in zip(physics.success, free.success))
-    assert table[0]["precision"] == pytest.approx(both / sum(free.success))
-    assert [r["solved"] for r in table] == sorted((r["solved"] for r in table), reverse=True)
-
-
-def test_the_uncertainty_benchmark_runs_and_prints_its_table(tiny_models, tmp_path):
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "benchmarks.imagined_uncertainty", "--policy", str(tiny_models / "policy"),
-                          "--world-model", str(tiny_models / "world_model"), "--progress", str(tiny_models / "progress"),
-                          "--episodes", "2", "--num-envs", "2", "--output-dir", str(tmp_path), "--no-write"],
-                         capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "| uncertainty limit |" in out.stdout and (tmp_path / "uncertainty_limits.png").stat().st_size > 0
-    saved = json.loads((tmp_path / "episodes.json").read_text())
-    assert len(saved["physics"]["success"]) == len(saved["imagined"]["peak_uncertainty"]) == 2
+    same = imagined(sampling_steps=2, action_guidance=2.0)
+    assert torch.equal(torch.stack(evaluated.rounds[0]), same)
+    assert not torch.equal(imagined(), same)  # the settings change what is imagined
 
 
 def test_imagined_episodes_replay_in_physics(tiny_models):

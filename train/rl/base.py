@@ -3,12 +3,15 @@ base class each algorithm extends.
 
 An iteration (``train.rl.loop``) resets ``num_envs`` imagined envs at start frames that the
 algorithm picks (GRPO: groups of envs at identical starts), runs the policy chunk by chunk until
-every episode ended (solved, ``max_steps``, or too uncertain) and hands the ``Rollouts`` to
+every episode ended (solved or ``max_steps``) and hands the ``Rollouts`` to
 ``Algorithm.update``. Rewards are the env's: gamma·Φ(next) − Φ(now) from the progress model,
 plus a bonus at success.
 
-Pure functions, unit-tested: ``group_advantages``, ``episode_weights``, ``gae``,
-``clipped_surrogate``, ``kl_k3``, ``adapt_kl_weight``.
+Each algorithm's settings are a dataclass registered under the algorithm's name with
+``AlgorithmConfig.register_subclass`` (as lerobot registers its policies' configs), so that the
+command line picks one with ``--algorithm.type NAME`` and shows only its settings.
+
+Pure functions, unit-tested: ``group_advantages``, ``gae``, ``clipped_surrogate``, ``kl_k3``.
 
 Dimension legend: T chunk steps, B envs, K stochastic denoising steps, V views, S state dim,
 H chunk length, A action dim, h x w image size.
@@ -17,14 +20,47 @@ H chunk length, A action dim, h x w image size.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import draccus
 import torch
 from torch import Tensor
 
 from policy.base import ActionSample, RLPolicy, no_log_prob_message
 from simulator import keys
 from simulator.rollout import Rollout
+
+DEFAULT_ALGORITHM = "filtered_imitation"  # the recipe measured best: the comment on train.rl.loop.RLConfig.algorithm
+
+
+@dataclass
+class AlgorithmConfig(draccus.ChoiceRegistry):
+    """The settings of one RL algorithm: a registered subclass per algorithm, picked on the command
+    line by ``--algorithm.type NAME`` (lerobot's ``PreTrainedConfig`` and ``--policy.type``)."""
+
+    @property
+    def type(self) -> str:
+        """The name the config is registered under (``grpo``, ``filtered_imitation``, ...)."""
+        return self.get_choice_name(self.__class__)
+
+    @classmethod
+    def default_choice_name(cls) -> str:
+        # ``--algorithm.lr 3e-5`` without ``--algorithm.type`` sets the default algorithm's lr
+        return DEFAULT_ALGORITHM
+
+    @classmethod
+    @contextmanager
+    def listing_only(cls, name: str) -> Iterator[None]:
+        """Inside the block the registry holds ``name`` alone: a draccus parser built there shows
+        that algorithm's settings only, where it would list every registered algorithm's at once."""
+        registry = cls._choice_registry
+        cls._choice_registry = {name: registry[name]}
+        try:
+            yield
+        finally:
+            cls._choice_registry = registry
 
 
 @dataclass
@@ -109,13 +145,6 @@ def group_advantages(returns: Tensor, group_size: int, scale_by_std: bool = True
     return (adv * kept).flatten(), kept.flatten()
 
 
-def episode_weights(alive: Tensor, kept: Tensor) -> Tensor:
-    """(B,) mean length of the kept episodes / each episode's length (chunk steps; alive (T, B)):
-    the factor that makes every kept episode's chunks together weigh the same."""
-    lengths = alive.sum(0).float()
-    return torch.where(kept, lengths[kept].mean() / lengths.clamp_min(1.0), 0.0)
-
-
 def group_starts(num_envs: int, num_starts: int, group_size: int, generator: torch.Generator) -> Tensor:
     """(B,) start indices in groups: ``group_size`` consecutive envs share a randomly drawn start."""
     if num_envs % group_size:
@@ -163,28 +192,13 @@ def kl_k3(log_probs: Tensor, reference_log_probs: Tensor, dims: int = 1) -> Tens
     return (log_r.exp() - 1 - log_r).mean()
 
 
-def adapt_kl_weight(weight: float, kl: float, target: float) -> float:
-    """PPO's adaptive KL penalty (Schulman et al. 2017): the anchor's weight doubles when the
-    iteration's KL to the base policy exceeded 1.5 x ``target`` and halves below ``target`` / 1.5.
-    A fixed weight bounds each iteration but not the sum of twenty (docs/benchmarks.md: seed 1
-    ran away after 15 stable iterations); a weight that grows with the drift is meant to. It did
-    not hold GRPO at lr 1e-4 in physics: Adam's steps keep their size whatever the weight."""
-    if target <= 0 or weight <= 0:
-        raise ValueError(f"need target > 0 and weight > 0, got {target=} {weight=}")
-    if kl > 1.5 * target:
-        return weight * 2.0
-    if kl < target / 1.5:
-        return weight / 2.0
-    return weight
-
-
 class Algorithm:
     """One RL algorithm: how it picks starts and how it updates the policy from rollouts."""
 
     name = "base"
     needs_log_prob = True
 
-    def __init__(self, policy, config, views: tuple[str, ...]):
+    def __init__(self, policy, config: AlgorithmConfig, views: tuple[str, ...]):
         if self.needs_log_prob and not isinstance(policy, RLPolicy):
             raise TypeError(no_log_prob_message(type(policy).__name__, self.name))
         self.policy, self.config, self.views = policy, config, tuple(views)

@@ -29,19 +29,30 @@ import torch
 from torch import Tensor
 
 from train.rl.advantage_conditioned import AdvantageConditioned, AdvantageConditionedConfig
+from train.rl.base import AlgorithmConfig
 
 
+@AlgorithmConfig.register_subclass("filtered_imitation")
 @dataclass
-class FilteredImitationConfig:
+class FilteredImitationConfig(AlgorithmConfig):
+    """Filtered imitation (RAFT, ReST): the policy imitates its better-than-average imagined
+    episodes beside real chunks. The defaults are the recipe measured best in imagination (a
+    quarter real share, a memory of 40 iterations: docs/benchmarks.md, "RL in imagination
+    (filtered_imitation, real share 0.25, memory 40)")."""
+
     group_size: int = 8  # envs per group (the same start frames)
-    real_share: float = 0.5  # share of each batch from the dataset (1 = offline, the rollouts unused)
+    # Share of each batch from the dataset (1 = offline, the rollouts unused): 0.25 gained +0.07 over
+    # three seeds with a memory of 40, 0.5 without memory +0.06 (research log, 2026-12-01).
+    real_share: float = 0.25
     real_successes_only: bool = False  # the real share from successful episodes only (filtered BC)
     steps_per_iteration: int = 20  # gradient steps per update
     batch_size: int = 64  # chunks per gradient step, rollouts and real together
-    lr: float = 1e-4
-    grad_clip: float = 1.0
+    lr: float = 1e-4  # AdamW's, on every trainable parameter of the policy
+    grad_clip: float = 1.0  # on the policy's gradient norm
     shift: int = 4  # random image shift in pixels (DrQ), as in behaviour cloning (0 = none)
-    memory: int = 1  # iterations whose kept imagined chunks are imitated (1 = this iteration's only)
+    # Iterations whose kept imagined chunks are imitated (1 = this iteration's only); 40 keeps every
+    # iteration's of a 40-iteration run.
+    memory: int = 40
 
     def __post_init__(self):
         self.conditioned()  # the same bounds as advantage conditioning's

@@ -1,119 +1,139 @@
 """On-policy RL of a policy inside the frozen world model (``reverie-rl``).
 
     reverie-rl --policy outputs/policy/model --world_model outputs/world_model/model \\
-        --progress outputs/progress/model --dataset.root outputs/demo/dataset --algorithm grpo
+        --progress outputs/progress/model --dataset.root outputs/demo/dataset
+    reverie-rl --config_path train/recipes/rl_lift.yaml --dataset.root outputs/demo/dataset
+    reverie-rl --algorithm.type grpo --algorithm.lr 1e-5 --env.sampling_steps 2 ...
+    reverie-rl --algorithm.type ppo --help      # the settings of one algorithm
 
-Each iteration resets ``num_envs`` imagined envs at real start frames (the first frames of the
+Each iteration resets ``env.num_envs`` imagined envs at real start frames (the first frames of the
 dataset's training episodes, and keyframes inside them with ``--start_every``), rolls the policy
-out for at most ``max_steps`` env steps, and lets the algorithm update the policy; the world
+out for at most ``env.max_steps`` env steps, and lets the algorithm update the policy; the world
 model and the progress model stay frozen. Before the first iteration and after the last, the
 policy is evaluated in physics (the ground truth) and in imagination from the same matched
-physics starts (``eval.rl``): the gain that counts is the physics one, and imagined success above
-physics success measures how much the policy exploits the world model.
+physics starts (``eval.rl``), the imagined half with the run's own env settings: the gain that
+counts is the physics one, and imagined success above physics success measures how much the
+policy exploits the world model.
 
-``--env physics`` runs the same algorithm with rollouts in physics instead, from the seeds that
-collected the same training episodes and with physics' sparse success reward: the control that
-says what the algorithm could gain were the imagined simulator faithful.
+The defaults are the Lift recipe measured best (``RLConfig.algorithm``). A recipe is also a file:
+``--config_path FILE.yaml`` reads any of these settings, nested as on the command line (the flags
+given beside it win); ``train/recipes/rl_lift.yaml`` writes the default recipe out, and every
+run saves its own settings as ``rl_config.json``, which ``--config_path`` reads back.
+
+``--simulator physics`` runs the same algorithm with rollouts in physics instead, from the seeds
+that collected the same training episodes and with physics' sparse success reward: the control
+that says what the algorithm could gain were the imagined simulator faithful (with
+``--world_model null`` it is evaluated in physics only and needs no world model).
 
 Every iteration is checkpointed (policy, optimiser, RNG, metrics): re-running the same command
 resumes. Outputs: <output_dir>/policy (the trained policy), metrics.jsonl (the learning curve),
-rl_eval.json/.md and learning_curve.png.
+rl_config.json, rl_eval.json/.md and learning_curve.png.
 
 Dimension legend: B envs, T chunk steps.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import logging
 import pickle
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import draccus
 import torch
+from draccus.argparsing import ArgumentParser
 from tqdm import tqdm
 
+from data import cli
 from data.clips import DemoSplitDatasetConfig
-from policy.base import LIKELIHOOD_ALGORITHMS, OTHER_ALGORITHMS
-from train.rl.advantage_conditioned import AdvantageConditionedConfig
-from train.rl.base import collect
-from train.rl.filtered_imitation import FilteredImitationConfig
-from train.rl.grpo import GRPO, GRPOConfig
-from train.rl.ppo import PPO, PPOConfig
+from simulator.env import ImaginedEnvConfig
+from train.rl.advantage_conditioned import AdvantageConditioned
+from train.rl.base import DEFAULT_ALGORITHM, AlgorithmConfig, collect
+from train.rl.filtered_imitation import FilteredImitation, FilteredImitationConfig
+from train.rl.grpo import GRPO
+from train.rl.ppo import PPO
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = LIKELIHOOD_ALGORITHMS + OTHER_ALGORITHMS
-ENVS = ("imagined", "physics")
+# Each algorithm under the name its config is registered with (``--algorithm.type``).
+ALGORITHM_CLASSES = {cls.name: cls for cls in (FilteredImitation, GRPO, PPO, AdvantageConditioned)}
+ALGORITHMS = tuple(ALGORITHM_CLASSES)
+SIMULATORS = ("imagined", "physics")
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # train/recipes: recipes as config files
+
+
+@dataclass
+class RolloutEnvConfig(ImaginedEnvConfig):
+    """The rollout env: ``simulator.env.ImaginedEnvConfig`` with RL's batch and horizon. Its batch
+    and horizon serve both simulators; the rest configures the imagined one. (RL's two defaults
+    live on this class because draccus builds a nested config from its class's defaults as soon as
+    one of its fields is on the command line: a default_factory's would vanish.)"""
+
+    num_envs: int = 32  # episodes per iteration, in either simulator: 4 groups of 8 from shared starts
+    max_steps: int = 80  # horizon in env steps, in either simulator: short rollouts from real frames
 
 
 @dataclass
 class RLConfig:
-    policy: Path = Path("outputs/policy/model")  # the base policy (reverie-train policy)
-    world_model: Path = Path("outputs/world_model/model")
-    progress: Path = Path("outputs/progress/model")
+    """The settings of reverie-rl. A YAML file nested as the flags are gives any of them: all with
+    --config_path FILE (train/recipes/rl_lift.yaml: the default recipe; a run's rl_config.json), one
+    group with --dataset FILE, --algorithm FILE or --env FILE. Flags given beside a file win."""
+
+    policy: Path = Path("outputs/policy/model")  # the base policy (reverie-train policy, or a lerobot checkpoint)
+    # Frozen: imagines the rollouts and the imagined half of the evaluation (reverie-train world_model).
+    # null with --simulator physics: the control, evaluated in physics only, needs no world model.
+    world_model: Path | None = Path("outputs/world_model/model")
+    progress: Path = Path("outputs/progress/model")  # frozen: rewards imagined frames, judges success
     # Start frames come from the training episodes of this dataset (the held-out ones are never used).
     dataset: DemoSplitDatasetConfig = field(default_factory=DemoSplitDatasetConfig)
-    stats_root: Path | None = None  # for world models saved without normalization.json
-    task: str = "lift"
-    algorithm: str = "grpo"  # grpo | ppo | advantage_conditioned | filtered_imitation
+    task: str = "lift"  # the physics task: the evaluation's, and the rollouts' with --simulator physics
+    # The algorithm (--algorithm.type). The default, filtered imitation with its defaults, is the
+    # recipe measured best: physics gain +0.07 over 3 seeds (docs/benchmarks.md, "RL in imagination
+    # (filtered_imitation, real share 0.25, memory 40)"); GRPO's was -0.20.
+    algorithm: AlgorithmConfig = field(default_factory=FilteredImitationConfig)
     # Where the rollouts run: "imagined" (the point) or "physics", the control that tells an
     # algorithm that cannot improve the policy from a world model that cannot show it how.
-    env: str = "imagined"
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    advantage_conditioned: AdvantageConditionedConfig = field(default_factory=AdvantageConditionedConfig)
-    filtered_imitation: FilteredImitationConfig = field(default_factory=FilteredImitationConfig)
-    iterations: int = 20
-    num_envs: int = 32  # imagined episodes per iteration
-    max_steps: int = 80  # imagined horizon in env steps: short rollouts from real frames
+    simulator: str = "imagined"
+    # The rollout env; the evaluation's imagined env uses the same settings.
+    env: RolloutEnvConfig = field(default_factory=RolloutEnvConfig)
+    iterations: int = 40  # RL iterations (the recipe's memory keeps all 40 iterations' kept episodes)
     start_every: int | None = None  # also start from every n-th frame inside the episodes (keyframes)
-    sampling_steps: int = 1  # world-model denoising steps per chunk
-    # World-model samples per chunk; with >= 2 (and >= 2 sampling steps) an imagined episode is
-    # truncated as a failure once their spread passes uncertainty_limit (benchmarks.imagined_uncertainty
-    # measures which limit, if any, tells the imagined successes that physics fails).
-    num_samples: int = 1
-    uncertainty_limit: float | None = None
-    success_threshold: float = 0.5
-    # Physics and imagined evaluation before and after, from the same matched physics starts.
+    # Physics and imagined evaluation episodes before and after, from the same matched physics starts.
     eval_episodes: int = 100
-    # The imagined half of that evaluation; off, the physics control needs no world model at all.
-    eval_imagined: bool = True
-    eval_num_envs: int = 10
-    eval_seed: int = 100_000  # physics seed of start 0; data collection uses seeds from 0 up
-    output_dir: Path = Path("outputs/rl")
-    seed: int = 0
-    device: str = "cpu"
+    eval_num_envs: int = 10  # envs of the evaluation, in each simulator
+    output_dir: Path = Path("outputs/rl")  # the run's folder; re-running the same command resumes it
+    seed: int = 0  # starts, the policy's noise and the algorithm's batches
+    device: str = "cpu"  # where the models run (cpu, cuda)
 
     def __post_init__(self):
         self.dataset.require()
         for name in ("policy", "world_model", "progress", "output_dir"):
-            setattr(self, name, Path(getattr(self, name)))
-        if self.env not in ENVS:
-            raise ValueError(f"unknown {self.env=}; choose one of {ENVS}")
-        if self.env == "physics" and self.start_every:
-            raise ValueError("env=physics starts only where episodes start (their seeds); drop start_every")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown {self.algorithm=}; choose one of {ALGORITHMS}")
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+        if not isinstance(self.algorithm, AlgorithmConfig):
+            raise TypeError(f"algorithm must be an algorithm's config (FilteredImitationConfig(), GRPOConfig(), ...; "
+                            f"on the command line --algorithm.type NAME), got {self.algorithm!r}")
+        if self.simulator not in SIMULATORS:
+            raise ValueError(f"unknown {self.simulator=}; choose one of {SIMULATORS}")
+        if self.simulator == "physics" and self.start_every:
+            raise ValueError("simulator=physics starts only where episodes start (their seeds); drop start_every")
         self._check_lerobot_policy()
-        for name in ("iterations", "num_envs", "max_steps", "eval_num_envs", "sampling_steps", "num_samples"):
+        for name in ("iterations", "eval_num_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)=}")
-        if self.env == "imagined":  # the imagined env's own checks, before any evaluation runs
-            from simulator.env import ImaginedEnvConfig
-
-            ImaginedEnvConfig(num_envs=self.num_envs, max_steps=self.max_steps, sampling_steps=self.sampling_steps,
-                              num_samples=self.num_samples, uncertainty_limit=self.uncertainty_limit,
-                              success_threshold=self.success_threshold)
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes=}")
-        if self.env == "imagined" and not self.eval_imagined:
-            raise ValueError("RL in imagination is evaluated in imagination too (its exploitation gap); "
-                             "eval_imagined=false is for env=physics")
+        if self.simulator == "imagined" and self.world_model is None:
+            raise ValueError("RL in imagination needs a world model (--world_model); without one, only the physics "
+                             "control runs (--simulator physics)")
 
     def _check_lerobot_policy(self) -> None:
         """A lerobot checkpoint as the policy: the algorithm must be one that trains its adapter."""
@@ -123,29 +143,24 @@ class RLConfig:
         if kind is None:
             return
         fits = LerobotPolicy.adapter_class(kind).rl_algorithms()
-        if self.algorithm in fits:
+        algorithm = self.algorithm.type
+        if algorithm in fits:
             return
         why = ("it conditions the policy on advantage words appended to its task, which the lerobot adapter does not do "
-               "(lerobot's Diffusion Policy reads no text at all)" if self.algorithm == "advantage_conditioned" else
+               "(lerobot's Diffusion Policy reads no text at all)" if algorithm == "advantage_conditioned" else
                "it needs the log-probabilities of the policy's actions, which only lerobot's Diffusion Policy gives (DPPO)")
-        raise ValueError(f"{self.algorithm=} cannot train the lerobot {kind!r} policy in {self.policy}: {why}. "
+        raise ValueError(f"algorithm {algorithm!r} cannot train the lerobot {kind!r} policy in {self.policy}: {why}. "
                          f"Algorithms that train it: {', '.join(fits)}")
 
 
 def make_algorithm(cfg: RLConfig, policy, views: tuple[str, ...]):
-    """The configured algorithm around ``policy`` (a clear error when the policy cannot serve it)."""
-    if cfg.algorithm == "grpo":
-        return GRPO(policy, cfg.grpo, views)
-    if cfg.algorithm == "ppo":
-        return PPO(policy, cfg.ppo, views)
-    # their real share trains on the dataset's training episodes, labelled by success
-    if cfg.algorithm == "filtered_imitation":
-        from train.rl.filtered_imitation import FilteredImitation
-
-        return FilteredImitation(policy, cfg.filtered_imitation, views, dataset=cfg.dataset)
-    from train.rl.advantage_conditioned import AdvantageConditioned
-
-    return AdvantageConditioned(policy, cfg.advantage_conditioned, views, dataset=cfg.dataset)
+    """The algorithm that ``cfg.algorithm``'s type names, around ``policy`` (a clear error when the
+    policy cannot serve it). The imitating ones draw their real share from the dataset's training
+    episodes, labelled by success."""
+    algorithm_class = ALGORITHM_CLASSES[cfg.algorithm.type]
+    if issubclass(algorithm_class, AdvantageConditioned):
+        return algorithm_class(policy, cfg.algorithm, views, dataset=cfg.dataset)
+    return algorithm_class(policy, cfg.algorithm, views)
 
 
 class PhysicsStarts:
@@ -173,23 +188,20 @@ def make_env(cfg: RLConfig, views: tuple[str, ...], size: int):
     from simulator.starts import StartFrames
 
     train_episodes, _ = cfg.dataset.split()
-    if cfg.env == "physics":
+    if cfg.simulator == "physics":
         from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 
         meta = Path(cfg.dataset.root or "") / "meta" / "reverie.json"
         if not meta.is_file():
-            raise ValueError(f"env=physics starts from the physics seeds of the dataset's episodes, and {meta} (written "
+            raise ValueError(f"simulator=physics starts from the physics seeds of the dataset's episodes, and {meta} (written "
                              "by reverie-collect) is missing: give a dataset collected by reverie-collect")
         first = json.loads(meta.read_text())["collect"]["seed"]  # episode i was collected from seed first + i
-        env = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=views, height=size or 64,
-                                          width=size or 64, max_steps=cfg.max_steps))
+        env = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.env.num_envs, views=views, height=size or 64,
+                                          width=size or 64, max_steps=cfg.env.max_steps))
         return PhysicsStarts(env, [first + int(e) for e in train_episodes]), len(train_episodes)
     clips = cfg.dataset.clips(train_episodes, context=1, horizon=1, normalize=False, cache_frames=False)
     starts = StartFrames.from_dataset(clips, train_episodes, every=cfg.start_every)
-    env = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
-                                      device=cfg.device, num_envs=cfg.num_envs, max_steps=cfg.max_steps,
-                                      sampling_steps=cfg.sampling_steps, success_threshold=cfg.success_threshold,
-                                      num_samples=cfg.num_samples, uncertainty_limit=cfg.uncertainty_limit)
+    env = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, device=cfg.device, **asdict(cfg.env))
     return env, len(starts)
 
 
@@ -200,7 +212,7 @@ def train(cfg: RLConfig) -> Path:
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    policy = load_policy(cfg.policy, cfg.task, num_envs=cfg.num_envs, device=cfg.device)
+    policy = load_policy(cfg.policy, cfg.task, num_envs=cfg.env.num_envs, device=cfg.device)
     views, size = camera_views(policy)
     algorithm = make_algorithm(cfg, policy, views)  # fails fast for a policy that cannot serve it
     with driving(policy, cfg.eval_num_envs):
@@ -208,10 +220,11 @@ def train(cfg: RLConfig) -> Path:
     env, num_starts = make_env(cfg, views, size)
     done, generator = resume(out, policy, algorithm, cfg.seed)
     # the settings the run goes on with: a resumed run may be extended (more iterations)
-    (out / "rl_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
-    for iteration in tqdm(range(done, cfg.iterations), initial=done, total=cfg.iterations, desc=f"RL ({cfg.algorithm})"):
+    (out / "rl_config.json").write_text(json.dumps(draccus.encode(cfg), indent=1))  # --config_path reads it back
+    for iteration in tqdm(range(done, cfg.iterations), initial=done, total=cfg.iterations,
+                          desc=f"RL ({cfg.algorithm.type})"):
         clock = time.perf_counter()
-        start_index = algorithm.start_index(cfg.num_envs, num_starts, generator)
+        start_index = algorithm.start_index(cfg.env.num_envs, num_starts, generator)
         rollouts = collect(env, policy, views, start_index, seed=cfg.seed * 1_000_003 + iteration, generator=generator,
                            log_prob=algorithm.needs_log_prob)
         collect_s = time.perf_counter() - clock
@@ -222,7 +235,7 @@ def train(cfg: RLConfig) -> Path:
                   **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}}
         log.info("iteration %d: %s", iteration + 1, record)
         save_checkpoint(out, policy, algorithm, generator, iteration + 1, record)
-    env.close()  # with --env physics, 32 robosuite envs hold GBs that the evaluation's own envs need
+    env.close()  # with --simulator physics, 32 robosuite envs hold GBs that the evaluation's own envs need
     if cfg.eval_episodes:
         # a finished run re-run (to rebuild its report) reuses its evaluation
         with driving(policy, cfg.eval_num_envs):
@@ -287,11 +300,46 @@ def resume(out: Path, policy, algorithm, seed: int) -> tuple[int, torch.Generato
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data import cli
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print_help(argv)
+        return
     cfg = cli.parse(RLConfig, argv, prog="reverie-rl")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     print(f"done: {cli.run(train, cfg)}")
+
+
+def print_help(argv: list[str]) -> None:
+    """draccus's help, with the settings of one algorithm only (the one ``--algorithm.type`` names,
+    else the default), where draccus would list every registered algorithm's at once; with the
+    default algorithm named as ``--algorithm.type``'s default; and without draccus's flags that read
+    one group from a file (``--env FILE``), which it lists once or twice each and RLConfig's
+    docstring names instead."""
+    chosen = chosen_algorithm(argv)
+    with AlgorithmConfig.listing_only(chosen):
+        parser = ArgumentParser(RLConfig, prog="reverie-rl")
+    shown = parser.parser._actions + [a for group in parser.parser._action_groups for a in group._group_actions]
+    for action in shown:
+        if (action.help or "").startswith("Config file for"):  # draccus's per-group files, some listed twice
+            action.help = argparse.SUPPRESS  # RLConfig's docstring names them
+        if "--algorithm.type" in action.option_strings:
+            action.choices, action.default = list(ALGORITHMS), DEFAULT_ALGORITHM
+            action.help = f"the algorithm; this help shows {chosen}'s settings (--algorithm.type NAME --help: NAME's)"
+    for group in parser.parser._action_groups:  # class docstrings, without their source indentation
+        group.description = inspect.cleandoc(group.description) if group.description else group.description
+    parser.parser.print_help()
+
+
+def chosen_algorithm(argv: list[str]) -> str:
+    """The algorithm that ``--algorithm.type NAME`` (or ``=NAME``) in ``argv`` names; the default without one."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag == "--algorithm.type":
+            name = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            if name not in ALGORITHMS:
+                cli.fail(f"--algorithm.type is one of {ALGORITHMS}, got {name!r}")
+            return name
+    return DEFAULT_ALGORITHM
 
 
 if __name__ == "__main__":

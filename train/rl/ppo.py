@@ -24,19 +24,31 @@ import torch
 from torch import Tensor, nn
 
 from simulator import keys
-from train.rl.base import Algorithm, Rollouts, clipped_surrogate, fine_tuning_setup, gae, kl_k3, minibatches
+from train.rl.base import (
+    Algorithm,
+    AlgorithmConfig,
+    Rollouts,
+    clipped_surrogate,
+    fine_tuning_setup,
+    gae,
+    kl_k3,
+    minibatches,
+)
 
 
+@AlgorithmConfig.register_subclass("ppo")
 @dataclass
-class PPOConfig:
+class PPOConfig(AlgorithmConfig):
+    """PPO with a learned critic and GAE over chunk steps (DPPO); independent starts."""
+
     epochs: int = 2  # passes over an iteration's samples
     minibatch_size: int = 64  # chunk samples per gradient step
-    lr: float = 3e-5  # policy
-    critic_lr: float = 3e-4
+    lr: float = 3e-5  # AdamW's on the policy (its fine-tuned last denoising steps)
+    critic_lr: float = 3e-4  # AdamW's on the critic
     clip: float = 0.2  # ratio clip, per denoising step (log-ratio per action dimension)
     kl_weight: float = 0.1  # anchor to the base policy (KL per action dimension)
     gamma: float = 0.99  # discount per chunk step (the env's shaping uses its own gamma per env step)
-    gae_lambda: float = 0.95
+    gae_lambda: float = 0.95  # GAE's lambda: 0 = one-step TD, 1 = Monte Carlo returns
     grad_clip: float = 1.0  # on the policy's and the critic's gradients, each
     critic_channels: tuple[int, ...] = (16, 32, 64, 64)  # one stride-2 conv level per entry
     critic_width: int = 256  # hidden width of the value head
