@@ -72,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from eval.policy import EvalPolicyConfig, closed_loop, closed_loop_markdown, evaluate, save_report
+    from simulator.env import ImaginedEnvConfig
 
     t0 = time.perf_counter()
     folders = train_family(args.dataset, args.val_episodes, args.steps, args.output_dir / "policies")
@@ -79,7 +80,7 @@ def main() -> None:
     cfg = EvalPolicyConfig(world_model=args.world_model, progress=args.progress,
                            policies=tuple(f"{n}={f}" for n, f in folders.items()), episodes=args.episodes,
                            physics_from=args.physics_from, physics_ceiling=False, output_dir=args.output_dir / args.eval_name,
-                           extra={"action_guidance": args.action_guidance} if args.action_guidance != 1 else {})
+                           env=ImaginedEnvConfig(action_guidance=args.action_guidance))
     comparison, runs = evaluate(cfg)
     save_report(comparison, runs, cfg)
     table = comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs))

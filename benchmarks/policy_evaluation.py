@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
 from eval.policy import EvalPolicyConfig, closed_loop, closed_loop_markdown, evaluate, save_report
+from simulator.env import ImaginedEnvConfig
 
 
 def main() -> None:
@@ -34,8 +35,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     cfg = EvalPolicyConfig(world_model=args.world_model, progress=args.progress, stats_root=args.stats_root,
-                           policies=tuple(args.policies) if args.policies else None, episodes=args.episodes, num_envs=args.num_envs, sampling_steps=args.sampling_steps,
-                           output_dir=args.output_dir)
+                           policies=tuple(args.policies) if args.policies else None, episodes=args.episodes, num_envs=args.num_envs,
+                           env=ImaginedEnvConfig(sampling_steps=args.sampling_steps), output_dir=args.output_dir)
     t0 = time.perf_counter()
     comparison, runs = evaluate(cfg)
     save_report(comparison, runs, cfg)
@@ -56,8 +57,8 @@ def main() -> None:
          f"{len(comparison.names)} Lift policies ({', '.join(args.policies)})")
         + f", {cfg.episodes} episodes each in each simulator from matched "
         f"start states (physics seeds {cfg.seed} to {cfg.seed + cfg.episodes - 1}, never used for data). Imagined: "
-        f"world model `{args.world_model}` ({cfg.sampling_steps} sampling step(s)), progress model `{args.progress}`, "
-        f"success = success probability > {cfg.success_threshold}. Wall time: imagined {seconds['imagined']:.0f} s, "
+        f"world model `{args.world_model}` ({cfg.env.sampling_steps} sampling step(s)), progress model `{args.progress}`, "
+        f"success = success probability > {cfg.env.success_threshold}. Wall time: imagined {seconds['imagined']:.0f} s, "
         f"physics {seconds['physics']:.0f} s (reseeded {seconds['physics_reseeded']:.0f} s); {time.perf_counter() - t0:.0f} s in all.",
         comparison.to_markdown(),
         ("Closed loop, episode by episode over the same starts (physics ceiling: the same policy re-run in physics "

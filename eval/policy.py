@@ -28,13 +28,15 @@ import math
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from eval.ppi import MIN_PAIRED, ppi_success
 from eval.success import PolicyComparison, agreement
+from simulator.env import ImaginedEnvConfig
 from simulator.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,9 @@ class EvalPolicyConfig:
     episodes: int = 20  # per policy and simulator
     num_envs: int = 10
     seed: int = 100_000  # physics seed of start 0; collections use seeds from 0 up
-    sampling_steps: int = 1  # world-model denoising steps per chunk
-    success_threshold: float = 0.5
+    # The imagined env's settings (sampling steps, action guidance, success threshold, reward); its
+    # num_envs and max_steps are the evaluation's: --num_envs and the task's physics horizon.
+    env: ImaginedEnvConfig = field(default_factory=ImaginedEnvConfig)
     device: str = "cpu"
     output_dir: Path = Path("outputs/policy_eval")
     # Record the imagined episodes (LeRobotDataset + one mp4 each) under <output_dir>/imagined/<policy>
@@ -107,12 +110,21 @@ class EvalPolicyConfig:
     # policy_eval.json of an earlier evaluation with the same task, seed, episodes, envs and policies:
     # its physics runs are reused instead of simulated again (comparing world models on one physics run).
     physics_from: Path | None = None
-    extra: dict = field(default_factory=dict)  # further ImaginedEnvConfig fields
+    # n: only the first n starts run in physics, every start in imagination; the report adds the
+    # prediction-powered estimate of each policy's physics success (eval.ppi) from both.
+    paired: int | None = None
 
     def __post_init__(self):
         if self.episodes < 1 or self.num_envs < 1:
             raise ValueError(f"episodes and num_envs must be >= 1, got {self.episodes=} {self.num_envs=}")
         self.world_model, self.progress, self.output_dir = Path(self.world_model), Path(self.progress), Path(self.output_dir)
+        if self.paired is not None and not MIN_PAIRED <= self.paired <= self.episodes - 2:
+            raise ValueError(f"paired must be in [{MIN_PAIRED}, episodes - 2 = {self.episodes - 2}] (the rest are "
+                             f"imagined only), got {self.paired=}")
+
+    @property
+    def physics_episodes(self) -> int:
+        return self.paired or self.episodes
 
 
 def matched_starts(task: str, views: tuple[str, ...], size: int, episodes: int, seed: int, num_envs: int):
@@ -144,62 +156,94 @@ def named_policies(entries: tuple[str, ...] | None) -> dict[str, str]:
     return named
 
 
+class PairedEvaluation:
+    """The one imagined-vs-physics evaluator: policies run from the same starts in both simulators.
+    Start i is the physics env reset with seed ``seed + i`` (``matched_starts``), rendered once and
+    handed to the imagined env as its start frames; the policy's own randomness for episode i is
+    seeded with i in both. ``reverie-eval policy`` (a family) and the RL evaluation (one policy,
+    before and after) both run through it. Without a ``world_model``, physics only."""
+
+    def __init__(self, task: str, views: tuple[str, ...], size: int, episodes: int, seed: int, num_envs: int,
+                 world_model: Path | None = None, progress: Path | None = None, env: ImaginedEnvConfig | None = None,
+                 stats_root: Path | None = None, device: str = "cpu"):
+        from simulator.env import ImaginedEnv
+        from simulator.physics.tasks import get_task
+
+        self.task, self.size, self.episodes, self.seed, self.num_envs = task, size, episodes, seed, num_envs
+        self.imagined_env = None
+        if world_model is not None:
+            starts = matched_starts(task, views, size, episodes, seed, num_envs)
+            settings = replace(env or ImaginedEnvConfig(), num_envs=num_envs, max_steps=get_task(task).max_steps)
+            self.imagined_env = ImaginedEnv.from_pretrained(world_model, progress, starts, views, stats_root=stats_root,
+                                                            device=device, **asdict(settings))
+
+    @torch.no_grad()
+    def imagined(self, policy, desc: str | None = None, recorder=None) -> EpisodeResults:
+        if self.imagined_env is None:
+            raise ValueError("this evaluation has no world model: it runs in physics only")
+        return run_episodes(self.imagined_env, policy, self.episodes, 0, desc, recorder)
+
+    @torch.no_grad()
+    def physics(self, policy, desc: str | None = None, episodes: int | None = None,
+                policy_seed: int = 0) -> EpisodeResults:
+        """The first ``episodes`` (default all) starts in physics; ``policy_seed`` offsets the
+        policy's seeds (``RESEEDED``: the physics ceiling's second run)."""
+        from policy import camera_views
+        from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+        # Scripted experts read no images: their physics runs without rendering (the starts were rendered apart).
+        seen, seen_size = camera_views(policy)
+        env = PhysicsEnv(PhysicsEnvConfig(task=self.task, num_envs=self.num_envs, views=seen,
+                                          height=seen_size or self.size, width=seen_size or self.size))
+        try:
+            return run_episodes(env, policy, episodes or self.episodes, self.seed, desc, policy_seed=policy_seed)
+        finally:
+            env.close()
+
+
 def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
     from policy import load_policy
-    from simulator.env import ImaginedEnv
     from simulator.progress import ProgressModel
 
     named = named_policies(cfg.policies)
     earlier = earlier_physics_runs(cfg, named) if cfg.physics_from is not None else None
     progress = ProgressModel.from_pretrained(cfg.progress).spec  # a clear error for a folder of another kind
     views, size = tuple(progress.views), progress.image_size
-    starts = matched_starts(cfg.task, views, size, cfg.episodes, cfg.seed, cfg.num_envs)
-    imagined = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, stats_root=cfg.stats_root,
-                                           device=cfg.device, num_envs=cfg.num_envs, sampling_steps=cfg.sampling_steps,
-                                           success_threshold=cfg.success_threshold, **cfg.extra)
+    paired = PairedEvaluation(cfg.task, views, size, cfg.episodes, cfg.seed, cfg.num_envs, cfg.world_model,
+                              cfg.progress, cfg.env, cfg.stats_root, cfg.device)
     runs = {}
     for name, source in named.items():
         policy = load_policy(source, cfg.task, num_envs=cfg.num_envs, device=cfg.device)
-        recorder = None
-        if cfg.record:
-            from simulator.recording import EpisodeRecorder
-
-            folder = cfg.output_dir / "imagined" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-            if folder.exists():
-                log.info("replacing the recordings of an earlier evaluation in %s", folder)
-                shutil.rmtree(folder)
-            recorder = EpisodeRecorder(folder / "dataset", views=views, video_dir=folder / "mp4",
-                                       repo_id=f"reverie/imagined_{folder.name}")
-        with torch.no_grad():
-            runs[name] = {"imagined": run_episodes(imagined, policy, cfg.episodes, 0, f"{name}: imagined", recorder),
-                          **(earlier[name] if earlier else physics_runs(cfg, name, policy, size))}
+        recorder = imagined_recorder(cfg, name, views) if cfg.record else None
+        runs[name] = {"imagined": paired.imagined(policy, f"{name}: imagined", recorder)}
         if recorder is not None:
             recorder.close()
-        log.info("%s: imagined %.2f, physics %.2f", name, *(sum(r.success) / cfg.episodes for r in runs[name].values()))
+        if earlier:
+            runs[name] |= earlier[name]
+        else:
+            runs[name]["physics"] = paired.physics(policy, f"{name}: physics", cfg.physics_episodes)
+            if cfg.physics_ceiling:
+                runs[name]["physics_reseeded"] = paired.physics(policy, f"{name}: physics, reseeded",
+                                                                cfg.physics_episodes, policy_seed=RESEEDED)
+        log.info("%s: imagined %.2f, physics %.2f", name, *(sum(r.success) / len(r.success) for r in runs[name].values()))
     names = list(named)
     comparison = PolicyComparison(
         names=names, imagined_successes=[sum(runs[n]["imagined"].success) for n in names],
         imagined_n=[cfg.episodes] * len(names), physics_successes=[sum(runs[n]["physics"].success) for n in names],
-        physics_n=[cfg.episodes] * len(names))
+        physics_n=[cfg.physics_episodes] * len(names))
     return comparison, runs
 
 
-def physics_runs(cfg: EvalPolicyConfig, name: str, policy, size: int) -> dict[str, EpisodeResults]:
-    """The policy's physics episodes from the evaluation's starts (and, for the ceiling, again with
-    its sampling noise reseeded)."""
-    from policy import camera_views
-    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+def imagined_recorder(cfg: EvalPolicyConfig, name: str, views: tuple[str, ...]):
+    """An EpisodeRecorder for ``name``'s imagined episodes under <output_dir>/imagined/<name>."""
+    from simulator.recording import EpisodeRecorder
 
-    # Scripted experts read no images: their physics runs without rendering (the starts were rendered apart).
-    seen, seen_size = camera_views(policy)
-    physics = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.num_envs, views=seen,
-                                          height=seen_size or size, width=seen_size or size))
-    runs = {"physics": run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics")}
-    if cfg.physics_ceiling:
-        runs["physics_reseeded"] = run_episodes(physics, policy, cfg.episodes, cfg.seed, f"{name}: physics, reseeded",
-                                                policy_seed=RESEEDED)
-    physics.close()
-    return runs
+    folder = cfg.output_dir / "imagined" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if folder.exists():
+        log.info("replacing the recordings of an earlier evaluation in %s", folder)
+        shutil.rmtree(folder)
+    return EpisodeRecorder(folder / "dataset", views=views, video_dir=folder / "mp4",
+                           repo_id=f"reverie/imagined_{folder.name}")
 
 
 def earlier_physics_runs(cfg: EvalPolicyConfig, named: dict[str, str]) -> dict[str, dict[str, EpisodeResults]]:
@@ -210,9 +254,9 @@ def earlier_physics_runs(cfg: EvalPolicyConfig, named: dict[str, str]) -> dict[s
         raise FileNotFoundError(f"physics_from: no such file {path} (a policy_eval.json of reverie-eval policy)")
     saved = json.loads(path.read_text())
     old = saved["config"]
-    for key in ("task", "seed", "episodes", "num_envs"):
-        if old[key] != getattr(cfg, key):
-            raise ValueError(f"physics_from {path} was run with {key}={old[key]!r}, this evaluation has "
+    for key in ("task", "seed", "episodes", "num_envs", "paired"):
+        if old.get(key) != getattr(cfg, key):
+            raise ValueError(f"physics_from {path} was run with {key}={old.get(key)!r}, this evaluation has "
                              f"{getattr(cfg, key)!r}: its physics episodes are not these")
     old_named = named_policies(tuple(old["policies"]) if old["policies"] else None)
     out = {}
@@ -237,16 +281,19 @@ def closed_loop(runs: dict) -> dict:
     succeeds in both, the imagined success step minus the physics one (mean, mean absolute, count)."""
     out = {}
     for name, r in runs.items():
-        imagined, physics = r["imagined"], r["physics"]
+        physics, n = r["physics"], len(r["physics"].success)
+        imagined = EpisodeResults(r["imagined"].success[:n], r["imagined"].steps[:n], r["imagined"].seconds)
         both = [k for k, (i, p) in enumerate(zip(imagined.success, physics.success)) if i and p]
         lag = [imagined.steps[k] - physics.steps[k] for k in both]
         out[name] = {
-            "gap": (sum(imagined.success) - sum(physics.success)) / len(physics.success),
+            "gap": (sum(imagined.success) - sum(physics.success)) / n,
             "agreement": agreement(physics.success, imagined.success),
             "ceiling": agreement(physics.success, r["physics_reseeded"].success) if "physics_reseeded" in r else None,
             "step_lag": {"n": len(lag), "mean": sum(lag) / len(lag) if lag else float("nan"),
                          "mean_abs": sum(map(abs, lag)) / len(lag) if lag else float("nan")},
         }
+        if len(r["imagined"].success) > n:  # --paired: the rest imagined only
+            out[name]["ppi"] = ppi_success(physics.success, imagined.success, r["imagined"].success[n:]).to_dict()
     return out
 
 
@@ -263,6 +310,15 @@ def closed_loop_markdown(rows: dict) -> str:
         lag = row["step_lag"]
         steps = f"{lag['mean']:+.1f} (mean abs {lag['mean_abs']:.1f}, n={lag['n']})" if lag["n"] else "n/a (n=0)"
         lines.append(f"| {name} | {row['gap']:+.2f} | {phi(row['agreement'])} | {phi(row['ceiling'])} | {steps} |")
+    ppi = {name: row["ppi"] for name, row in rows.items() if "ppi" in row}
+    if ppi:
+        lines += ["", ("Physics success estimated from the paired starts and the imagined-only ones (prediction-powered, "
+                       "eval.ppi), beside the paired physics episodes alone:"), "",
+                  "| policy | estimate [95%] | imagined weight | physics only [95% Wilson] | paired / imagined only |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {e['estimate']:.2f} [{e['interval'][0]:.2f}, {e['interval'][1]:.2f}] | {e['weight']:.2f} | "
+                  f"{e['real_only']:.2f} [{e['real_only_interval'][0]:.2f}, {e['real_only_interval'][1]:.2f}] | "
+                  f"{e['paired']} / {e['imagined_only']} |" for name, e in ppi.items()]
     return "\n".join(lines)
 
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import draccus
-import torch
 
-from eval.policy import EpisodeResults, matched_starts, run_episodes
+from eval.policy import EpisodeResults, PairedEvaluation
 from eval.success import agreement, wilson_interval
-from simulator.env import ImaginedEnv, ImaginedEnvConfig
+from simulator.env import ImaginedEnvConfig
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 100_000  # physics seed of evaluation start 0; data collection uses seeds from 0 up
@@ -36,29 +35,18 @@ def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, e
                          num_envs: int, world_model: Path | None = None, progress: Path | None = None,
                          env: ImaginedEnvConfig | None = None, device: str = "cpu", desc: str = "",
                          physics: bool = True, recorder=None) -> dict[str, EpisodeResults]:
-    """Success of ``policy`` over ``episodes`` physics episodes (seeds seed, seed + 1, ...) and, with
-    a ``world_model``, over the imagined episodes from the same starts. ``env`` holds every setting of
-    the imagined env (sampling, reward, success threshold; defaults without it); its batch and
-    horizon are the evaluation's: ``num_envs`` and physics' horizon. ``physics`` False skips the
-    physics episodes (results already at hand); ``recorder`` records the imagined episodes
-    (``simulator.recording.EpisodeRecorder``)."""
-    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
-
+    """Success of ``policy``'s deterministic actions over ``episodes`` physics episodes (seeds seed,
+    seed + 1, ...) and, with a ``world_model``, over the imagined episodes from the same starts
+    (``eval.policy.PairedEvaluation``, with ``env``'s settings). ``physics`` False skips the physics
+    episodes (results already at hand); ``recorder`` records the imagined episodes."""
     was_stochastic = getattr(policy, "stochastic", False)
     policy.stochastic = False
+    paired = PairedEvaluation(task, views, size, episodes, seed, num_envs, world_model, progress, env, device=device)
     results = {}
-    physics_env = PhysicsEnv(PhysicsEnvConfig(task=task, num_envs=num_envs, views=views, height=size, width=size))
-    max_steps = physics_env.max_steps
-    with torch.no_grad():
-        if physics:
-            results["physics"] = run_episodes(physics_env, policy, episodes, seed, f"{desc} physics")
-        physics_env.close()
-        if world_model is not None:
-            starts = matched_starts(task, views, size, episodes, seed, num_envs)
-            settings = replace(env or ImaginedEnvConfig(), num_envs=num_envs, max_steps=max_steps)
-            imagined = ImaginedEnv.from_pretrained(world_model, progress, starts, views, device=device,
-                                                   **asdict(settings))
-            results["imagined"] = run_episodes(imagined, policy, episodes, 0, f"{desc} imagined", recorder=recorder)
+    if physics:
+        results["physics"] = paired.physics(policy, f"{desc} physics")
+    if world_model is not None:
+        results["imagined"] = paired.imagined(policy, f"{desc} imagined", recorder)
     policy.stochastic = was_stochastic
     return results
 

@@ -63,7 +63,7 @@ NORMALIZATION_FILE = "normalization.json"  # dataset statistics saved beside a w
 
 @dataclass
 class ImaginedEnvConfig:
-    num_envs: int = 8
+    num_envs: int = 8  # imagined episodes run together in one batch
     max_steps: int = 120  # episode horizon in env steps (Lift's physics horizon)
     sampling_steps: int = 1  # world-model denoising steps per chunk
     still_threshold: float = STILL_THRESHOLD  # predicted pixels this close to the last frame keep its value (sampler)

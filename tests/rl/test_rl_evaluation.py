@@ -65,6 +65,29 @@ def test_saved_policies_are_evaluated_beside_scripted_ones(tiny_dataset, tiny_mo
 
 
 
+def test_paired_runs_n_starts_in_physics_and_estimates_physics_success_from_both(tiny_dataset, tiny_models, tmp_path):
+    """--paired n: the first n starts in physics, all of them in imagination, and the
+    prediction-powered estimate (eval.ppi) of physics success beside the n physics episodes alone."""
+    from eval.policy import EvalPolicyConfig, closed_loop, closed_loop_markdown, evaluate
+
+    cfg = EvalPolicyConfig(world_model=tiny_models / "world_model", progress=tiny_models / "progress",
+                           stats_root=tiny_dataset, policies=("stall",), episodes=24, paired=20, num_envs=4,
+                           physics_ceiling=False, output_dir=tmp_path)
+    comparison, runs = evaluate(cfg)
+    assert (len(runs["stall"]["physics"].success), len(runs["stall"]["imagined"].success)) == (20, 24)
+    assert comparison.physics_n == [20] and comparison.imagined_n == [24]
+    row = closed_loop(runs)["stall"]
+    assert row["agreement"]["both"] + row["agreement"]["physics_only"] + row["agreement"]["imagined_only"] \
+        + row["agreement"]["neither"] == 20
+    ppi = row["ppi"]
+    assert (ppi["paired"], ppi["imagined_only"], ppi["real_only"]) == (20, 4, 0.0)  # stall never succeeds
+    assert ppi["interval"][0] <= ppi["estimate"] <= ppi["interval"][1]
+    assert "prediction-powered" in closed_loop_markdown(closed_loop(runs))
+    with pytest.raises(ValueError, match=r"paired must be in \[20, episodes - 2 = 22\]"):
+        EvalPolicyConfig(episodes=24, paired=23)
+
+
+
 class SuccessProbe:
     """Collects the imagined env's success probability after every chunk (``run_episodes``' recorder
     hook): rounds of (chunks, envs)."""
