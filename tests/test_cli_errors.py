@@ -87,3 +87,18 @@ def test_list_flags_of_other_item_types_and_nested_configs():
     assert parse(EvalPolicyConfig, ["--policies", "expert"]).policies == ("expert",)
     cfg = parse(TrainProgressConfig, ["--dataset.root", "x", "--model.channels", "16", "32", "--steps", "2"])
     assert cfg.model.channels == (16, 32) and cfg.steps == 2
+
+
+def test_a_model_shape_the_dataset_decides_is_refused_not_replaced(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """--model.image_size (like views, action_dim, state_dim, future) comes from the data: a flag
+    that says otherwise is an error naming it, not a setting silently overwritten."""
+    from train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["world_model", "--dataset.root", str(tiny_dataset), "--dataset.val_episodes", "1",
+              "--model.image_size", "48", "--steps", "1", "--output_dir", str(tmp_path / "wm")])
+    assert exit_.value.code == 1
+    line = last_error_line(capsys.readouterr().err)
+    assert line == "error: --model.image_size 48 is decided by the dataset (32 here): drop the flag", line
+    assert not (tmp_path / "wm" / "model").exists()

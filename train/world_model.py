@@ -81,10 +81,15 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
     h, w, _ = features[keys.image_key(data.views[0])]["shape"]
     if h != w:
         raise ValueError(f"the world model expects square frames, the dataset has {h}x{w}")
-    return WorldModelConfig(**{**asdict(cfg.model), "views": len(data.views), "image_size": h,
-                               "future": cfg.model.horizon // cfg.frame_stride,
-                               "action_dim": features[keys.ACTION]["shape"][0],
-                               "state_dim": features[keys.STATE]["shape"][0]})
+    decided = {"views": len(data.views), "image_size": h, "future": cfg.model.horizon // cfg.frame_stride,
+               "action_dim": features[keys.ACTION]["shape"][0], "state_dim": features[keys.STATE]["shape"][0]}
+    defaults = CPURecipeModelConfig()
+    for name, value in decided.items():  # a flag the data overrules is an error, not silently replaced
+        given = getattr(cfg.model, name)
+        if given != getattr(defaults, name) and given != value:
+            how = "--frame_stride" if name == "future" else "the dataset"
+            raise ValueError(f"--model.{name} {given} is decided by {how} ({value} here): drop the flag")
+    return WorldModelConfig(**{**asdict(cfg.model), **decided})
 
 
 def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, world: int = 1):
