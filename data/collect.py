@@ -112,6 +112,7 @@ def dataset_features(cfg: CollectConfig) -> dict:
         keys.STAGE: scalar("int64"),
         keys.EPISODE_SUCCESS: scalar("bool"),
         keys.FAILURE_MODE: scalar("int64"),
+        keys.SEED: scalar("int64"),
     }
     return features
 
@@ -167,7 +168,7 @@ def run_episode(env, expert: ScriptedExpert | ExpertActor | PolicyActor, seed: i
     mode = actor.reset(rollout.obs, rollout.info, env, seed)
     before = rollout.info
     frames, first_success = [], None
-    act = lambda obs: torch.from_numpy(actor.act(obs).astype(np.float32))[None, None]  # noqa: E731
+    act = lambda obs: torch.from_numpy(actor.act(obs).astype(np.float32))[None, None]
     for step in rollout.run(act):
         frame = {keys.image_key(v): img for v, img in _hwc_frames(before).items()}
         frame |= {keys.STATE: step.obs[keys.STATE][0].numpy(), keys.ENV_STATE: before["object_state"][0].numpy(),
@@ -190,6 +191,7 @@ def run_episode(env, expert: ScriptedExpert | ExpertActor | PolicyActor, seed: i
         f[keys.PROGRESS] = np.array([progress], dtype=np.float32)
         f[keys.EPISODE_SUCCESS] = np.array([success])
         f[keys.FAILURE_MODE] = np.array([FAILURE_MODES.index(mode)], dtype=np.int64)
+        f[keys.SEED] = np.array([seed], dtype=np.int64)
     return frames, {"success": success, "failure_mode": mode, "length": len(frames), "seed": seed}
 
 

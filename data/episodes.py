@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from data.clips import DatasetConfig
+from data.clips import LOCAL_REPO_ID, DatasetConfig
 from data.sampling import batches_per_epoch, epoch_batches
 from simulator import keys
 
@@ -190,3 +190,30 @@ def episode_success(clips) -> torch.Tensor:
     if not torch.equal(cols["episode_index"].long(), clips.episode_of):
         raise ValueError("the dataset's rows are not the loaded episodes' rows, in order")
     return cols[keys.EPISODE_SUCCESS].bool().flatten()
+
+
+def episode_seeds(root: Path, episodes: list[int]) -> list[int]:
+    """The physics seed each of ``episodes`` (indices of the dataset at ``root``) was collected from:
+    its ``keys.SEED`` column, which lerobot's edit and merge tools keep with the episode; for
+    datasets collected before the column, the collection's first seed (meta/reverie.json) plus the
+    episode index, which holds only while no tool renumbered the episodes."""
+    import json
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(root)
+    table = LeRobotDataset(LOCAL_REPO_ID, root=root).hf_dataset
+    if keys.SEED in table.column_names:
+        cols = table.select_columns(["episode_index", keys.SEED]).with_format("torch")[:]
+        index, seed = cols["episode_index"].long(), cols[keys.SEED].long().flatten()
+        first = {int(e): int(s) for e, s in zip(index.flip(0), seed.flip(0))}  # each episode's first row wins
+        missing = [e for e in episodes if e not in first]
+        if missing:
+            raise ValueError(f"{root} has no episodes {missing}")
+        return [first[e] for e in episodes]
+    meta = root / "meta" / "reverie.json"
+    if not meta.is_file():
+        raise ValueError(f"{root} records no physics seed per episode (no {keys.SEED!r} column and no {meta}): only a "
+                         "dataset collected by reverie-collect can be replayed in physics from its episodes' starts")
+    first_seed = json.loads(meta.read_text())["collect"]["seed"]  # episode i was collected from seed first + i
+    return [first_seed + int(e) for e in episodes]

@@ -15,6 +15,9 @@ PROGRESS = "progress"  # progress label in [0, 1]: t/T on successes, stage/num_s
 STAGE = "stage"  # physics milestones reached at this frame (0..num_stages)
 EPISODE_SUCCESS = "episode.success"  # per-episode label, repeated on every frame
 FAILURE_MODE = "episode.failure_mode"  # per-episode injected failure mode (index into FAILURE_MODES)
+# The physics seed the episode was collected from, repeated on every frame: a column survives
+# lerobot's edit and merge tools, which renumber episodes and drop our meta/ files.
+SEED = "episode.seed"
 TASK = "task"
 
 STATE_DIM = 8

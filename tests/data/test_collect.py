@@ -328,3 +328,29 @@ def test_a_saved_policy_collects_its_own_actions_and_merges_before_the_collectio
     assert held_out == [5]
     last = merged[merged["episode_index"] == 5]
     np.testing.assert_array_equal(np.stack(last[keys.ACTION]), np.stack(original[original["episode_index"] == 3][keys.ACTION]))
+
+
+def test_episode_seeds_survive_lerobots_episode_deletion(tiny_dataset, tmp_path):
+    """The collection seed is a column: after lerobot's delete_episodes renumbers the episodes and
+    drops meta/reverie.json, each episode still resets physics to the start it was collected from
+    (what reverie-rl --simulator physics needs)."""
+    from lerobot.datasets.dataset_tools import delete_episodes
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from data.episodes import episode_seeds
+
+    source = LeRobotDataset("local/dataset", root=tiny_dataset)
+    edited = delete_episodes(source, [0], output_dir=tmp_path / "edited", repo_id="local/edited")
+    assert not (edited.root / "meta" / "reverie.json").exists() and edited.meta.total_episodes == TINY["episodes"] - 1
+    seeds = episode_seeds(edited.root, [0, 1, 2])
+    assert seeds == episode_seeds(tiny_dataset, [1, 2, 3]) == [1, 2, 3]  # TINY collects from seed 0
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=3, views=("front",), height=32, width=32))
+    _, info = env.reset(options={"seeds": seeds})
+    env.close()
+    table = edited.hf_dataset.with_format("torch")
+    index, frame = torch.as_tensor(table["episode_index"]), torch.as_tensor(table["frame_index"])
+    for episode in range(3):
+        first = int(torch.nonzero((index == episode) & (frame == 0))[0])
+        assert torch.allclose(info["object_state"][episode], table[first][keys.ENV_STATE], atol=1e-5)
+    with pytest.raises(ValueError, match=r"has no episodes \[7\]"):
+        episode_seeds(edited.root, [7])

@@ -189,16 +189,13 @@ def make_env(cfg: RLConfig, views: tuple[str, ...], size: int):
 
     train_episodes, _ = cfg.dataset.split()
     if cfg.simulator == "physics":
+        from data.episodes import episode_seeds
         from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 
-        meta = Path(cfg.dataset.root or "") / "meta" / "reverie.json"
-        if not meta.is_file():
-            raise ValueError(f"simulator=physics starts from the physics seeds of the dataset's episodes, and {meta} (written "
-                             "by reverie-collect) is missing: give a dataset collected by reverie-collect")
-        first = json.loads(meta.read_text())["collect"]["seed"]  # episode i was collected from seed first + i
+        seeds = episode_seeds(cfg.dataset.root, [int(e) for e in train_episodes])
         env = PhysicsEnv(PhysicsEnvConfig(task=cfg.task, num_envs=cfg.env.num_envs, views=views, height=size or 64,
                                           width=size or 64, max_steps=cfg.env.max_steps))
-        return PhysicsStarts(env, [first + int(e) for e in train_episodes]), len(train_episodes)
+        return PhysicsStarts(env, seeds), len(train_episodes)
     clips = cfg.dataset.clips(train_episodes, context=1, horizon=1, normalize=False, cache_frames=False)
     starts = StartFrames.from_dataset(clips, train_episodes, every=cfg.start_every)
     env = ImaginedEnv.from_pretrained(cfg.world_model, cfg.progress, starts, views, device=cfg.device, **asdict(cfg.env))
