@@ -225,7 +225,8 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
             if cfg.physics_ceiling:
                 runs[name]["physics_reseeded"] = paired.physics(policy, f"{name}: physics, reseeded",
                                                                 cfg.physics_episodes, policy_seed=RESEEDED)
-        log.info("%s: imagined %.2f, physics %.2f", name, *(sum(r.success) / len(r.success) for r in runs[name].values()))
+        log.info("%s: imagined %.2f, physics %.2f", name,
+                 *(sum(runs[name][k].success) / len(runs[name][k].success) for k in ("imagined", "physics")))
     names = list(named)
     comparison = PolicyComparison(
         names=names, imagined_successes=[sum(runs[n]["imagined"].success) for n in names],
