@@ -83,10 +83,10 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
         raise ValueError(f"the world model expects square frames, the dataset has {h}x{w}")
     decided = {"views": len(data.views), "image_size": h, "future": cfg.model.horizon // cfg.frame_stride,
                "action_dim": features[keys.ACTION]["shape"][0], "state_dim": features[keys.STATE]["shape"][0]}
-    defaults = CPURecipeModelConfig()
+    unset = asdict(CPURecipeModelConfig()) | {"future": cfg.model.horizon}  # future defaults to the horizon
     for name, value in decided.items():  # a flag the data overrules is an error, not silently replaced
         given = getattr(cfg.model, name)
-        if given != getattr(defaults, name) and given != value:
+        if given not in (unset[name], value):
             how = "--frame_stride" if name == "future" else "the dataset"
             raise ValueError(f"--model.{name} {given} is decided by {how} ({value} here): drop the flag")
     return WorldModelConfig(**{**asdict(cfg.model), **decided})
