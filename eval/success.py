@@ -53,7 +53,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denominator = 1 + z**2 / n
     center = (p + z**2 / (2 * n)) / denominator
     half = z / denominator * (p * (1 - p) / n + z**2 / (4 * n**2)) ** 0.5
-    return max(0.0, center - half), min(1.0, center + half)
+    # at 0/n and n/n the bound is exactly 0 or 1; rounding would leave it a hair inside and miss a rate of 0 or 1
+    return (0.0 if successes == 0 else max(0.0, center - half)), (1.0 if successes == n else min(1.0, center + half))
 
 
 def _pair(x: Tensor | Sequence[float], y: Tensor | Sequence[float]) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,8 @@ def test_wilson_interval_matches_the_formula_and_textbook_values():
     assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # textbook: not empty at 0/n
     assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    for n in (20, 40, 100):  # a rate of exactly 0 or 1 lies inside, not a rounding error outside
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
     assert wilson_interval(8, 10, confidence=0.99)[0] < low  # wider at a higher confidence
     with pytest.raises(ValueError, match="at least one episode"):
         wilson_interval(0, 0)
