@@ -73,8 +73,8 @@ def gap_cell(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True)
-    parser.add_argument("--world-model", type=Path, default=None, help="needed unless --env physics --no-imagined-eval")
-    parser.add_argument("--progress", type=Path, default=None, help="needed unless --env physics --no-imagined-eval")
+    parser.add_argument("--world-model", type=Path, default=None, help="needed unless --simulator physics --no-imagined-eval")
+    parser.add_argument("--progress", type=Path, default=None, help="needed unless --simulator physics --no-imagined-eval")
     parser.add_argument("--root", type=Path, required=True, help="the dataset whose training episodes give the starts")
     parser.add_argument("--val-episodes", type=int, default=20)
     parser.add_argument("--algorithm", choices=ALGORITHMS, default=DEFAULT_ALGORITHM)
