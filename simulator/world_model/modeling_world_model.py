@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 class Prediction:
     frames: Tensor  # (B, V, F, 3, h, w) in [-1, 1] (the model's sample space: latents for a latent backbone)
     state: Tensor  # (B, F, S) normalised
-    uncertainty: Tensor | None = None  # (B,) spread of several samples (WorldModelSampler.sample(num_samples=...))
 
 
 def _sinusoid(x: Tensor, dim: int) -> Tensor:

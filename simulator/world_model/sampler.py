@@ -49,19 +49,16 @@ class WorldModelSampler:
 
     @torch.no_grad()
     def sample(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
-               num_samples: int = 1, memory: Tensor | None = None) -> Prediction:
+               memory: Tensor | None = None) -> Prediction:
         """One chunk: frames (B, V, F, 3, h, w) in [-1, 1] and states (B, F, S).
 
         context (B, V, C, 3, h, w) in [-1, 1]; actions (B, H, A) and state (B, C, S) normalised;
         memory (B, V, 3, h, w) in [-1, 1]: the episode's first real frames, for a model with memory.
-        With ``num_samples`` K > 1 the chunk is sampled K times: the first sample is returned, and
-        ``uncertainty`` (B,) is the per-pixel standard deviation across the K, averaged over pixels.
         """
-        context, actions, state = self._checked(context, actions, state, num_samples)
+        context, actions, state = self._checked(context, actions, state)
         memory = self._memory(memory, context)
-        pred = self._sample_latent(self.model.encode(context), actions, state, generator, num_samples, memory)
-        return Prediction(frames=self.decoded(pred.frames, context[:, :, -1:]), state=pred.state,
-                          uncertainty=pred.uncertainty)
+        pred = self._sample_latent(self.model.encode(context), actions, state, generator, memory)
+        return Prediction(frames=self.decoded(pred.frames, context[:, :, -1:]), state=pred.state)
 
     def decoded(self, samples: Tensor, last: Tensor | None) -> Tensor:
         """Predicted frames as a user sees them: ``samples`` (B, V, F, ...) decoded to [-1, 1] and
@@ -76,10 +73,10 @@ class WorldModelSampler:
 
     @torch.no_grad()
     def sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
-                      num_samples: int = 1, memory: Tensor | None = None) -> Prediction:
+                      memory: Tensor | None = None) -> Prediction:
         """``sample`` in the model's sample space: context, memory and the returned frames are encoded."""
-        context, actions, state = self._checked(context, actions, state, num_samples, latent=True)
-        return self._sample_latent(context, actions, state, generator, num_samples, memory)
+        context, actions, state = self._checked(context, actions, state, latent=True)
+        return self._sample_latent(context, actions, state, generator, memory)
 
     def _memory(self, memory: Tensor | None, context: Tensor) -> Tensor | None:
         """Memory frames in [-1, 1] (B, V, 3, h, w) -> the sample space (the model checks the shape)."""
@@ -91,24 +88,18 @@ class WorldModelSampler:
         return self.model.encode(memory.to(context)[:, :, None])[:, :, 0]
 
     def _sample_latent(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None,
-                       num_samples: int, memory: Tensor | None = None) -> Prediction:
-        model = self.model
-        K, B = num_samples, context.shape[0]
-        if K > 1:  # the K samples of an input are adjacent rows: (B*K, ...)
-            context, actions, state = (x.repeat_interleave(K, dim=0) for x in (context, actions, state))
-            memory = None if memory is None else memory.repeat_interleave(K, dim=0)
+                       memory: Tensor | None = None) -> Prediction:
+        model, B = self.model, context.shape[0]
         spec = model.spec
-        shape = (B * K, spec.views, spec.future, *model.sample_shape)
+        shape = (B, spec.views, spec.future, *model.sample_shape)
         x = torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
         self.scheduler.set_timesteps(self.num_steps, device=context.device)
         for t in self.scheduler.timesteps:
             sigma = (t / 1000.0).to(context.dtype)
-            pred = self._denoise(x, sigma.expand(B * K), context, actions, state, memory)
+            pred = self._denoise(x, sigma.expand(B), context, actions, state, memory)
             velocity = (x - pred.frames) / sigma  # d x_t / d t for x_t = (1 - t) x0 + t eps
             x = self.scheduler.step(velocity, t, x).prev_sample
-        x, states = x.unflatten(0, (B, K)), pred.state.unflatten(0, (B, K))
-        uncertainty = x.std(1).flatten(1).mean(1) if K > 1 else None
-        return Prediction(frames=x[:, 0], state=states[:, 0], uncertainty=uncertainty)
+        return Prediction(frames=x, state=pred.state)
 
     def _denoise(self, x: Tensor, t: Tensor, context: Tensor, actions: Tensor, state: Tensor,
                  memory: Tensor | None) -> Prediction:
@@ -125,35 +116,30 @@ class WorldModelSampler:
 
     @torch.no_grad()
     def rollout(self, context: Tensor, actions: Tensor, state: Tensor, generator: torch.Generator | None = None,
-                num_samples: int = 1, memory: Tensor | None = None) -> Prediction:
+                memory: Tensor | None = None) -> Prediction:
         """N chunks autoregressively, the context sliding over its own predictions (and every chunk
         seeing the same ``memory`` frames, for a model with memory).
 
-        actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w), states (B, N*F, S) and, with
-        ``num_samples`` > 1, the uncertainty of every chunk (B, N).
+        actions (B, N, H, A); returns frames (B, V, N*F, 3, h, w) and states (B, N*F, S).
         """
-        context, actions, state = self._checked(context, actions, state, num_samples, chunks=True)
+        context, actions, state = self._checked(context, actions, state, chunks=True)
         latent, last = self.model.encode(context), context[:, :, -1:]
         memory = self._memory(memory, context)
-        frames, states, spread = [], [], []
+        frames, states = [], []
         for n in range(actions.shape[1]):
-            pred = self._sample_latent(latent, actions[:, n], state, generator, num_samples, memory)
+            pred = self._sample_latent(latent, actions[:, n], state, generator, memory)
             chunk = self.decoded(pred.frames, last)
             frames.append(chunk)
             states.append(pred.state)
-            spread.append(pred.uncertainty)
             latent, state = self.slide(latent, state, chunk, pred.state)
             last = chunk[:, :, -1:]
-        return Prediction(frames=torch.cat(frames, dim=2), state=torch.cat(states, dim=1),
-                          uncertainty=torch.stack(spread, dim=1) if num_samples > 1 else None)
+        return Prediction(frames=torch.cat(frames, dim=2), state=torch.cat(states, dim=1))
 
-    def _checked(self, context: Tensor, actions: Tensor, state: Tensor, num_samples: int, latent: bool = False,
+    def _checked(self, context: Tensor, actions: Tensor, state: Tensor, latent: bool = False,
                  chunks: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """The inputs of a public entry point, checked and cast to the model's dtype (module doc).
         ``latent``: the context is in the sample space (no range); ``chunks``: actions (B, N, H, A)."""
         model, spec = self.model, self.model.spec
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples=}")
         frame = model.sample_shape if latent else (3, spec.image_size, spec.image_size)
         frame_dims = model._sample_dims if latent else "3, h, w"
         B = context.shape[0] if torch.is_tensor(context) else "B"
