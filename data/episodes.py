@@ -93,7 +93,7 @@ def regenerate_episodes(episodes: list[tuple], world_model: Path, stats_root: Pa
     guidance), so that a re-generation looks as an imagined episode does. Returns
     ``simulator.world_model.sampler.regenerate_episodes``' list."""
     from simulator.env import ImaginedEnvConfig, load_normalizer
-    from simulator.world_model import WorldModel, WorldModelSampler
+    from simulator.world_model import WorldModel
     from simulator.world_model.sampler import regenerate_episodes as regenerate_open_loop
 
     model = WorldModel.from_pretrained(world_model).to(device).eval()
@@ -101,10 +101,7 @@ def regenerate_episodes(episodes: list[tuple], world_model: Path, stats_root: Pa
     if (model.spec.views, model.spec.image_size) != (V, h):
         raise ValueError(f"the world model {world_model} imagines {model.spec.views} views of "
                          f"{model.spec.image_size}px, the episodes have {V} of {h}px")
-    env = ImaginedEnvConfig()
-    sampler = WorldModelSampler(model, num_steps=env.sampling_steps, still_threshold=env.still_threshold,
-                                action_guidance=env.action_guidance)
-    return regenerate_open_loop(sampler, episodes, load_normalizer(world_model, stats_root), batch_size=batch_size,
+    return regenerate_open_loop(ImaginedEnvConfig().sampler(model), episodes, load_normalizer(world_model, stats_root), batch_size=batch_size,
                                 with_states=with_states)
 
 

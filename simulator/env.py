@@ -79,6 +79,11 @@ class ImaginedEnvConfig:
         if not 0.0 < self.success_threshold < 1.0:
             raise ValueError(f"success_threshold must be in (0, 1), got {self.success_threshold=}")
 
+    def sampler(self, model: WorldModel) -> WorldModelSampler:
+        """The sampler these settings describe: the imagined env's, and every re-generation's."""
+        return WorldModelSampler(model, num_steps=self.sampling_steps, still_threshold=self.still_threshold,
+                                 action_guidance=self.action_guidance)
+
 
 class ImaginedEnv:
     """``num_envs`` imagined episodes in one batch, behind the physics env's interface."""
@@ -91,8 +96,7 @@ class ImaginedEnv:
         self.views, self.starts, self.normalizer = tuple(views), starts, normalizer
         self.num_envs, self.action_dim, self.max_steps = cfg.num_envs, spec.action_dim, cfg.max_steps
         self.frame_stride = spec.horizon // spec.future  # env steps between imagined frames
-        self.sampler = WorldModelSampler(world_model, num_steps=cfg.sampling_steps, still_threshold=cfg.still_threshold,
-                                         action_guidance=cfg.action_guidance)
+        self.sampler = cfg.sampler(world_model)
         self._check_models(spec, progress)
         p = progress.spec
         self._progress_hop = p.history_stride // self.frame_stride  # buffer entries between progress frames
