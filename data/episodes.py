@@ -78,10 +78,11 @@ def load_episodes(dataset: DatasetConfig, episodes: list[int],
     return out, clips.views
 
 
-def held_out_episodes(dataset: DatasetConfig, views: tuple[str, ...]) -> list[Episode]:
-    """The held-out episodes of the split, with the given views in that order (for evaluation)."""
+def held_out_episodes(dataset: DatasetConfig, views: tuple[str, ...], n: int | None = None) -> list[Episode]:
+    """The held-out episodes of the split (the first ``n`` of them; None: all), with the given views
+    in that order (for evaluation)."""
     _, held_out = dataset.split()
-    episodes, _ = load_episodes(replace(dataset, views=tuple(views)), held_out, desc="decode held-out episodes")
+    episodes, _ = load_episodes(replace(dataset, views=tuple(views)), list(held_out)[:n], desc="decode held-out episodes")
     return episodes
 
 

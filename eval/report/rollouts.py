@@ -34,11 +34,10 @@ def demo_dataset(root: Path) -> DatasetConfig:
 def held_out_episodes(root: Path, n: int, views: tuple[str, ...] | None = None
                       ) -> tuple[list[Episode], tuple[str, ...], int]:
     """The first ``n`` held-out episodes of the demo's dataset at ``root`` (frames, actions, states,
-    labels), the views in order (None: every view of the dataset), and the dataset's frame rate.
-    Every held-out episode is decoded, then the first ``n`` kept: data.episodes reads whole splits."""
+    labels), the views in order (None: every view of the dataset), and the dataset's frame rate."""
     meta = _metadata(root)
     views = tuple(views) if views is not None else tuple(keys.view_of(k) for k in meta.video_keys)
-    return load_held_out(demo_dataset(root), views)[:n], views, int(meta.fps)
+    return load_held_out(demo_dataset(root), views, n), views, int(meta.fps)
 
 
 def regenerate(world_model: Path, root: Path, episodes: list[Episode]) -> list[Tensor]:
