@@ -204,11 +204,11 @@ def episode_seeds(root: Path, episodes: list[int]) -> list[int]:
     if keys.SEED in table.column_names:
         cols = table.select_columns(["episode_index", keys.SEED]).with_format("torch")[:]
         index, seed = cols["episode_index"].long(), cols[keys.SEED].long().flatten()
-        first = {int(e): int(s) for e, s in zip(index.flip(0), seed.flip(0))}  # each episode's first row wins
-        missing = [e for e in episodes if e not in first]
+        of = dict(zip(index.tolist(), seed.tolist()))  # every row of an episode holds its seed
+        missing = [e for e in episodes if e not in of]
         if missing:
             raise ValueError(f"{root} has no episodes {missing}")
-        return [first[e] for e in episodes]
+        return [of[e] for e in episodes]
     meta = root / "meta" / "reverie.json"
     if not meta.is_file():
         raise ValueError(f"{root} records no physics seed per episode (no {keys.SEED!r} column and no {meta}): only a "

@@ -170,6 +170,7 @@ class PairedEvaluation:
         from simulator.physics.tasks import get_task
 
         self.task, self.size, self.episodes, self.seed, self.num_envs = task, size, episodes, seed, num_envs
+        self._physics: dict[tuple, object] = {}  # PhysicsEnv per (views, size): made once, reused across runs
         self.imagined_env = None
         if world_model is not None:
             starts = matched_starts(task, views, size, episodes, seed, num_envs)
@@ -193,12 +194,17 @@ class PairedEvaluation:
 
         # Scripted experts read no images: their physics runs without rendering (the starts were rendered apart).
         seen, seen_size = camera_views(policy)
-        env = PhysicsEnv(PhysicsEnvConfig(task=self.task, num_envs=self.num_envs, views=seen,
-                                          height=seen_size or self.size, width=seen_size or self.size))
-        try:
-            return run_episodes(env, policy, episodes or self.episodes, self.seed, desc, policy_seed=policy_seed)
-        finally:
+        size = seen_size or self.size
+        if (tuple(seen), size) not in self._physics:
+            self._physics[tuple(seen), size] = PhysicsEnv(PhysicsEnvConfig(
+                task=self.task, num_envs=self.num_envs, views=seen, height=size, width=size))
+        env = self._physics[tuple(seen), size]
+        return run_episodes(env, policy, episodes or self.episodes, self.seed, desc, policy_seed=policy_seed)
+
+    def close(self) -> None:
+        for env in self._physics.values():
             env.close()
+        self._physics.clear()
 
 
 def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
@@ -227,6 +233,7 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
                                                                 cfg.physics_episodes, policy_seed=RESEEDED)
         log.info("%s: imagined %.2f, physics %.2f", name,
                  *(sum(runs[name][k].success) / len(runs[name][k].success) for k in ("imagined", "physics")))
+    paired.close()
     names = list(named)
     comparison = PolicyComparison(
         names=names, imagined_successes=[sum(runs[n]["imagined"].success) for n in names],

@@ -47,6 +47,7 @@ def physics_and_imagined(policy, views: tuple[str, ...], size: int, task: str, e
         results["physics"] = paired.physics(policy, f"{desc} physics")
     if world_model is not None:
         results["imagined"] = paired.imagined(policy, f"{desc} imagined", recorder)
+    paired.close()
     policy.stochastic = was_stochastic
     return results
 
