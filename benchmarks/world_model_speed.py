@@ -35,15 +35,17 @@ def physics_fps(steps: int) -> float:
     return fps
 
 
-def imagined_fps(model: WorldModel, batch: int, steps: int, repeats: int) -> float:
+def imagined_fps(model: WorldModel, batch: int, steps: int, repeats: int, guidance: float = 1.0) -> float:
     s = model.spec
-    sampler = WorldModelSampler(model.eval(), num_steps=steps, still_threshold=STILL_THRESHOLD)  # as the imagined env samples
+    sampler = WorldModelSampler(model.eval(), num_steps=steps, still_threshold=STILL_THRESHOLD,
+                                action_guidance=guidance)  # as the imagined env samples
     context = torch.rand(batch, s.views, s.context, 3, s.image_size, s.image_size) * 2 - 1
     actions, state = torch.randn(batch, s.horizon, s.action_dim), torch.randn(batch, s.context, s.state_dim)
-    sampler.sample(context, actions, state)  # warm-up
+    memory = context[:, :, 0] if s.memory else None
+    sampler.sample(context, actions, state, memory=memory)  # warm-up
     t0 = time.perf_counter()
     for _ in range(repeats):
-        sampler.sample(context, actions, state)
+        sampler.sample(context, actions, state, memory=memory)
     return repeats * batch * s.future / (time.perf_counter() - t0)
 
 
@@ -52,6 +54,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--sampling-steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--action-guidance", type=float, nargs="+", default=[1.0],
+                        help="classifier-free guidance on the actions (1: none; otherwise two model calls a step)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--physics-steps", type=int, default=400)
     parser.add_argument("--no-write", action="store_true")
@@ -64,14 +68,18 @@ def main() -> None:
     print(rows[-1], flush=True)
     for b in args.batch:
         for k in args.sampling_steps:
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                fps = imagined_fps(model, b, k, args.repeats)
-            rows.append(f"| world model on {device}, batch {b}, {k} sampling steps | {fps:.0f} | {fps / phys:.1f}x |")
-            print(rows[-1], flush=True)
+            for w in args.action_guidance:
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                    fps = imagined_fps(model, b, k, args.repeats, w)
+                guided = f", action guidance {w:g}" if w != 1 else ""
+                rows.append(f"| world model on {device}, batch {b}, {k} sampling steps{guided} | {fps:.0f} "
+                            f"| {fps / phys:.1f}x |")
+                print(rows[-1], flush=True)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     s = model.spec
+    memory = ", memory of the start frame" if s.memory else ""
     body = (f"World model: {params:.1f}M parameters, {s.views} views at {s.image_size}x{s.image_size}, {s.future} frames "
-            f"per chunk. Target on the CPU: at least 2x physics.\n\n" + "\n".join(rows))
+            f"per chunk{memory}. Target on the CPU: at least 2x physics.\n\n" + "\n".join(rows))
     if not args.no_write:
         write_section("Imagined vs physics frames per second", command(), body)
 
