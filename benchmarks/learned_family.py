@@ -65,6 +65,8 @@ def main() -> None:
                         help="policy_eval.json of an earlier run of this family: its physics episodes are reused")
     parser.add_argument("--action-guidance", type=float, default=1.0,
                         help="the imagined env's classifier-free guidance on the actions (1: none)")
+    parser.add_argument("--sampling-steps", type=int, default=1,
+                        help="the imagined env's sampling steps per chunk")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/learned_family"),
                         help="policies under <output-dir>/policies, the evaluation under <output-dir>/<eval-name>")
     parser.add_argument("--eval-name", default="eval", help="to evaluate the same policies in another world model")
@@ -80,7 +82,8 @@ def main() -> None:
     cfg = EvalPolicyConfig(world_model=args.world_model, progress=args.progress,
                            policies=tuple(f"{n}={f}" for n, f in folders.items()), episodes=args.episodes,
                            physics_from=args.physics_from, physics_ceiling=False, output_dir=args.output_dir / args.eval_name,
-                           env=ImaginedEnvConfig(action_guidance=args.action_guidance))
+                           env=ImaginedEnvConfig(action_guidance=args.action_guidance,
+                                                 sampling_steps=args.sampling_steps))
     comparison, runs = evaluate(cfg)
     save_report(comparison, runs, cfg)
     table = comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs))
@@ -95,7 +98,7 @@ def main() -> None:
         f"{len(folders)} visuomotor Lift policies cloned from `{args.dataset}` ({', '.join(folders)}; "
         f"benchmarks/learned_family.py LEARNED), {args.steps} training steps each unless named short, "
         f"{cfg.episodes} paired episodes each from physics seeds {cfg.seed} on. Imagined: world model "
-        f"`{args.world_model}`, progress model `{args.progress}`, action guidance {args.action_guidance:g}. Wall time: training {trained:.0f} s, imagined "
+        f"`{args.world_model}`, progress model `{args.progress}`, {args.sampling_steps} sampling step(s), action guidance {args.action_guidance:g}. Wall time: training {trained:.0f} s, imagined "
         f"{seconds['imagined']:.0f} s, physics {seconds['physics']:.0f} s"
         + (f" (physics reused from `{args.physics_from}`)" if args.physics_from else "") + ".",
         table, "![learned family](figures/policy_eval_learned.png)"]))
