@@ -32,7 +32,7 @@ system-libs:
 	fi
 
 # Python 3.12 from the PATH, else from pyenv (PYENV_ROOT or ~/.pyenv), else a clear message.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml simulator/lerobot_plugin/pyproject.toml
 	@py=""; for c in python3.12 "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	  if "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then py="$$c"; break; fi; \
 	done; \
@@ -40,7 +40,8 @@ $(STAMP): pyproject.toml
 	echo "using $$py"; \
 	[ -x $(BIN)/python ] || "$$py" -m venv $(VENV); \
 	$(BIN)/python -m pip install -q --upgrade pip && \
-	$(BIN)/python -m pip install -q -e ".[dev,notebooks]" && touch $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,notebooks]" && \
+	$(BIN)/python -m pip install -q --no-deps -e simulator/lerobot_plugin && touch $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
