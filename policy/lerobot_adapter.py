@@ -8,6 +8,17 @@ both beside the weights. Our observation keys are lerobot's (``simulator.keys``)
 dict from either simulator goes through the preprocessor unchanged; ``select_action_chunk``
 returns the policy's ``predict_action_chunk``, unnormalised to env units, H = n_action_steps.
 
+Observation history: both envs' obs carry the observation one env step before under
+``keys.previous_key(key)`` (the current one repeated after a reset, as lerobot's queues start), so
+a Diffusion Policy trained with lerobot-train's default ``n_obs_steps`` 2 (frames one env step
+apart) is fed its true last two observations, oldest first, from the obs alone: acting, sampling
+and re-scoring a stored obs all see the same history. Other policy types need ``n_obs_steps`` 1.
+
+Ground-truth object state: lerobot-train makes ``observation.environment_state`` an input when the
+dataset records it (ours do). The physics obs carries it; the imagined env never does, and such a
+policy is refused there at ``reset`` or its first chunk, before any sampling, with the fix
+(``env_state_refusal``).
+
 The adapter is a torch module around the lerobot policy, so that RL trains it as it trains our
 own policies (``train()``/``eval()``, ``parameters()``, ``state_dict()``, ``to()``, a deep copy as
 the KL anchor, ``save_pretrained``). ``loss(obs, actions, action_mask, generator)`` is the
@@ -83,6 +94,21 @@ class LogProbUnavailableError(TypeError, AttributeError):
     too, so ``hasattr(policy, "sample")`` is False, as ``isinstance(policy, RLPolicy)`` is."""
 
 
+def env_state_refusal(config) -> str:
+    """Why a lerobot policy that reads the ground-truth object state cannot act in imagination, and
+    the two ways to train one that can (lerobot 0.6's command lines)."""
+    kept = {k: {"type": f.type.value, "shape": list(f.shape)} for k, f in config.input_features.items()
+            if k != keys.ENV_STATE}
+    return (f"the {config.type} policy reads {keys.ENV_STATE!r} (ground-truth object poses: lerobot-train "
+            "makes it an input when the dataset records it), which the imagined env never gives: no "
+            "ground-truth object state enters an imagined episode. It can run in the physics env only. To "
+            "act in imagination, train it without that input, either with lerobot-train's flag that sets "
+            f"the inputs: --policy.input_features='{json.dumps(kept)}', or from a copy of the dataset "
+            "without the feature: lerobot-edit-dataset --repo_id REPO_ID --root DATASET_DIR "
+            "--new_repo_id NEW_REPO_ID --new_root NEW_DATASET_DIR --operation.type remove_feature "
+            f"--operation.feature_names \"['{keys.ENV_STATE}']\"")
+
+
 def policy_features(views: tuple[str, ...] = ("front", "wrist"), image_size: int = 64, state_dim: int = 8,
                     action_dim: int = 7) -> tuple[dict, dict]:
     """Lerobot (input_features, output_features) for our observation and action keys."""
@@ -97,16 +123,19 @@ def cpu_diffusion_config(views: tuple[str, ...] = ("front", "wrist"), image_size
                          action_dim: int = 7, chunk_size: int = 8, **overrides):
     """A lerobot ``DiffusionConfig`` small enough to train on a CPU, its features named by
     ``simulator.keys``: ResNet18 from scratch with GroupNorm, a (64, 128, 256) U-Net, one
-    observation step, a horizon of ``chunk_size`` rounded up to the U-Net's factor of 8, random
-    crops of 7/8 of the image in training (centre crops in eval), 10 DDIM inference steps.
-    ``overrides`` set any other ``DiffusionConfig`` field."""
+    observation step unless ``n_obs_steps=2`` (lerobot-train's default) is given, a horizon that
+    holds the observed steps and the chunk (``n_obs_steps - 1 + chunk_size``) rounded up to the
+    U-Net's factor of 8, random crops of 7/8 of the image in training (centre crops in eval), 10 DDIM inference
+    steps. ``overrides`` set any other ``DiffusionConfig`` field."""
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 
     inputs, outputs = policy_features(views, image_size, state_dim, action_dim)
     crop = image_size * 7 // 8
+    n_obs_steps = overrides.get("n_obs_steps", 1)
     fields = {
         "input_features": inputs, "output_features": outputs,
-        "n_obs_steps": 1, "horizon": 8 * math.ceil(chunk_size / 8), "n_action_steps": chunk_size,
+        "n_obs_steps": n_obs_steps, "horizon": 8 * math.ceil((n_obs_steps - 1 + chunk_size) / 8),
+        "n_action_steps": chunk_size,
         "pretrained_backbone_weights": None, "use_group_norm": True, "crop_shape": (crop, crop),
         "spatial_softmax_num_keypoints": 16, "down_dims": (64, 128, 256), "diffusion_step_embed_dim": 64,
         "noise_scheduler_type": "DDIM", "num_inference_steps": 10,
@@ -138,6 +167,7 @@ class LerobotPolicy(nn.Module):
     """
 
     supports_log_prob = False
+    max_obs_steps = 1  # observation steps this adapter feeds the policy (the diffusion adapter: 2)
 
     def __init__(self, policy, preprocessor=None, postprocessor=None, num_envs: int = 1,
                  dataset_stats: dict | None = None):
@@ -148,6 +178,11 @@ class LerobotPolicy(nn.Module):
             preprocessor, postprocessor = make_pre_post_processors(policy.config, dataset_stats=dataset_stats)
         self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
         self.config = policy.config
+        if not 1 <= self.config.n_obs_steps <= self.max_obs_steps:
+            raise ValueError(f"{type(self).__name__} feeds lerobot's {self.config.type!r} policy at most "
+                             f"{self.max_obs_steps} observation step(s) (the envs give the observation and "
+                             "the one an env step before; history is fed to Diffusion Policy only), got "
+                             f"{self.config.n_obs_steps=}")
         self._num_envs = self._checked_num_envs(num_envs)
         self.chunk_size = self.config.n_action_steps
 
@@ -236,6 +271,11 @@ class LerobotPolicy(nn.Module):
         in ``action_is_pad``. The policy's own randomness (noise, timesteps, crops) comes from
         ``generator`` when one is given (the global RNG is left as it was), else from the global RNG."""
         n, H, A = actions.shape
+        if self.config.n_obs_steps > 1:
+            raise ValueError(f"loss (filtered imitation) trains policies with n_obs_steps 1 only, got "
+                             f"{self.config.n_obs_steps=}: with more, lerobot's action window starts "
+                             "before the observed step, and the imitated chunks carry no earlier action or "
+                             "observation")
         window = list(self.config.action_delta_indices or [])
         if (H, A) != (self.chunk_size, self.config.action_feature.shape[0]) or window[:1] != [0] or len(window) < H:
             raise ValueError(f"actions must be (n, {self.chunk_size}, {self.config.action_feature.shape[0]}) chunks "
@@ -246,7 +286,8 @@ class LerobotPolicy(nn.Module):
         last_valid = torch.where(~pad, torch.arange(len(window), device=actions.device), 0).cummax(1).values
         chunk = torch.cat([actions, actions[:, -1:].expand(n, len(window) - H, A)], 1)
         chunk = chunk.gather(1, last_valid[..., None].expand(-1, -1, A))  # (n, window, A)
-        batch = self._preprocess(obs | {keys.ACTION: chunk, ACTION_IS_PAD: pad}, check_batch=False, training=True)
+        batch = self._preprocess(obs | {keys.ACTION: chunk, ACTION_IS_PAD: pad}, check_batch=False,
+                                 time_axis=self.config.observation_delta_indices is not None)
         if generator is None:
             return self.policy.forward(batch)[0]
         seed = int(torch.randint(2**62, (1,), generator=generator))
@@ -256,7 +297,10 @@ class LerobotPolicy(nn.Module):
             return self.policy.forward(batch)[0]
 
     def reset(self, obs: dict, info: dict, mask: Tensor | None = None, seeds: list[int] | None = None) -> None:
-        """Clears lerobot's internal queues (the adapter calls the chunk API, which does not use them)."""
+        """Checks that the env gives what the policy reads beside ``obs``'s keys (an env that cannot
+        feed it is refused before the first chunk) and clears lerobot's internal queues (the adapter
+        calls the chunk API, which does not use them)."""
+        self._check_inputs(obs, given_only=True)
         self.policy.reset()
 
     @torch.no_grad()
@@ -267,21 +311,38 @@ class LerobotPolicy(nn.Module):
             actions = self.policy.predict_action_chunk(batch)  # (B, >= H, A) policy units
         return self.postprocessor(actions[:, :self.chunk_size]).float()
 
-    def _preprocess(self, obs: dict, check_batch: bool = True, training: bool = False) -> dict:
+    def _preprocess(self, obs: dict, check_batch: bool = True, time_axis: bool = False) -> dict:
         """The policy's preprocessor applied to a copy of ``obs``, after checking the keys it reads.
-        ``training``: the observations get the time axis of lerobot's training batches (one step)."""
-        for key in self.config.input_features:
-            if key not in obs:
-                raise KeyError(f"the observation lacks {key!r}, which the {self.config.type} policy reads; "
-                               f"it has {sorted(obs)}")
+        ``time_axis``: each input gets lerobot's observation time axis (n, n_obs_steps, ...), oldest
+        step first; the history keys and any ground truth the policy does not read are left out."""
+        self._check_inputs(obs)
         rows = len(obs[keys.STATE]) if keys.STATE in obs else len(next(iter(obs.values())))
         if check_batch and rows != self.num_envs:
             raise ValueError(f"the observation has {rows} rows, the policy drives {self.num_envs} envs")
-        obs = dict(obs)
-        if training and self.config.observation_delta_indices is not None:
+        unread = [keys.ENV_STATE] if keys.ENV_STATE not in self.config.input_features else []
+        batch = {k: v for k, v in obs.items() if not k.startswith(keys.PREVIOUS_PREFIX) and k not in unread}
+        if time_axis:
             for key in self.config.input_features:
-                obs[key] = obs[key].unsqueeze(1)
-        return self.preprocessor(obs)
+                earlier = [obs[keys.previous_key(key)]] if self.config.n_obs_steps == 2 else []
+                batch[key] = torch.stack(earlier + [obs[key]], 1)
+        return self.preprocessor(batch)
+
+    def _check_inputs(self, obs: dict, given_only: bool = False) -> None:
+        """Refuses an observation that lacks a key the policy reads, naming it and where it comes from.
+        ``given_only`` (``reset``, which callers may give a partial observation): only the keys an env
+        gives beside those in ``obs``, the object state and the step before of each."""
+        features = self.config.input_features
+        if keys.ENV_STATE in features and keys.ENV_STATE not in obs:
+            raise ValueError(env_state_refusal(self.config))
+        needed = [k for k in features if k in obs or not given_only]
+        history = [keys.previous_key(k) for k in needed] if self.config.n_obs_steps > 1 else []
+        missing = [k for k in (history if given_only else [*features, *history]) if k not in obs]
+        if missing:
+            why = "" if not set(missing) & set(history) else (
+                f" ({keys.PREVIOUS_PREFIX}KEY is the observation one env step before, which both envs give; "
+                "the imagined env only with a world model that imagines every env step, frame stride 1)")
+            raise KeyError(f"the observation lacks {missing}, which the {self.config.type} policy with "
+                           f"n_obs_steps={self.config.n_obs_steps} reads{why}; it has {sorted(obs)}")
 
     def _unsupported(self, name: str) -> LogProbUnavailableError:
         return LogProbUnavailableError(no_log_prob_message(

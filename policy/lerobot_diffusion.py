@@ -10,10 +10,15 @@ the steps are consecutive) whose std is floored at ``min_std`` (``ddim_step_gaus
 the model in eval mode, so the conditioning is the same both times (centre crop, never the random
 one; GroupNorm/BatchNorm running stats), while gradients still flow.
 
+Observation history: with ``n_obs_steps`` 2 (lerobot-train's default) the conditioning is the
+obs's step before (``keys.previous_key``) and current step, as lerobot stacks its queues; the
+chunk executed starts at the current step, index ``n_obs_steps - 1`` of the denoised horizon, as
+lerobot's. ``sample`` and ``log_prob`` read the history from the obs they are given, so an RL
+update re-scores a sample under the history it was acted on, when the rollout stores that obs.
+
 What it does not do:
 
-* Observation history: the envs give one observation per chunk, so a diffusion policy must
-  have ``n_obs_steps == 1``.
+* More than two observation steps: the envs give the current step and the one before.
 * Freezing the early denoising steps (``FlowPolicy.start_fine_tuning``): DPPO fine-tunes one
   U-Net whose early, deterministic steps move with the last K.
 
@@ -69,13 +74,11 @@ class LerobotDiffusionPolicy(LerobotPolicy):
     (default: ``seed``, ``seed + 1``, ... in reset order), unless a generator is given."""
 
     supports_log_prob = True
+    max_obs_steps = 2
 
     def __init__(self, policy, preprocessor=None, postprocessor=None, num_envs: int = 1,
                  dataset_stats: dict | None = None, rl_steps: int = 2, min_std: float = 0.1, seed: int = 0):
         super().__init__(policy, preprocessor, postprocessor, num_envs, dataset_stats)
-        if self.config.n_obs_steps != 1:
-            raise ValueError("the envs give one observation per chunk, so the diffusion policy needs "
-                             f"n_obs_steps 1, got {self.config.n_obs_steps=}")
         if not 1 <= rl_steps <= self.model.num_inference_steps:
             raise ValueError(f"rl_steps must be in [1, {self.model.num_inference_steps}] (the inference steps), "
                              f"got {rl_steps=}")
@@ -111,7 +114,7 @@ class LerobotDiffusionPolicy(LerobotPolicy):
     def select_action_chunk(self, obs: dict) -> Tensor:
         """(B, H, A) float32 env units: lerobot's own deterministic sampler from per-env noise."""
         with eval_mode(self.policy):
-            batch = self._model_batch(self._preprocess(obs))
+            batch = self._model_batch(self._preprocess(obs, time_axis=True))
             noise = self._randn((self.num_envs, self.config.horizon, self._action_dim), None)
             actions = self.model.generate_actions(batch, noise=noise)  # (B, H, A) policy units
         return self.postprocessor(actions).float()
@@ -120,7 +123,8 @@ class LerobotDiffusionPolicy(LerobotPolicy):
     def sample(self, obs: dict, generator: torch.Generator | None = None) -> ActionSample:
         """A chunk drawn with its last K denoising steps stochastic, and their log-densities."""
         with eval_mode(self.policy):
-            cond = self._condition(self._preprocess(obs, check_batch=generator is None))  # (B, C)
+            batch = self._preprocess(obs, check_batch=generator is None, time_axis=True)
+            cond = self._condition(batch)  # (B, C)
             timesteps = self._timesteps()
             x = self._randn((len(cond), self.config.horizon, self._action_dim), generator)  # (B, T, A)
             chain, log_probs = [], []
@@ -145,7 +149,7 @@ class LerobotDiffusionPolicy(LerobotPolicy):
         differentiable; the conditioning is recomputed from ``obs`` in eval mode, as at sampling."""
         times = [int(t) for t in sample.times]
         with eval_mode(self.policy):
-            cond = self._condition(self._preprocess(obs, check_batch=False))  # (B, C)
+            cond = self._condition(self._preprocess(obs, check_batch=False, time_axis=True))  # (B, C)
             log_probs = []
             for k, (t, prev_t) in enumerate(zip(times, times[1:] + [-1])):
                 mean, std = self._step(sample.chain[:, k], t, prev_t, cond, stochastic=True)
@@ -164,15 +168,15 @@ class LerobotDiffusionPolicy(LerobotPolicy):
         return [int(t) for t in self.model.noise_scheduler.timesteps]
 
     def _model_batch(self, batch: dict) -> dict:
-        """Our single-step batch in the layout of lerobot's DiffusionModel: a time axis of 1,
-        cameras stacked: state (B, 1, S), images (B, 1, N, 3, h, w)."""
+        """Our batch with its observation time axis (n_obs_steps, O) in the layout of lerobot's
+        DiffusionModel, cameras stacked: state (B, O, S), images (B, O, N, 3, h, w), env state (B, O, D)."""
         from lerobot.utils.constants import OBS_ENV_STATE, OBS_IMAGES
 
-        out = {keys.STATE: batch[keys.STATE].unsqueeze(1)}
+        out = {keys.STATE: batch[keys.STATE]}
         if self.config.image_features:
-            out[OBS_IMAGES] = torch.stack([batch[k] for k in self.config.image_features], dim=1).unsqueeze(1)
+            out[OBS_IMAGES] = torch.stack([batch[k] for k in self.config.image_features], dim=2)
         if self.config.env_state_feature:
-            out[OBS_ENV_STATE] = batch[OBS_ENV_STATE].unsqueeze(1)
+            out[OBS_ENV_STATE] = batch[OBS_ENV_STATE]
         return out
 
     def _condition(self, batch: dict) -> Tensor:

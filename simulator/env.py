@@ -36,6 +36,12 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   ``steps``, ``seeds``; reset info also ``object_state`` (B, D), the start frame's object state,
   which scripted experts plan from). Finished envs stay frozen until a partial reset
   (``options={"reset_mask": mask}``).
+- ``obs`` also has each image and the state one env step before under ``keys.previous_key(key)``,
+  as the physics env's (after a reset: the current one repeated, as lerobot fills its observation
+  queues; not the start's real history frames, so that a matched physics start sees the same), for
+  policies with ``n_obs_steps == 2``. Only a world model that imagines every env step (frame stride
+  1) keeps that frame: with a larger stride the keys are absent. ``observation.environment_state``,
+  which the physics obs carries, never is: no ground-truth object state enters an imagined episode.
 - Determinism: ``reset(seed=s)`` gives env b start number s + b (later resets continue the
   count; start n is ``starts[n % len(starts)]``) and re-seeds the sampling noise.
   ``options={"start_index": idx}`` instead picks the start of each reset env (one index per
@@ -284,9 +290,19 @@ class ImaginedEnv:
                              f"the world model's frame stride ({self.frame_stride})")
 
     def _observation(self) -> dict:
-        obs = {keys.image_key(v): self._frames[:, i, -1].float() / 255.0 for i, v in enumerate(self.views)}
-        obs[keys.STATE] = self._states[:, -1].clone()
+        last = torch.full((self.num_envs,), self.length - 1)
+        obs = self._tensors(last)
+        if self.frame_stride == 1 and self.length > 1:  # the buffer holds the frame one env step before
+            previous = torch.where(self._steps > 0, last - 1, last)  # just reset: the current one repeated
+            obs |= {keys.previous_key(k): v for k, v in self._tensors(previous).items()}
         obs[keys.TASK] = list(self._task)
+        return obs
+
+    def _tensors(self, idx: Tensor) -> dict:
+        """Each env's images and state at its buffer position ``idx`` (B,)."""
+        b = torch.arange(self.num_envs)
+        obs = {keys.image_key(v): self._frames[b, i, idx].float() / 255.0 for i, v in enumerate(self.views)}
+        obs[keys.STATE] = self._states[b, idx]  # advanced indexing: a copy
         return obs
 
     def _info(self, frames: dict, valid: Tensor, states: Tensor) -> dict:

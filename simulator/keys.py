@@ -19,6 +19,10 @@ FAILURE_MODE = "episode.failure_mode"  # per-episode injected failure mode (inde
 # lerobot's edit and merge tools, which renumber episodes and drop our meta/ files.
 SEED = "episode.seed"
 TASK = "task"
+# Both envs' obs also carry the observation one env step before under "previous." + key (at reset
+# and after a partial reset: the current one repeated), for policies that condition on two steps;
+# the imagined env only where its world model imagines every env step.
+PREVIOUS_PREFIX = "previous."
 
 STATE_DIM = 8
 STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"]
@@ -27,6 +31,11 @@ ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 
 def image_key(view: str) -> str:
     return IMAGE_PREFIX + view
+
+
+def previous_key(key: str) -> str:
+    """The obs key of ``key``'s value one env step before."""
+    return PREVIOUS_PREFIX + key
 
 
 def view_of(key: str) -> str:

@@ -10,7 +10,11 @@ Dimension legend: B envs, H action-chunk length, A action dim (7), S state dim (
 D object-state dim, V views, C=3 channels, h x w image size.
 
 - ``obs``: ``observation.images.<view>`` (B, 3, h, w) float32 in [0, 1],
-  ``observation.state`` (B, S) float32, ``task`` list[str] — what a robot's policy sees.
+  ``observation.state`` (B, S) float32, ``task`` list[str] — what a robot's policy sees —, and
+  ``observation.environment_state`` (B, D), the ground-truth object state, for lerobot policies
+  trained on a dataset that records it (the imagined env never gives it). Each tensor also one env
+  step before, under ``keys.previous_key(key)`` (after a reset: the current one repeated, as
+  lerobot fills its observation queues): what a policy with ``n_obs_steps == 2`` conditions on.
 - ``reward`` (B,): 1.0 if the task was solved during the chunk (sparse; the imagined env uses
   progress gains instead). ``terminated`` (B,): solved. ``truncated`` (B,): horizon reached.
 - ``info``: ``success`` (B,) bool, ``object_state`` (B, D), ``stage`` (B,) long, and the keys
@@ -166,7 +170,8 @@ class PhysicsEnv:
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._done = np.ones(self.num_envs, dtype=bool)  # nothing is running before reset
         self._success = np.zeros(self.num_envs, dtype=bool)
-        self._last = [None] * self.num_envs  # latest (images, state) per env
+        self._last = [None] * self.num_envs  # latest (images, state, object state) per env
+        self._prev = [None] * self.num_envs  # the same one env step before (after a reset: the latest)
         self._next_seed = 0
         self._started = False
 
@@ -216,10 +221,11 @@ class PhysicsEnv:
                         frames[v][b, t] = self._last[b][0][v]
                     states[b, t] = self._last[b][1]
                     continue
+                self._prev[b] = self._last[b]
                 solved = env.step(act[b, t])
                 self._steps[b] += 1
                 images = env.render()
-                self._last[b] = (images, env.state())
+                self._last[b] = (images, env.state(), env.object_state())
                 for v in self.views:
                     frames[v][b, t] = images[v]
                 states[b, t] = self._last[b][1]
@@ -256,7 +262,7 @@ class PhysicsEnv:
     def _reset_one(self, b: int, seed: int) -> None:
         env = self.envs[b]
         env.reset(seed)
-        self._last[b] = (env.render(), env.state())
+        self._last[b] = self._prev[b] = (env.render(), env.state(), env.object_state())
         self._steps[b] = 0
         self._done[b] = False
         self._success[b] = False
@@ -278,12 +284,19 @@ class PhysicsEnv:
         return actions
 
     def _observation(self) -> dict:
+        obs = self._tensors(self._last)
+        obs |= {keys.previous_key(k): v for k, v in self._tensors(self._prev).items()}
+        obs[keys.TASK] = [self.spec.instruction] * self.num_envs
+        return obs
+
+    def _tensors(self, latest: list[tuple]) -> dict:
+        """The observation tensors of per-env (images, state, object state) triples."""
         obs = {}
         for v in self.views:
-            imgs = np.stack([self._last[b][0][v] for b in range(self.num_envs)])  # (B, h, w, 3)
+            imgs = np.stack([latest[b][0][v] for b in range(self.num_envs)])  # (B, h, w, 3)
             obs[keys.image_key(v)] = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
-        obs[keys.STATE] = torch.from_numpy(np.stack([self._last[b][1] for b in range(self.num_envs)]))
-        obs[keys.TASK] = [self.spec.instruction] * self.num_envs
+        obs[keys.STATE] = torch.from_numpy(np.stack([latest[b][1] for b in range(self.num_envs)]))
+        obs[keys.ENV_STATE] = torch.from_numpy(np.stack([latest[b][2] for b in range(self.num_envs)]))
         return obs
 
     def _info(self, frames: dict, valid: torch.Tensor) -> dict:

@@ -183,7 +183,7 @@ def test_missing_camera_is_named(diffusion):
     with pytest.raises(KeyError, match="observation.images.wrist"):
         diffusion.select_action_chunk(obs)
     with pytest.raises(ValueError, match="n_obs_steps"):
-        LerobotDiffusionPolicy(diffusion.policy.__class__(cpu_diffusion_config(n_obs_steps=2, device="cpu")))
+        LerobotDiffusionPolicy(diffusion.policy.__class__(cpu_diffusion_config(n_obs_steps=3, device="cpu")))
 
 
 def test_the_adapter_is_a_torch_module_around_the_lerobot_policy(diffusion):

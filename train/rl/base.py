@@ -76,6 +76,9 @@ class Rollouts:
     alive: Tensor  # (T, B) bool
     success: Tensor  # (B,) bool: the episode ended solved
     starts: Tensor  # (B,) start index of each env
+    # The obs one env step before (keys.previous_key), as the env gave it; None where it gave none.
+    previous_images: Tensor | None = None  # (T, B, V, 3, h, w) uint8
+    previous_state: Tensor | None = None  # (T, B, S)
 
     @property
     def returns(self) -> Tensor:
@@ -86,6 +89,10 @@ class Rollouts:
         """The policy's observation at steps (t_idx, b_idx) (N,) as the env gave it."""
         images = self.images[t_idx, b_idx].float() / 255.0  # (N, V, 3, h, w)
         obs = {keys.image_key(v): images[:, i] for i, v in enumerate(views)}
+        if self.previous_images is not None:  # the history the policy acted on, for log_prob
+            before = self.previous_images[t_idx, b_idx].float() / 255.0
+            obs |= {keys.previous_key(keys.image_key(v)): before[:, i] for i, v in enumerate(views)}
+            obs[keys.previous_key(keys.STATE)] = self.previous_state[t_idx, b_idx]
         return obs | {keys.STATE: self.state[t_idx, b_idx], keys.TASK: [self.task[b] + task_suffix for b in b_idx.tolist()]}
 
 
@@ -104,7 +111,9 @@ def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
     if not with_log_prob:
         seeds = torch.randint(0, 2**31 - 1, (B,), generator=generator).tolist() if generator is not None else None
         policy.reset(obs, rollout.info, seeds=seeds)
-    steps: dict[str, list] = {k: [] for k in ("images", "state", "actions", "samples", "rewards", "alive")}
+    steps: dict[str, list] = {k: [] for k in ("images", "state", "actions", "samples", "rewards", "alive",
+                                              "previous_images", "previous_state")}
+    history = keys.previous_key(keys.STATE) in obs  # the env gives the obs one env step before
     task = list(obs[keys.TASK]) if not isinstance(obs[keys.TASK], str) else [obs[keys.TASK]] * B
 
     @torch.no_grad()
@@ -118,13 +127,20 @@ def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
     for step in rollout.run(act):
         steps["images"].append(torch.stack([(step.obs[keys.image_key(v)] * 255).round().to(torch.uint8) for v in views], 1))
         steps["state"].append(step.obs[keys.STATE].float().cpu())
+        if history:
+            before = [step.obs[keys.previous_key(keys.image_key(v))] * 255 for v in views]
+            steps["previous_images"].append(torch.stack([x.round().to(torch.uint8) for x in before], 1))
+            steps["previous_state"].append(step.obs[keys.previous_key(keys.STATE)].float().cpu())
         steps["actions"].append(step.actions)
         steps["alive"].append(step.alive)
         steps["rewards"].append(torch.where(step.alive, step.reward.float().cpu(), torch.zeros(B)))
     stack = lambda k: torch.stack(steps[k])
     samples = ActionSample.cat([s.to("cpu") for s in steps["samples"]]) if with_log_prob else None
     return Rollouts(images=stack("images"), state=stack("state"), task=task, actions=stack("actions"), samples=samples,
-                    rewards=stack("rewards"), alive=stack("alive"), success=rollout.solved, starts=torch.as_tensor(start_index))
+                    rewards=stack("rewards"), alive=stack("alive"), success=rollout.solved,
+                    starts=torch.as_tensor(start_index),
+                    previous_images=stack("previous_images") if history else None,
+                    previous_state=stack("previous_state") if history else None)
 
 
 def group_advantages(returns: Tensor, group_size: int, scale_by_std: bool = True,
