@@ -83,6 +83,10 @@ class FidelityResult:
     # and of the copy-last baseline over the real ones'.
     sharpness: dict[str, list[float]] | None = None
     sharpness_copy_last: dict[str, list[float]] | None = None
+    # Per horizon step: the world model's own predicted finger positions against the real ones (m,
+    # mean of both fingers): whether its state head tells fingers closing on the cube from fingers
+    # closing on air, which the next chunk's frames are conditioned on.
+    finger_error: list[float] | None = None
 
     def to_markdown(self, every: int = 4) -> str:
         probe = self.eef_error is not None
@@ -100,6 +104,10 @@ class FidelityResult:
             views = "; ".join(f"{v} " + " / ".join(ratio(v, h) for h in at) for v in self.sharpness)
             rows += ["", (f"Sharpness (high-frequency energy, imagined over real; copy-last in brackets) at horizon "
                           f"{' / '.join(map(str, at))}: {views}")]
+        if self.finger_error:
+            at = [h for h in (1, 8, 32) if h <= len(self.horizon)] or [len(self.horizon)]
+            rows += ["", f"Predicted finger position error (state head, mm) at horizon {' / '.join(map(str, at))}: "
+                         + " / ".join(f"{1000 * self.finger_error[h - 1]:.2f}" for h in at)]
         if self.object_rise:
             o = self.object_rise
             rows += ["", f"Object rise over the horizon in the {o['rollouts']} rollouts where it is lifted (mm): "
@@ -161,7 +169,9 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     sampler = WorldModelSampler(model, num_steps=cfg.sampling_steps, still_threshold=cfg.still_threshold)
     gen = torch.Generator().manual_seed(cfg.seed)
     T = chunks * spec.future
-    sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real")}
+    sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real",
+                                        "finger_error")}
+    fingers = [keys.STATE_NAMES.index(n) for n in ("finger_l", "finger_r")]
     count = torch.zeros(T)
     energy = {k: torch.zeros(spec.views, T) for k in ("imagined", "copy_last", "real")}  # masked sums, (V, T)
     examples, moves, rises = None, [], {}
@@ -181,6 +191,9 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
             sums["psnr" + name] += torch.where(mask, psnr.mean(1), 0.0).sum(0)
             sums["ssim" + name] += torch.where(mask, ssim.mean(1), 0.0).sum(0)
         count += mask.float().sum(0)
+        state_error = (clips.normalizer.unnormalize(keys.STATE, pred.state)
+                       - clips.normalizer.unnormalize(keys.STATE, batch["future_state"]))[..., fingers].abs().mean(-1)
+        sums["finger_error"] += torch.where(mask, state_error, 0.0).sum(0)
         for name, frames in (("imagined", imagined), ("copy_last", copy_last), ("real", real)):
             energy[name] += torch.where(mask[:, None], high_frequency_energy(frames), 0.0).sum(0)
         if probe is not None:

@@ -58,6 +58,19 @@ def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, 
                                    atol=1e-3, rtol=1e-3)
         assert len(result.sharpness[view]) == 6 and all(r > 0 for r in result.sharpness[view])
     assert "Sharpness (high-frequency energy" in result.to_markdown()
+    # its state head starts as "the state does not change": the finger error is the real fingers'
+    # distance from where they were at the last context frame
+    from eval.fidelity import rollout_starts
+    from simulator import keys
+
+    cfg, spec = config(untrained, tiny_dataset, tmp_path), WorldModel.from_pretrained(untrained).spec
+    clips = cfg.dataset.clips(cfg.dataset.split()[1], context=spec.context, horizon=3 * spec.horizon,
+                              stride=spec.horizon // spec.future)
+    real = lambda x: clips.normalizer.unnormalize(keys.STATE, x)[..., 6:8]  # noqa: E731  finger_l, finger_r
+    moved = torch.stack([(real(clips[i]["future_state"]) - real(clips[i]["context_state"][-1:])).abs().mean(-1)
+                         for i in rollout_starts(clips, 6)]).mean(0)
+    torch.testing.assert_close(torch.tensor(result.finger_error), moved, atol=1e-6, rtol=1e-4)
+    assert "Predicted finger position error" in result.to_markdown()
 
 
 def test_high_frequency_energy_falls_with_blur_and_is_zero_on_flat_frames():
