@@ -23,8 +23,9 @@ The adapter is a torch module around the lerobot policy, so that RL trains it as
 own policies (``train()``/``eval()``, ``parameters()``, ``state_dict()``, ``to()``, a deep copy as
 the KL anchor, ``save_pretrained``). ``loss(obs, actions, action_mask, generator)`` is the
 policy's own training loss (lerobot's ``forward``) on imitated chunks: what filtered imitation
-trains with. ``num_envs`` may be changed between episodes (RL rolls out and evaluates with
-different batches).
+trains with; with ``n_obs_steps`` 2 on the obs with its step before and the actions from the
+action taken there, the window lerobot's dataset gives (``obs_steps``). ``num_envs`` may be
+changed between episodes (RL rolls out and evaluates with different batches).
 
 ``LerobotPolicy.wrap`` and ``from_pretrained`` give a ``LerobotDiffusionPolicy``
 (``policy.lerobot_diffusion``) for a ``diffusion`` policy: an ``RLPolicy`` too (DPPO, Ren et al.
@@ -262,30 +263,26 @@ class LerobotPolicy(nn.Module):
         """The training loss (``loss``), so that a distributed wrapper syncs its gradients."""
         return self.loss(obs, actions, action_mask, generator)
 
+    @property
+    def obs_steps(self) -> int:
+        """Observation steps ``loss`` reads (lerobot's ``n_obs_steps``): with 2, the obs carries the
+        step before under ``keys.previous_key`` and the actions start with the action taken there."""
+        return self.config.n_obs_steps
+
     def loss(self, obs: dict, actions: Tensor, action_mask: Tensor | None = None,
              generator: torch.Generator | None = None) -> Tensor:
-        """The policy's own training loss (lerobot's ``forward``) of the chunks ``actions``
-        (n, H, A) in env units taken from ``obs`` (n rows); ``action_mask`` (n, H) False marks
-        steps past an episode's end. The chunk fills the policy's action window from the current
-        step; steps past it or masked are lerobot's padding: copies of the last valid action, flagged
-        in ``action_is_pad``. The policy's own randomness (noise, timesteps, crops) comes from
+        """The policy's own training loss (lerobot's ``forward``) of imitated actions in env units.
+
+        ``actions`` (n, W, A) fill the policy's action window from its first observed step, as
+        lerobot's dataset does (its ``action_delta_indices`` start at ``1 - n_obs_steps``): W =
+        ``obs_steps - 1 + H``, so with n_obs_steps 2 the action taken at the step before (from
+        ``obs``' ``previous.<key>`` observation), then the chunk from the current step.
+        ``action_mask`` (n, W) False marks steps outside the episode (before its first step, past
+        its end). Those and the window's steps past W are lerobot's padding: each a copy of the
+        nearest valid action (lerobot clamps the frame index to the episode), flagged in
+        ``action_is_pad``. The policy's own randomness (noise, timesteps, crops) comes from
         ``generator`` when one is given (the global RNG is left as it was), else from the global RNG."""
-        n, H, A = actions.shape
-        if self.config.n_obs_steps > 1:
-            raise ValueError(f"loss (filtered imitation) trains policies with n_obs_steps 1 only, got "
-                             f"{self.config.n_obs_steps=}: with more, lerobot's action window starts "
-                             "before the observed step, and the imitated chunks carry no earlier action or "
-                             "observation")
-        window = list(self.config.action_delta_indices or [])
-        if (H, A) != (self.chunk_size, self.config.action_feature.shape[0]) or window[:1] != [0] or len(window) < H:
-            raise ValueError(f"actions must be (n, {self.chunk_size}, {self.config.action_feature.shape[0]}) chunks "
-                             f"that start the {self.config.type} policy's action window {window}, got "
-                             f"{tuple(actions.shape)}")
-        pad = torch.ones(n, len(window), dtype=torch.bool, device=actions.device)
-        pad[:, :H] = False if action_mask is None else ~action_mask.bool().to(actions.device)
-        last_valid = torch.where(~pad, torch.arange(len(window), device=actions.device), 0).cummax(1).values
-        chunk = torch.cat([actions, actions[:, -1:].expand(n, len(window) - H, A)], 1)
-        chunk = chunk.gather(1, last_valid[..., None].expand(-1, -1, A))  # (n, window, A)
+        chunk, pad = self._action_window(actions, action_mask)
         batch = self._preprocess(obs | {keys.ACTION: chunk, ACTION_IS_PAD: pad}, check_batch=False,
                                  time_axis=self.config.observation_delta_indices is not None)
         if generator is None:
@@ -295,6 +292,29 @@ class LerobotPolicy(nn.Module):
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed)
             return self.policy.forward(batch)[0]
+
+    def _action_window(self, actions: Tensor, action_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """lerobot's (action (n, L, A), action_is_pad (n, L)) of the window of L steps from
+        ``actions`` (n, W, A) and their mask (n, W) (see ``loss``)."""
+        n, W, A = actions.shape
+        lead, window = self.obs_steps - 1, list(self.config.action_delta_indices or [])
+        width, dim = lead + self.chunk_size, self.config.action_feature.shape[0]
+        if (W, A) != (width, dim) or window[:1] != [-lead] or len(window) < W:
+            first = "the action taken at the step before, then " if lead else ""
+            raise ValueError(f"actions must be (n, {width}, {dim}): {first}the chunk, the start of the "
+                             f"{self.config.type} policy's action window {window} (n_obs_steps={self.obs_steps}), "
+                             f"got {tuple(actions.shape)}")
+        L, device = len(window), actions.device
+        valid = torch.zeros(n, L, dtype=torch.bool, device=device)
+        valid[:, :W] = True if action_mask is None else action_mask.bool().to(device)
+        if not valid.any(1).all():
+            raise ValueError("every row of action_mask needs a valid (True) step to imitate")
+        steps = torch.arange(L, device=device)
+        nearest = torch.where(valid, steps, -1).cummax(1).values  # the last valid step at or before each
+        first = torch.where(valid, steps, L).min(1, keepdim=True).values
+        nearest = torch.where(nearest < 0, first, nearest)  # before the first valid step: the first
+        chunk = torch.cat([actions, actions[:, -1:].expand(n, L - W, A)], 1)
+        return chunk.gather(1, nearest[..., None].expand(-1, -1, A)), ~valid
 
     def reset(self, obs: dict, info: dict, mask: Tensor | None = None, seeds: list[int] | None = None) -> None:
         """Checks that the env gives what the policy reads beside ``obs``'s keys (an env that cannot

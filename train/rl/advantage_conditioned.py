@@ -22,6 +22,13 @@ Works with any policy that has ``loss(obs, actions, action_mask, generator)`` an
 ``set_task_suffix`` (``policy.flow.FlowPolicy``); it does not need log-probabilities. Lerobot
 policies have no ``set_task_suffix`` (Diffusion Policy reads no text): they fit filtered imitation.
 
+A policy whose ``obs_steps`` is 2 (a lerobot Diffusion Policy with lerobot-train's default
+``n_obs_steps``) trains on what lerobot's dataset would give it: each chunk's observation with the
+one an env step before (``keys.previous_key``), and its actions from the action taken there. In
+a rollout that action is the previous chunk's last one; in the dataset the frame before's. At an
+episode's first step there is none: the observation before is the current one (as both envs and
+lerobot's dataset give it) and the action is padding (``previous_actions``, ``previous_rows``).
+
 Dimension legend: T chunk steps, B envs, n batch, V views, h x w image size, S state dim,
 H chunk length, A action dim.
 """
@@ -118,6 +125,26 @@ def real_frames(dataset, views: tuple[str, ...], chunk_size: int):
     return FrameTable(clips, chunk_size, with_success=True)
 
 
+def previous_rows(frames) -> tuple[Tensor, Tensor]:
+    """Each row's row one env step before in ``frames`` (a ``FrameTable``: episodes in consecutive
+    rows), and whether it has one: (N,) long, (N,) bool. An episode's first frame has none and gets
+    its own row, as lerobot's dataset clamps a frame index to the episode."""
+    has = torch.ones(len(frames), dtype=torch.bool)
+    has[[first for first, _ in frames.episode_bounds]] = False
+    return torch.arange(len(frames)) - has.long(), has
+
+
+def previous_actions(actions: Tensor) -> tuple[Tensor, Tensor]:
+    """The action executed one env step before each chunk of a rollout, and whether there was one:
+    (T, B, H, A) -> (T, B, A), (T, B) bool. The previous chunk's last action; none before an
+    episode's first chunk (t = 0: ``collect`` starts every episode there, so within an episode
+    t > 0 follows a whole chunk)."""
+    before = torch.cat([torch.zeros_like(actions[:1, :, -1]), actions[:-1, :, -1]])
+    has = torch.ones(actions.shape[:2], dtype=torch.bool)
+    has[0] = False
+    return before, has
+
+
 def chunk_size_of(policy) -> int:
     """The action-chunk length of ``policy``: a FlowPolicy's spec, or a ``chunk_size`` attribute."""
     value = getattr(getattr(policy, "spec", None), "chunk_size", None)
@@ -159,6 +186,9 @@ class AdvantageConditioned(Algorithm):
             if tuple(frames.views) != self.views:
                 raise ValueError(f"the real frames hold the views {tuple(frames.views)}, the policy reads {self.views}")
         self.frames = frames if config.real_share > 0 else None
+        # the policy reads the observation one env step before and imitates the action taken there
+        self.history = getattr(policy, "obs_steps", 1) > 1
+        self.previous = previous_rows(self.frames) if self.history and self.frames is not None else None
         self.real_pool: Tensor | None = None  # the frames the real share draws from (None: every frame)
         self.memory: deque[dict] = deque(maxlen=config.memory)  # the trained chunks of the last iterations
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
@@ -176,7 +206,8 @@ class AdvantageConditioned(Algorithm):
         advantages, kept = group_advantages(rollouts.returns, cfg.group_size)
         episode_bins = advantage_bins(advantages, cfg.bins)  # (B,)
         t_idx, b_idx = torch.nonzero(rollouts.alive & self._trained(kept, episode_bins)[None], as_tuple=True)
-        pool = self._remember(self._chunks(rollouts, t_idx, b_idx, episode_bins))
+        chunks = self._chunks(rollouts, t_idx, b_idx, episode_bins) | self._history(rollouts, t_idx, b_idx)
+        pool = self._remember(chunks)
         n_real = round(cfg.real_share * cfg.batch_size) if self.frames is not None else 0
         n_imagined = cfg.batch_size - n_real if len(pool["actions"]) else 0
         metrics = {"groups_kept": kept.float().mean().item(), "samples": len(t_idx), "pool": len(pool["actions"]),
@@ -226,6 +257,19 @@ class AdvantageConditioned(Algorithm):
                 "task": [rollouts.task[i] for i in b_idx.tolist()], "actions": rollouts.actions[t_idx, b_idx].float(),
                 "mask": torch.ones(len(t_idx), H, dtype=torch.bool), "bins": episode_bins[b_idx]}
 
+    def _history(self, rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor) -> dict:
+        """What a policy with two observation steps also reads at steps (t_idx, b_idx) (N,): the
+        observation one env step before and the action taken there, with whether there was one."""
+        if not self.history:
+            return {}
+        if rollouts.previous_images is None:
+            raise ValueError("the policy reads the observation one env step before, and the rollouts hold "
+                             "none (the imagined env gives it only with a world model of frame stride 1)")
+        before, has = previous_actions(rollouts.actions.float())
+        return {"previous_images": rollouts.previous_images[t_idx, b_idx],
+                "previous_state": rollouts.previous_state[t_idx, b_idx].float(),
+                "previous_action": before[t_idx, b_idx], "previous_valid": has[t_idx, b_idx]}
+
     def _remember(self, chunks: dict) -> dict:
         """The pool the imagined share is drawn from: ``chunks`` with those of the last
         ``memory`` - 1 iterations (ReST's growing dataset)."""
@@ -250,24 +294,39 @@ class AdvantageConditioned(Algorithm):
         pool = self.real_pool
         pick = torch.randint(len(f) if pool is None else len(pool), (n,), generator=generator)
         pick = pick if pool is None else pool[pick]
-        return {"images": f.frames[pick], "state": f.state[pick].float(), "task": [f.task[i] for i in pick.tolist()],
-                "actions": f.actions[pick].float(), "mask": f.action_mask[pick],
-                "bins": success_bins(f.success[pick], self.config.bins)}
+        real = {"images": f.frames[pick], "state": f.state[pick].float(),
+                "task": [f.task[i] for i in pick.tolist()], "actions": f.actions[pick].float(),
+                "mask": f.action_mask[pick], "bins": success_bins(f.success[pick], self.config.bins)}
+        if self.previous is not None:  # the frame before and its action (the first of its chunk)
+            rows, has = self.previous[0][pick], self.previous[1][pick]
+            real |= {"previous_images": f.frames[rows], "previous_state": f.state[rows].float(),
+                     "previous_action": f.actions[rows, 0].float(), "previous_valid": has}
+        return real
 
     def _batch(self, parts: list[dict], generator: torch.Generator) -> tuple[dict, Tensor, Tensor]:
         """The policy's observation (every view shifted, tasks conditioned), actions (n, H, A) and
-        mask (n, H) of the parts put together."""
+        mask (n, H) of the parts put together; with ``history`` the obs also holds the step before
+        and the actions and mask start there: (n, 1 + H, A), (n, 1 + H)."""
         from train.policy import random_shift
 
         for key in ("images", "actions"):
             if len(shapes := {tuple(p[key].shape[1:]) for p in parts}) > 1:
                 raise ValueError(f"imagined and real chunks differ in {key} shape: {sorted(shapes)}")
-        images = torch.cat([p["images"] for p in parts]).float() / 255.0  # (n, V, 3, h, w)
+        cat = lambda key: torch.cat([p[key] for p in parts])
+        images = cat("images").float() / 255.0  # (n, V, 3, h, w)
+        if self.history:  # the step before beside each view's channels: one shift moves both steps
+            images = torch.cat([cat("previous_images").float() / 255.0, images], 2)  # (n, V, 6, h, w)
         images = random_shift(images.flatten(0, 1), self.config.shift, generator).view(images.shape)
-        tasks = self._condition([t for p in parts for t in p["task"]], torch.cat([p["bins"] for p in parts]), generator)
-        obs = {keys.image_key(v): images[:, i] for i, v in enumerate(self.views)}
-        obs |= {keys.STATE: torch.cat([p["state"] for p in parts]), keys.TASK: tasks}
-        return obs, torch.cat([p["actions"] for p in parts]), torch.cat([p["mask"] for p in parts])
+        tasks = self._condition([t for p in parts for t in p["task"]], cat("bins"), generator)
+        obs = {keys.image_key(v): images[:, i, -3:] for i, v in enumerate(self.views)}
+        obs |= {keys.STATE: cat("state"), keys.TASK: tasks}
+        actions, mask = cat("actions"), cat("mask")
+        if not self.history:
+            return obs, actions, mask
+        obs |= {keys.previous_key(keys.image_key(v)): images[:, i, :3] for i, v in enumerate(self.views)}
+        obs[keys.previous_key(keys.STATE)] = cat("previous_state")
+        actions = torch.cat([cat("previous_action")[:, None], actions], 1)  # (n, 1 + H, A)
+        return obs, actions, torch.cat([cat("previous_valid")[:, None], mask], 1)
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "updates": self.updates, "memory": list(self.memory)}

@@ -16,7 +16,9 @@ they are judged by their outcome, not weighted by the policy's likelihood.
 
 It is ``advantage_conditioned`` with two bins, without the conditioning: the bottom bin is
 dropped instead of being told apart by words, so the policy's plain task changes meaning. So it
-needs only the policy's ``loss``: lerobot policies train with theirs (lerobot's ``forward``).
+needs only the policy's ``loss``: lerobot policies train with theirs (lerobot's ``forward``), a
+Diffusion Policy with lerobot-train's default two observation steps too, on the observation one env
+step before and the action taken there (``advantage_conditioned``'s batches).
 
 Dimension legend: B envs.
 """
