@@ -17,21 +17,31 @@ with the dataset statistics; ``future_env_state`` (F, D) raw object state (for p
 ``future_progress`` (F,); ``task`` str; ``episode_index``, ``frame_index``.
 
 Statistics (mean, std, min, max of action, state and object state over every frame) are
-computed once and stored beside the dataset in ``meta/reverie_stats.json``.
+computed once and cached beside the dataset folder (``simulator.normalization.stats_path``:
+``<root>.reverie/stats.json``), with a digest of lerobot's ``meta/info.json`` and
+``meta/stats.json``: any change of the dataset (lerobot's edit tools rewrite both) recomputes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from data.validate import EpisodeRecord, check_local_dataset, check_stats, check_values, name_unreadable_file
+from data.validate import (
+    EpisodeRecord,
+    check_local_dataset,
+    check_stats,
+    check_values,
+    common_env_state,
+    name_unreadable_file,
+)
 from data.video import VIDEO_BACKENDS, decode_frames
 from simulator import keys
-from simulator.normalization import STATS_FILE, Normalizer
+from simulator.normalization import Normalizer, stats_path
 
 STATS_KEYS = (keys.ACTION, keys.STATE, keys.ENV_STATE)
 # lerobot wants a repo id even for a local root; a root is checked whole first (data.validate), so
@@ -118,13 +128,24 @@ class DemoSplitDatasetConfig(DatasetConfig):
     val_episodes: int = 20  # the demo's split (a tenth of 200 episodes): policy cloning and RL starts
 
 
+def dataset_digest(root: Path) -> str:
+    """A digest of lerobot's ``meta/info.json`` (size, features) and ``meta/stats.json`` (its statistics
+    of every feature): it changes whenever the dataset's frames do, which lerobot's tools rewrite both for."""
+    digest = hashlib.sha256()
+    for name in ("info.json", "stats.json"):
+        path = Path(root) / "meta" / name
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
 def load_or_compute_stats(root: Path, total_frames: int, load_columns, record: EpisodeRecord | None = None) -> dict:
-    """Statistics stored beside the dataset; recomputed (``load_columns()`` -> {key: (N, d)}) only
-    when the dataset has changed size. Stored ones must agree with lerobot's per-episode ``record``."""
-    path = Path(root) / STATS_FILE
+    """Statistics cached beside the dataset; recomputed (``load_columns()`` -> {key: (N, d)}) when the
+    dataset is not the one they were computed from. Cached ones must agree with lerobot's per-episode
+    ``record``."""
+    path, digest = stats_path(root), dataset_digest(root)
     if path.exists():
         stats = json.loads(path.read_text())
-        if stats.get("total_frames") == total_frames:
+        if stats.get("dataset_digest") == digest:
             check_stats(stats["features"], path, record)
             return stats["features"]
     columns = load_columns()
@@ -136,7 +157,7 @@ def load_or_compute_stats(root: Path, total_frames: int, load_columns, record: E
                              "min": x.min(0).values.tolist(), "max": x.max(0).values.tolist()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"total_frames": total_frames, "features": features}, indent=1))
+    tmp.write_text(json.dumps({"dataset_digest": digest, "total_frames": total_frames, "features": features}, indent=1))
     tmp.replace(path)
     return features
 
@@ -177,7 +198,7 @@ class ClipDataset(torch.utils.data.Dataset):
             return _read_columns(full, [k for k in STATS_KEYS if k in meta.features], record)[0]
 
         self.stats = load_or_compute_stats(self.root, meta.total_frames, whole_dataset_columns, record)
-        self.normalizer = Normalizer(self.stats, source=self.root / STATS_FILE)
+        self.normalizer = Normalizer(self.stats, source=stats_path(self.root))
         # Row range of each episode inside the loaded table (rows are grouped by episode).
         eps, counts = torch.unique_consecutive(self.episode_of, return_counts=True)
         ends = counts.cumsum(0)
@@ -290,6 +311,8 @@ def _read_columns(lerobot, wanted: list[str], record: EpisodeRecord):
     table = lerobot.hf_dataset.select_columns([*wanted, "episode_index", "frame_index", "task_index"])
     table = table.with_format("torch")[:]
     columns = {k: _as_2d(table[k]).float() for k in wanted}
+    if keys.ENV_STATE in columns:  # a dataset recorded before the common layout, as the record's ranges are
+        columns[keys.ENV_STATE] = common_env_state(columns[keys.ENV_STATE], record.root)
     episode_of, frame_of = table["episode_index"].long(), table["frame_index"].long()
     check_values(record, columns, episode_of, frame_of)
     return columns, episode_of, frame_of, table["task_index"].long()

@@ -6,12 +6,17 @@ the task string, and the episode's success and injected failure mode.
 
 Resuming: the dataset is written in commit groups of ``commit_every`` episodes. A commit
 finalizes lerobot's writers (closing parquet and video files) and snapshots ``meta/``. Ctrl-C or
-SIGTERM commits what was saved (``data.stop``); after a hard kill, the next run rolls back to the
+SIGTERM keeps what was saved (``data.stop``); after a hard kill, the next run rolls back to the
 last commit, or finishes the commit the kill interrupted (``data.commit`` says how). The dataset
 is created beside ``root`` with its settings (``meta/reverie.json``) and an empty first commit,
 then renamed in whole. Re-running the same command continues from the episodes already there:
 episode i always uses seed ``seed + i``, so an interrupted and resumed collection equals an
-uninterrupted one.
+uninterrupted one. A run that ends (finished or stopped) drops its commit snapshot, so that the
+folder holds only lerobot's files and ``meta/reverie.json``; a resumed run takes a new one first.
+
+What the project reads from a dataset is what lerobot's edit and merge tools keep: the columns
+(the seed and failure mode of each episode among them) and lerobot's ``meta/``. ``meta/reverie.json``
+is provenance, read only to check that a resumed collection uses the same settings.
 
     reverie-collect --task lift --episodes 20 --root outputs/datasets/lift
 
@@ -32,14 +37,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.commit import commit, recover, start_writing, write_atomic
+from data.commit import commit, finish, recover, start_writing, write_atomic
 from data.stop import GracefulStop, Interrupted, is_interruption
 from simulator import keys
 from simulator.physics.experts import ACTION_DIM, FAILURE_MODES, ExpertConfig, ScriptedExpert
 
 log = logging.getLogger(__name__)
 FPS = 20  # robosuite control frequency
-REVERIE_META = "meta/reverie.json"  # our collection config beside lerobot's metadata
+REVERIE_META = "meta/reverie.json"  # the collection's settings (provenance; lerobot's edit and merge tools drop it)
 
 
 @dataclass
@@ -90,10 +95,8 @@ class CollectConfig:
 
 
 def dataset_features(cfg: CollectConfig) -> dict:
-    from simulator.physics.tasks import get_task
-
-    spec = get_task(cfg.task)
-    obj_names = [f"{o}_{c}" for o in spec.objects for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+    # Every task records the same features (the object state in its common layout), so that lerobot
+    # merges datasets of different tasks.
     scalar = lambda dtype: {"dtype": dtype, "shape": (1,), "names": None}
     features = {
         keys.image_key(v): {"dtype": "video", "shape": (cfg.height, cfg.width, 3), "names": ["height", "width", "channels"]}
@@ -102,7 +105,7 @@ def dataset_features(cfg: CollectConfig) -> dict:
     features |= {
         keys.STATE: {"dtype": "float32", "shape": (keys.STATE_DIM,),
                      "names": keys.STATE_NAMES},
-        keys.ENV_STATE: {"dtype": "float32", "shape": (spec.object_state_dim,), "names": obj_names},
+        keys.ENV_STATE: {"dtype": "float32", "shape": (keys.ENV_STATE_DIM,), "names": keys.ENV_STATE_NAMES},
         keys.ACTION: {"dtype": "float32", "shape": (ACTION_DIM,),
                       "names": keys.ACTION_NAMES},
         keys.REWARD: scalar("float32"),
@@ -243,6 +246,7 @@ def _open_dataset(cfg: CollectConfig, features: dict):
         log.warning("%s: %s", root, done)
     if root.exists() and any(root.iterdir()):
         check_same_collection(root, cfg, features)
+        commit(root)  # what a run killed from here on rolls back to (a finished run kept none)
         return _reopen(cfg)
     return _create_dataset(cfg, features)
 
@@ -310,6 +314,7 @@ def collect(cfg: CollectConfig) -> Path:
     start = ds.meta.total_episodes
     if start >= cfg.episodes:
         ds.finalize()
+        finish(root)
         log.info("%s already holds %d episodes (>= %d requested)", root, start, cfg.episodes)
         return root
     env = PhysicsEnv(cfg.env_config())
@@ -347,7 +352,7 @@ def collect(cfg: CollectConfig) -> Path:
         env.close()
         if clean:
             ds.finalize()
-            commit(root)
+            finish(root)
     return root
 
 

@@ -28,8 +28,15 @@ Why a kill at any step loses nothing committed: the next run calls ``recover`` f
 
 A roll-back killed midway is redone whole by the next run, since it deletes ``writing`` last. The
 previous commit is set aside before the new one is renamed in and deleted only after, so one
-commit is always there. Creating the dataset (its first commit) and resuming the collection are
-``data.collect``'s; this module does not know what a dataset holds beyond its files and ``meta/``.
+commit is always there while episodes are written.
+
+A run that ends with every episode whole calls ``finish``, which removes ``.reverie/`` (the marker
+first): a dataset at rest holds only lerobot's files (and ``meta/reverie.json``), so lerobot's
+``push_to_hub`` uploads none of this state and a folder copied or edited by lerobot carries none.
+The next run commits before it writes (``data.collect``). Only a run killed hard leaves
+``.reverie/``, which that next run needs. Creating the dataset (its first commit) and resuming the
+collection are ``data.collect``'s; this module does not know what a dataset holds beyond its files
+and ``meta/``.
 """
 
 import json
@@ -37,7 +44,7 @@ import os
 import shutil
 from pathlib import Path
 
-STATE_DIR = ".reverie"  # the commit snapshot and the "writing" marker, inside the dataset's root
+STATE_DIR = ".reverie"  # the commit snapshot and the "writing" marker, inside the root while a collection runs
 _TMP, _COMMITTED, _OLD = "committed.tmp", "committed", "committed.old"
 _WRITING = "writing"
 
@@ -96,6 +103,14 @@ def commit(root: Path) -> None:
     (root / STATE_DIR).mkdir(exist_ok=True)
     for step in _COMMIT_STEPS:
         step(root)
+
+
+def finish(root: Path) -> None:
+    """Drops the commit state of a dataset whose episodes are all whole (call after ds.finalize()).
+    The marker goes first: killed after it, the rest is a snapshot that no roll-back reads and the
+    next commit replaces."""
+    _clear_writing(root)
+    shutil.rmtree(root / STATE_DIR, ignore_errors=True)
 
 
 def recover(root: Path) -> str | None:

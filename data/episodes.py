@@ -192,9 +192,9 @@ def episode_success(clips) -> torch.Tensor:
 
 def episode_seeds(root: Path, episodes: list[int]) -> list[int]:
     """The physics seed each of ``episodes`` (indices of the dataset at ``root``) was collected from:
-    its ``keys.SEED`` column, which lerobot's edit and merge tools keep with the episode; for
-    datasets collected before the column, the collection's first seed (meta/reverie.json) plus the
-    episode index, which holds only while no tool renumbered the episodes."""
+    its ``keys.SEED`` column, which lerobot's edit and merge tools keep with the episode. Datasets
+    collected before the column: the collection's first seed (meta/reverie.json, which those tools
+    drop) plus the episode index, which holds only while no tool renumbered the episodes."""
     import json
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -212,6 +212,7 @@ def episode_seeds(root: Path, episodes: list[int]) -> list[int]:
     meta = root / "meta" / "reverie.json"
     if not meta.is_file():
         raise ValueError(f"{root} records no physics seed per episode (no {keys.SEED!r} column and no {meta}): only a "
-                         "dataset collected by reverie-collect can be replayed in physics from its episodes' starts")
+                         "dataset collected by reverie-collect can be replayed in physics from its episodes' starts; "
+                         "re-collect it with reverie-collect, which records the seed column that lerobot's tools keep")
     first_seed = json.loads(meta.read_text())["collect"]["seed"]  # episode i was collected from seed first + i
     return [first_seed + int(e) for e in episodes]

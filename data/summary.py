@@ -1,5 +1,11 @@
 """What a collected dataset holds: episodes, success rate, failure modes, frames, and a strip of
-frames from each view that a person can look at."""
+frames from each view that a person can look at.
+
+It reads only what lerobot's edit and merge tools keep: the columns (``episode.failure_mode`` is an
+index into ``FAILURE_MODES``, which only ever grows at its end) and lerobot's ``meta/info.json``. The
+strip is written beside the dataset folder (``<root>.reverie/summary_strip.png``), not inside it,
+where lerobot's ``push_to_hub`` would upload it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator import keys
+from simulator.normalization import dataset_sidecar
 
 
 @dataclass
@@ -42,16 +49,22 @@ class DatasetSummary:
 
 
 def summarize(root: str | Path, strip_path: str | Path | None = "auto", video_backend: str = "pyav") -> DatasetSummary:
-    """Reads the dataset at ``root`` with lerobot and summarises it; writes a PNG strip unless None."""
+    """Reads the dataset at ``root`` with lerobot and summarises it; writes a PNG strip unless None
+    ("auto": beside the dataset folder, ``<root>.reverie/summary_strip.png``)."""
     import pandas as pd
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from simulator.physics.experts import FAILURE_MODES
+
     root = Path(root)
     info = json.loads((root / "meta" / "info.json").read_text())
-    modes = json.loads((root / "meta" / "reverie.json").read_text())["failure_modes"]
+    modes = list(FAILURE_MODES)
     data = pd.concat(pd.read_parquet(p) for p in sorted((root / "data").rglob("*.parquet")))
     per_ep = data.groupby("episode_index").agg(success=(keys.EPISODE_SUCCESS, "first"),
                                                mode=(keys.FAILURE_MODE, "first"), length=("index", "size"))
+    unknown = sorted({int(i) for i in per_ep["mode"]} - set(range(len(modes))))
+    if unknown:
+        raise ValueError(f"{root}: {keys.FAILURE_MODE} holds {unknown}, not indices into the failure modes {modes}")
     per_ep["mode"] = per_ep["mode"].map(lambda i: modes[int(i)])
     counts = Counter(per_ep["mode"])
     views = [keys.view_of(k) for k, f in info["features"].items() if f["dtype"] == "video"]
@@ -67,7 +80,7 @@ def summarize(root: str | Path, strip_path: str | Path | None = "auto", video_ba
         lengths=per_ep["length"].tolist(),
     )
     if strip_path is not None and len(per_ep):
-        strip_path = root / "summary_strip.png" if strip_path == "auto" else Path(strip_path)
+        strip_path = dataset_sidecar(root) / "summary_strip.png" if strip_path == "auto" else Path(strip_path)
         ds = LeRobotDataset(info.get("repo_id", "reverie/local"), root=root, video_backend=video_backend)
         summary.strip = save_strip(ds, strip_path)
     return summary

@@ -3,7 +3,8 @@ poses. Applied to imagined frames it tells whether the world model put the arm a
 where physics did, which pixel metrics cannot. It uses no pretrained weights.
 
 Dimension legend: N frames, V views, h x w image size, K probed values (observation.state then
-observation.environment_state).
+observation.environment_state, in its common layout: the first object's height is value
+``keys.STATE_DIM + 2`` for every task).
 """
 
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ class StateProbe(ModelMixin, ConfigMixin):
     """(N, V, 3, h, w) frames in [0, 1] -> (N, K) values in the dataset's units."""
 
     @register_to_config
-    def __init__(self, views: int = 2, outputs: int = 15, channels: tuple[int, ...] = (32, 64, 128)):
+    def __init__(self, views: int = 2, outputs: int = keys.STATE_DIM + keys.ENV_STATE_DIM,
+                 channels: tuple[int, ...] = (32, 64, 128)):
         super().__init__()
         layers, c_in = [], 3 * views
         for c in channels:

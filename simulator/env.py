@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from simulator import keys
-from simulator.normalization import STATS_FILE, Normalizer
+from simulator.normalization import Normalizer, stats_path
 from simulator.progress import ProgressModel
 from simulator.progress.modeling_progress import history_indices
 from simulator.starts import StartFrames
@@ -328,10 +328,10 @@ def as_physics_acts(actions: Tensor) -> Tensor:
 def load_normalizer(world_model: str | Path, stats_root: str | Path | None = None) -> Normalizer:
     """The action/state statistics the world model was trained with: ``normalization.json``
     beside it or, for models saved without one, the statistics of the dataset at ``stats_root``."""
-    candidates = [Path(world_model) / NORMALIZATION_FILE] + ([Path(stats_root) / STATS_FILE] if stats_root else [])
+    candidates = [Path(world_model) / NORMALIZATION_FILE] + ([stats_path(stats_root)] if stats_root else [])
     for path in candidates:
         if path.is_file():
             stats = json.loads(path.read_text())
             return Normalizer(stats.get("features", stats), source=path)
     raise FileNotFoundError(f"no {NORMALIZATION_FILE} beside the world model {world_model}: give the dataset it was "
-                            f"trained on (stats_root) to read its {STATS_FILE}")
+                            f"trained on (stats_root) to read the statistics cached beside it")

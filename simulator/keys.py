@@ -27,6 +27,13 @@ PREVIOUS_PREFIX = "previous."
 STATE_DIM = 8
 STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"]
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
+# ENV_STATE has one layout for every task, so that lerobot merges datasets of different tasks (it
+# requires equal shapes and names): OBJECT_SLOTS poses (position xyz + quaternion wxyz), a task's
+# objects in the first slots in its spec's order (simulator.physics.tasks), the unused slots zero.
+OBJECT_SLOTS = 2  # the most objects of any task (stack)
+POSE_NAMES = ("x", "y", "z", "qw", "qx", "qy", "qz")
+ENV_STATE_DIM = len(POSE_NAMES) * OBJECT_SLOTS
+ENV_STATE_NAMES = [f"obj{i}_{c}" for i in range(OBJECT_SLOTS) for c in POSE_NAMES]
 
 
 def image_key(view: str) -> str:

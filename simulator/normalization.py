@@ -1,10 +1,16 @@
-"""Normalisation statistics of actions and states: where a dataset stores them, their check, and
+"""Normalisation statistics of actions and states: where a dataset's are cached, their check, and
 the ``Normalizer`` that applies them.
 
 The statistics are computed from a dataset (``data.clips``) and travel with every model trained
 on it; the world model and the imagined env read them back here, which is why they live below
 ``data/``. This module does not compute them, nor check them against a dataset's recorded
 ranges (``data.validate.check_stats``).
+
+Where: Reverie's own files about a dataset (these statistics, the summary strip) live in a folder
+beside the dataset, ``<root>.reverie/``, not inside it. Inside, lerobot's ``push_to_hub`` would
+upload them (it skips only ``images/``, ``.git`` and ``.cache/huggingface``), and its edit and
+merge tools write a new folder without them; beside it, a dataset folder holds only what lerobot
+wrote (and ``meta/reverie.json``, the collection's provenance).
 """
 
 from __future__ import annotations
@@ -14,7 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STATS_FILE = "meta/reverie_stats.json"  # a dataset's statistics, stored beside it
+SIDECAR_SUFFIX = ".reverie"
+
+
+def dataset_sidecar(root: str | Path) -> Path:
+    """The folder of Reverie's files about the dataset at ``root``: ``<root>.reverie``, beside it."""
+    root = Path(root).resolve()  # "." or "x/.." name no folder
+    return root.parent / (root.name + SIDECAR_SUFFIX)
+
+
+def stats_path(root: str | Path) -> Path:
+    """Where the statistics of the dataset at ``root`` are cached (``data.clips`` writes them)."""
+    return dataset_sidecar(root) / "stats.json"
 
 
 class CorruptDatasetError(ValueError):
@@ -34,7 +51,7 @@ def check_finite(features: dict[str, dict[str, list[float]]], source: str | Path
 
 
 class Normalizer:
-    """Mean/std normalisation per feature, from ``meta/reverie_stats.json``."""
+    """Mean/std normalisation per feature, from a dataset's statistics (``stats_path``)."""
 
     def __init__(self, stats: dict[str, dict[str, list[float]]], eps: float = 1e-3, source: str | Path = "statistics"):
         check_finite(stats, source)  # a non-finite mean or std would turn every normalised value into NaN or 0

@@ -170,7 +170,7 @@ def test_the_outcome_does_not_read_the_physics_object_state(starts):
     grasp = torch.zeros(B, 2 * H, 7)
     grasp[:, :, -1] = -1.0
     grasp[:, 4:, -1] = 1.0  # the gripper closes at step 4
-    moved = replace(starts, object_state=starts.object_state + torch.tensor([0.1, -0.1, 0.05, 0.5, 0.5, 0.0, 0.0]))
+    moved = replace(starts, object_state=starts.object_state + torch.tensor([0.1, -0.1, 0.05, 0.5, 0.5, 0.0, 0.0] + [0.0] * 7))
     runs = []
     for s in (starts, moved):
         env = sure(imagined_env(s), success=True)

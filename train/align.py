@@ -76,8 +76,6 @@ def merge(rollouts: Path, dataset: Path, out: Path) -> Path:
     """Rollouts then dataset, merged by lerobot into ``out`` (written beside it, then renamed in)."""
     from lerobot.datasets import LeRobotDataset, merge_datasets
 
-    from simulator.normalization import STATS_FILE
-
     if (out / "meta" / "info.json").is_file():
         return out
     tmp = out.with_name(out.name + ".tmp")
@@ -87,7 +85,6 @@ def merge(rollouts: Path, dataset: Path, out: Path) -> Path:
         shutil.rmtree(tmp)
     merge_datasets([LeRobotDataset("reverie/rollouts", root=rollouts), LeRobotDataset("reverie/dataset", root=dataset)],
                    output_repo_id="reverie/aligned", output_dir=tmp)
-    (tmp / STATS_FILE).unlink(missing_ok=True)  # recomputed from the merge when it is first loaded
     tmp.rename(out)
     return out
 

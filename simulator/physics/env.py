@@ -47,7 +47,7 @@ import torch
 from simulator import keys
 from simulator.physics.experts import ACTION_DIM
 from simulator.physics.render import RENDER_QUALITIES, SceneRenderer
-from simulator.physics.tasks import TaskSpec, get_task, object_bodies
+from simulator.physics.tasks import TaskSpec, get_task, object_bodies, slot_poses
 
 
 @dataclass
@@ -140,9 +140,7 @@ class TaskInstance:
 
     def object_state(self) -> np.ndarray:
         d = self.env.sim.data
-        return np.concatenate([np.concatenate([d.body_xpos[b], d.body_xquat[b]]) for b in self.bodies]).astype(
-            np.float32
-        )
+        return slot_poses([np.concatenate([d.body_xpos[b], d.body_xquat[b]]) for b in self.bodies])
 
     def stage(self) -> int:
         return self.spec.stage(self.env)

@@ -5,7 +5,12 @@ the robosuite env, how to frame its cameras, how to read the objects' state, how
 has got (``stage``: physics milestones, for progress labels and failure analysis), and the
 plan a scripted expert follows from the start-of-episode object state.
 
-Dimension legend: D object-state dim (7 per object: position xyz + quaternion wxyz).
+The object state has one layout for every task (``keys.ENV_STATE_NAMES``): ``keys.OBJECT_SLOTS``
+slots of 7 (position xyz + quaternion wxyz), the task's ``objects`` in the first slots in their
+order, the other slots zero. Datasets of different tasks then have equal features, which lerobot's
+merge requires; a plan reads the slots of its own objects (``[0:7]`` the first, ``[7:14]`` the second).
+
+Dimension legend: D object-state dim (``keys.ENV_STATE_DIM``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from simulator import keys
 from simulator.physics.render import CameraSpec
 
 TABLE_Z = 0.8  # robosuite's table_offset z for every task here
@@ -41,9 +47,26 @@ class TaskSpec:
     plan: Callable[["np.ndarray", object], ExpertPlan]  # (object_state (D,), robosuite env) -> plan
     stage: Callable[[object], int]  # robosuite env -> milestones reached now
 
+    def __post_init__(self):
+        if not 1 <= len(self.objects) <= keys.OBJECT_SLOTS:
+            raise ValueError(f"task {self.name!r} has {len(self.objects)} objects; the object-state layout has "
+                             f"{keys.OBJECT_SLOTS} slots (raise keys.OBJECT_SLOTS, which changes every dataset's schema)")
+
     @property
     def object_state_dim(self) -> int:
-        return 7 * len(self.objects)
+        """D, the same for every task (the common layout), whatever the number of objects."""
+        return keys.ENV_STATE_DIM
+
+
+def slot_poses(poses: list[np.ndarray]) -> np.ndarray:
+    """(D,) float32: the objects' poses ((7,) each, in the spec's order) in the first slots of the
+    common layout, the unused slots zero."""
+    if len(poses) > keys.OBJECT_SLOTS or any(np.shape(p) != (7,) for p in poses):
+        raise ValueError(f"expected at most {keys.OBJECT_SLOTS} poses of shape (7,), got {[np.shape(p) for p in poses]}")
+    out = np.zeros(keys.ENV_STATE_DIM, dtype=np.float32)
+    if poses:
+        out[:7 * len(poses)] = np.concatenate(poses)
+    return out
 
 
 def object_bodies(env, spec: TaskSpec) -> list[int]:

@@ -12,7 +12,7 @@ import torch
 from data.clips import ClipConfig, ClipDataset
 from data.video import CorruptVideoError, decode_frames
 from simulator import keys
-from simulator.normalization import STATS_FILE
+from simulator.normalization import stats_path
 
 CFG = ClipConfig(context=3, horizon=4, stride=2)
 
@@ -34,7 +34,7 @@ def test_item_shapes(clips):
     item = clips[10]
     assert item["context"].shape == (2, 3, 3, 32, 32) and item["future"].shape == (2, 2, 3, 32, 32)
     assert item["action"].shape == (4, 7) and item["context_state"].shape == (3, 8) and item["future_state"].shape == (2, 8)
-    assert item["future_env_state"].shape == (2, 7) and item["future_progress"].shape == (2,)
+    assert item["future_env_state"].shape == (2, keys.ENV_STATE_DIM) and item["future_progress"].shape == (2,)
     assert item["context"].dtype == torch.float32 and 0 <= item["context"].min() and item["context"].max() <= 1
     assert item["task"] == "pick up the red cube"
 
@@ -76,7 +76,7 @@ def test_clips_agree_with_lerobot_loader(tiny_dataset, clips):
 
 
 def test_statistics_are_computed_once_and_stored(tiny_dataset, clips):
-    path = tiny_dataset / STATS_FILE
+    path = stats_path(tiny_dataset)
     stats = json.loads(path.read_text())
     df = pd.concat(pd.read_parquet(p) for p in (tiny_dataset / "data").rglob("*.parquet"))
     actions = np.stack(df[keys.ACTION].to_numpy())
@@ -145,15 +145,16 @@ def test_decode_frames_names_unknown_backend_and_missing_file(tmp_path):
 def test_statistics_are_recomputed_when_the_dataset_changed(tiny_dataset, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(tiny_dataset, root)
-    path = root / STATS_FILE
+    path = stats_path(root)
+    assert path.parent.parent == root.parent  # beside the dataset folder, not in it
     ClipDataset(root=root, config=CFG)  # writes the statistics
-    stale = json.loads(path.read_text())
-    stale["total_frames"] -= 1  # as if the dataset had grown since
+    fresh = json.loads(path.read_text())
+    stale = {**fresh, "dataset_digest": "of the dataset before it changed"}
     stale["features"][keys.ACTION]["mean"] = [9.0] * 7
     path.write_text(json.dumps(stale))
     ds = ClipDataset(root=root, config=CFG)
     assert ds.stats[keys.ACTION]["mean"] != [9.0] * 7
-    assert json.loads(path.read_text())["total_frames"] == ds.meta.total_frames
+    assert json.loads(path.read_text())["dataset_digest"] == fresh["dataset_digest"]
 
 
 def test_frames_cached_in_memory_equal_decoded_frames(tiny_dataset, clips):

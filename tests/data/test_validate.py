@@ -13,7 +13,7 @@ import pytest
 
 from data.clips import ClipConfig, ClipDataset, DatasetConfig
 from simulator import keys
-from simulator.normalization import STATS_FILE, CorruptDatasetError, Normalizer
+from simulator.normalization import CorruptDatasetError, Normalizer, stats_path
 
 CFG = ClipConfig(context=1, horizon=1)
 
@@ -23,7 +23,7 @@ def dataset(tiny_dataset, tmp_path):
     """A private copy of the shared tiny dataset, without statistics, to corrupt."""
     root = tmp_path / "ds"
     shutil.copytree(tiny_dataset, root)
-    (root / STATS_FILE).unlink(missing_ok=True)
+    stats_path(root).unlink(missing_ok=True)
     return root
 
 
@@ -50,7 +50,7 @@ def test_corrupt_action_value_names_file_row_and_feature(dataset, value, problem
         ClipDataset(root=dataset, config=CFG)
     message = str(error.value)
     assert str(path) in message and f"episode {episode}, frame {frame}" in message and f"{keys.ACTION}[3]" in message
-    assert not (dataset / STATS_FILE).exists()  # no statistics computed from the corrupt values
+    assert not stats_path(dataset).exists()  # no statistics computed from the corrupt values
 
 
 def test_corrupt_episode_outside_the_loaded_ones_fails_the_statistics(dataset):
@@ -97,7 +97,7 @@ def test_missing_data_file_is_named_not_fetched_from_the_hub(dataset):
 @pytest.mark.parametrize("std", [float("nan"), float("inf")])
 def test_non_finite_stored_statistics_are_named(dataset, std):
     ClipDataset(root=dataset, config=CFG)  # writes the statistics
-    path = dataset / STATS_FILE
+    path = stats_path(dataset)
     stats = json.loads(path.read_text())
     stats["features"][keys.ACTION]["std"][2] = std
     path.write_text(json.dumps(stats))
@@ -110,7 +110,7 @@ def test_non_finite_stored_statistics_are_named(dataset, std):
 def test_stored_statistics_of_corrupt_data_are_refused(dataset):
     """Statistics computed from corrupt values (std 1e35) outlive a repaired dataset of the same size."""
     ClipDataset(root=dataset, config=CFG)
-    path = dataset / STATS_FILE
+    path = stats_path(dataset)
     stats = json.loads(path.read_text())
     stats["features"][keys.ACTION]["max"][1] = 7e36
     stats["features"][keys.ACTION]["std"][1] = 1e35

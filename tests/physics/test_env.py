@@ -24,7 +24,7 @@ def test_reset_and_step_contract(env):
         assert 0.0 <= img.min() and img.max() <= 1.0 and img.std() > 0.01  # a real picture, not blank
     assert obs[keys.STATE].shape == (2, keys.STATE_DIM) and obs[keys.STATE].dtype == torch.float32
     assert obs[keys.TASK] == ["pick up the red cube"] * 2
-    assert info["object_state"].shape == (2, 7) and info["stage"].dtype == torch.long
+    assert info["object_state"].shape == (2, keys.ENV_STATE_DIM) and info["stage"].dtype == torch.long
     for key in ("success_prob", "progress"):  # shared with the imagined env
         assert info[key].shape == (2,) and info[key].dtype == torch.float32
     assert torch.equal(info["progress"], info["stage"] / 3)
