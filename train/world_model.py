@@ -134,26 +134,16 @@ def train(cfg: TrainWorldModelConfig) -> Path:
     return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train world model", stats)
 
 
-NEW_BRANCHES = ("state_frames.", "state_frames_head.")  # zero-initialised: an older model is their start
-
-
 def load_weights(model: WorldModel, folder: Path) -> None:
-    """``model`` takes the weights of the world model saved in ``folder``, which must have its shapes.
-    Branches that start at zero (``NEW_BRANCHES``: the frame-reading state head) may be missing
-    from an older model; they keep their initialisation, which adds nothing to its predictions."""
+    """``model`` takes the weights of the world model saved in ``folder``, which must have its shapes."""
     saved = WorldModel.from_pretrained(folder).state_dict()
     mine = model.state_dict()
-    added = sorted(k for k in mine if k not in saved and k.startswith(NEW_BRANCHES))
-    wrong = sorted(k for k in set(saved) | set(mine)
-                   if k not in added and (k not in saved or k not in mine or saved[k].shape != mine[k].shape))
+    wrong = sorted(k for k in set(saved) | set(mine) if k not in saved or k not in mine or saved[k].shape != mine[k].shape)
     if wrong:
         raise ValueError(f"--init_from {folder}: that world model has other shapes than this one ({', '.join(wrong[:3])}"
                          f"{' ...' if len(wrong) > 3 else ''}); give the same --model settings and a dataset with the same "
                          "views, resolution and action/state dims")
-    if added:
-        log.info("--init_from %s: %d tensors of new branches start from their initialisation (%s)", folder, len(added),
-                 ", ".join(sorted({k.split(".")[0] for k in added})))
-    model.load_state_dict(saved, strict=not added)
+    model.load_state_dict(saved)
 
 
 def update(model, opt, sched, accelerator, cfg: TrainWorldModelConfig, data, step: int) -> dict:

@@ -53,11 +53,6 @@ class WorldModelConfig:
     # frames), so that an object nothing has touched can stay where physics put it however long the
     # rollout. False for models saved before it existed.
     memory: bool = False
-    # The state head also reads the last context frame of every view, not only the context state and
-    # the actions: whether closing fingers meet the cube or air shows in the frames, never in the
-    # actions, and the next chunk's frames are conditioned on the state predicted here (a blind head
-    # predicts "holding" after every close). False for models saved before it existed.
-    state_reads_frames: bool = False
 
     def __post_init__(self):
         if self.future is None:

@@ -21,9 +21,7 @@ context latent. The diffusion runs in latent space: ``encode``, ``decode`` and `
 say what that space is, and the objective and sampler go through them.
 
 Both backbones share the state head: a small MLP that predicts the future proprioceptive states
-from the context state and the actions; with ``state_reads_frames`` a second, zero-initialised
-branch adds what a small CNN reads in the last context frame of every view (the fingers close
-on the cube or on air), so that a model saved without it is its starting point.
+from the context state and the actions.
 """
 
 import logging
@@ -71,7 +69,7 @@ class WorldModel(ModelMixin, ConfigMixin):
                  norm_num_groups: int = 32, cond_dim: int = 256, autoencoder: str | None = None,
                  latent_channels: int = 4, latent_downsample: int = 4, autoencoder_width: int = 64,
                  patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512, scale_noisy_input: bool = False,
-                 memory: bool = False, state_reads_frames: bool = False, autoencoder_config: dict | None = None):
+                 memory: bool = False, autoencoder_config: dict | None = None):
         """Arguments as in WorldModelConfig, and ``autoencoder_config``: the architecture of the
         latent backbone's autoencoder, which the model records in its own config.json when built,
         so that ``from_pretrained`` rebuilds it without the folder it was first loaded from."""
@@ -82,7 +80,7 @@ class WorldModel(ModelMixin, ConfigMixin):
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, cond_dim=cond_dim,
             autoencoder=autoencoder, latent_channels=latent_channels, latent_downsample=latent_downsample,
             autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width,
-            scale_noisy_input=scale_noisy_input, memory=memory, state_reads_frames=state_reads_frames)
+            scale_noisy_input=scale_noisy_input, memory=memory)
         self.spec = cfg
         if cfg.backbone == "unet":
             self._build_unet(cfg)
@@ -94,21 +92,6 @@ class WorldModel(ModelMixin, ConfigMixin):
                                         nn.SiLU(), nn.Linear(cfg.cond_dim, cfg.future * cfg.state_dim))
         nn.init.zeros_(self.state_head[-1].weight)  # start as "the state does not change"
         nn.init.zeros_(self.state_head[-1].bias)
-        if cfg.state_reads_frames:
-            self._build_state_frames(cfg, state_in)
-
-    def _build_state_frames(self, cfg: WorldModelConfig, state_in: int, width: int = 64, grid: int = 4) -> None:
-        """The state head's frame branch: last context frame of every view -> a (width, grid, grid)
-        map (three stride-2 convolutions, pooled to the grid: where things are, not only what) ->
-        an MLP with the context state and actions -> a change of the future states, starting at 0."""
-        c = self.sample_shape[0] * cfg.views
-        self.state_frames = nn.Sequential(
-            nn.Conv2d(c, width // 2, 4, 2, 1), nn.SiLU(), nn.Conv2d(width // 2, width, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(width, width, 4, 2, 1), nn.SiLU(), nn.AdaptiveAvgPool2d(grid), nn.Flatten())
-        self.state_frames_head = nn.Sequential(nn.Linear(width * grid * grid + state_in, cfg.cond_dim), nn.SiLU(),
-                                               nn.Linear(cfg.cond_dim, cfg.future * cfg.state_dim))
-        nn.init.zeros_(self.state_frames_head[-1].weight)
-        nn.init.zeros_(self.state_frames_head[-1].bias)
 
     def _build_unet(self, cfg: WorldModelConfig) -> None:
         from diffusers import UNet2DModel
@@ -208,7 +191,7 @@ class WorldModel(ModelMixin, ConfigMixin):
             delta = self.unet(x, t * 1000.0, class_labels=cond).sample.reshape(noisy.shape)
         frames = context[:, :, -1:].expand_as(noisy) + delta
         # The state head sees the real actions: action dropout is for the frames' guidance only.
-        return Prediction(frames=frames, state=self._future_state(state, actions_in, context))
+        return Prediction(frames=frames, state=self._future_state(state, actions_in))
 
     # The sample space the diffusion runs in: pixels for the U-Net, scaled autoencoder latents
     # for the latent backbone. The objective and the sampler go through these three.
@@ -239,14 +222,13 @@ class WorldModel(ModelMixin, ConfigMixin):
         d = self.spec.latent_downsample
         return f"c, h/{d}, w/{d}" if self._latent else "3, h, w"
 
-    def _future_state(self, state: Tensor, actions: Tensor, context: Tensor) -> Tensor:
-        """Future proprioceptive states (B, F, S) from the context states (B, C, S), the actions
-        (B, H, A) and, with ``state_reads_frames``, the last context frames (B, V, C, c, h', w')."""
-        blind = torch.cat([state.flatten(1), actions.flatten(1)], -1)
-        delta = self.state_head(blind)
-        if self.spec.state_reads_frames:
-            seen = self.state_frames(context[:, :, -1].flatten(1, 2))
-            delta = delta + self.state_frames_head(torch.cat([seen, blind], -1))
+    def predict_state(self, state: Tensor, actions: Tensor) -> Tensor:
+        """Future proprioceptive states (B, F, S) from the context states (B, C, S) and actions (B, H, A)."""
+        self._check(actions=actions, state=state)
+        return self._future_state(state, actions)
+
+    def _future_state(self, state: Tensor, actions: Tensor) -> Tensor:
+        delta = self.state_head(torch.cat([state.flatten(1), actions.flatten(1)], -1))
         return state[:, -1:] + delta.reshape(state.shape[0], self.spec.future, -1)
 
     def _check(self, **tensors: Tensor) -> None:
