@@ -46,3 +46,23 @@ def moving_world_model(image_size: int, horizon: int = 8, seed: int = 0, future:
         for p in wm.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return wm
+
+
+@pytest.fixture(scope="module")
+def physics():
+    """A tiny Lift physics env: 2 envs, both views at 32x32, 16 steps (imagined-env tests run on its starts)."""
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=2, views=("front", "wrist"), height=32, width=32,
+                                      max_steps=16))
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def starts(physics):
+    """The tiny physics env's starts of seed 1000, as an imagined env's start frames."""
+    from simulator.starts import StartFrames
+
+    obs, info = physics.reset(seed=1000)
+    return StartFrames.from_observation(obs, info, ("front", "wrist"))

@@ -11,7 +11,6 @@ from simulator import keys
 from simulator.env import ImaginedEnv, ImaginedEnvConfig
 from simulator.normalization import Normalizer
 from simulator.physics import ExpertConfig
-from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 from simulator.progress import ProgressModel
 from simulator.recording import EpisodeRecorder
 from simulator.rollout import Rollout
@@ -37,19 +36,6 @@ def tiny_models(seed: int = 0):
 def unit_normalizer() -> Normalizer:
     return Normalizer({keys.ACTION: {"mean": [0.0] * 7, "std": [1.0] * 7},
                        keys.STATE: {"mean": [0.0] * 8, "std": [1.0] * 8}})
-
-
-@pytest.fixture(scope="module")
-def physics():
-    env = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=B, views=VIEWS, height=SIZE, width=SIZE, max_steps=16))
-    yield env
-    env.close()
-
-
-@pytest.fixture(scope="module")
-def starts(physics):
-    obs, info = physics.reset(seed=1000)
-    return StartFrames.from_observation(obs, info, VIEWS)
 
 
 def imagined_env(starts, **config) -> ImaginedEnv:

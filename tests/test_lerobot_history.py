@@ -12,9 +12,7 @@ from policy.lerobot_adapter import LerobotPolicy, cpu_diffusion_config, policy_f
 from simulator import keys
 from simulator.env import ImaginedEnv, ImaginedEnvConfig
 from simulator.normalization import Normalizer
-from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
 from simulator.progress import ProgressModel
-from simulator.starts import StartFrames
 from tests.conftest import moving_world_model
 from train.rl.base import collect
 
@@ -23,20 +21,6 @@ SEEDS = [7, 8]
 PREV = keys.previous_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def physics():
-    env = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=B, views=VIEWS, height=SIZE, width=SIZE,
-                                      max_steps=16))
-    yield env
-    env.close()
-
-
-@pytest.fixture(scope="module")
-def starts(physics):
-    obs, info = physics.reset(seed=1000)
-    return StartFrames.from_observation(obs, info, VIEWS)
 
 
 def imagined(starts, future: int = H) -> ImaginedEnv:
