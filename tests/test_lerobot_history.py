@@ -33,7 +33,7 @@ def imagined(starts, future: int = H) -> ImaginedEnv:
     return ImaginedEnv(wm, pm, starts, norm, VIEWS, ImaginedEnvConfig(num_envs=B, max_steps=16))
 
 
-def two_step_policy(env_state_dim: int = 0) -> LerobotPolicy:
+def two_step_policy(env_state_dim: int = 0, n_obs_steps: int = 2) -> LerobotPolicy:
     """A tiny lerobot Diffusion Policy with n_obs_steps 2 (and the object state as an input when
     ``env_state_dim``), as lerobot-train builds from a dataset that records it."""
     from lerobot.configs import FeatureType, PolicyFeature
@@ -46,7 +46,7 @@ def two_step_policy(env_state_dim: int = 0) -> LerobotPolicy:
         inputs[keys.ENV_STATE] = PolicyFeature(FeatureType.ENV, (env_state_dim,))
         stats[keys.ENV_STATE] = {"min": -torch.ones(env_state_dim), "max": torch.ones(env_state_dim)}
     torch.manual_seed(0)
-    config = cpu_diffusion_config(VIEWS, SIZE, chunk_size=H, n_obs_steps=2, input_features=inputs,
+    config = cpu_diffusion_config(VIEWS, SIZE, chunk_size=H, n_obs_steps=n_obs_steps, input_features=inputs,
                                   device="cpu", down_dims=(16, 32), diffusion_step_embed_dim=16,
                                   spatial_softmax_num_keypoints=4, num_inference_steps=4)
     return LerobotPolicy.wrap(DiffusionPolicy(config), num_envs=B, dataset_stats=stats, rl_steps=2).eval()
@@ -149,6 +149,10 @@ def test_rl_rescores_a_sample_under_the_history_it_acted_on(policy, starts):
         later = t > 0  # at t = 0 the step before is the current one
         rescored = policy.log_prob(no_history, rollouts.samples)
         assert not torch.allclose(rescored[later], stored[later], atol=1e-4, rtol=1e-4)
+    # a policy that reads one step: the env still gives the step before, the rollouts do not keep it
+    one_step = collect(env, two_step_policy(n_obs_steps=1), VIEWS, torch.zeros(B, dtype=torch.long), seed=0,
+                       generator=torch.Generator().manual_seed(0))
+    assert one_step.previous_images is None and one_step.previous_state is None
 
 
 def test_an_env_state_policy_runs_in_physics_and_is_refused_in_imagination(physics, starts):

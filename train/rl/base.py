@@ -76,7 +76,8 @@ class Rollouts:
     alive: Tensor  # (T, B) bool
     success: Tensor  # (B,) bool: the episode ended solved
     starts: Tensor  # (B,) start index of each env
-    # The obs one env step before (keys.previous_key), as the env gave it; None where it gave none.
+    # The obs one env step before (keys.previous_key), as the env gave it, for a policy that reads
+    # it (``obs_steps`` > 1); None otherwise.
     previous_images: Tensor | None = None  # (T, B, V, 3, h, w) uint8
     previous_state: Tensor | None = None  # (T, B, S)
 
@@ -113,7 +114,8 @@ def collect(env, policy, views: tuple[str, ...], start_index: Tensor, seed: int,
         policy.reset(obs, rollout.info, seeds=seeds)
     steps: dict[str, list] = {k: [] for k in ("images", "state", "actions", "samples", "rewards", "alive",
                                               "previous_images", "previous_state")}
-    history = keys.previous_key(keys.STATE) in obs  # the env gives the obs one env step before
+    # The obs one env step before, kept only for a policy that reads it (twice the image memory).
+    history = getattr(policy, "obs_steps", 1) > 1 and keys.previous_key(keys.STATE) in obs
     task = list(obs[keys.TASK]) if not isinstance(obs[keys.TASK], str) else [obs[keys.TASK]] * B
 
     @torch.no_grad()
