@@ -304,7 +304,7 @@ class PhysicsEnv:
             "success": success,
             "success_prob": success.float(),
             "progress": stage.float() / self.spec.num_stages,
-            "object_state": torch.from_numpy(np.stack([e.object_state() for e in self.envs])),
+            "object_state": torch.from_numpy(np.stack([latest[2] for latest in self._last])),  # read at each step
             "stage": stage,
             "steps": torch.from_numpy(self._steps.copy()),
             "frames": frames,
