@@ -170,16 +170,6 @@ def policy_on_command_line():
     return PreTrainedConfig.from_pretrained(path, cli_overrides=parser.get_cli_overrides("policy") or [])
 
 
-def take(starts: StartFrames, idx: Sequence[int]) -> StartFrames:
-    """The starts at ``idx``, in that order."""
-    def pick(x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x[list(idx)]
-
-    return StartFrames(frames=pick(starts.frames), first_frames=pick(starts.first_frames), state=pick(starts.state),
-                       object_state=pick(starts.object_state), task=[starts.task[i] for i in idx],
-                       history=pick(starts.history), history_state=pick(starts.history_state))
-
-
 class StartPool:
     """A fixed pool of N starts: the episode of seed s starts from start s mod N."""
 
@@ -187,7 +177,7 @@ class StartPool:
         self.starts = starts
 
     def __call__(self, seeds: list[int]) -> StartFrames:
-        return take(self.starts, [s % len(self.starts) for s in seeds])
+        return self.starts.take([s % len(self.starts) for s in seeds])
 
 
 class PhysicsResets:

@@ -66,6 +66,13 @@ class StartFrames:
                    task=[t for p in parts for t in p.task], history=optional("history"),
                    history_state=optional("history_state"))
 
+    def take(self, idx: list[int]) -> StartFrames:
+        """The starts at ``idx``, in that order (an index may repeat)."""
+        pick = lambda x: None if x is None else x[list(idx)]
+        return StartFrames(frames=pick(self.frames), first_frames=pick(self.first_frames), state=pick(self.state),
+                           object_state=pick(self.object_state), task=[self.task[i] for i in idx],
+                           history=pick(self.history), history_state=pick(self.history_state))
+
     @classmethod
     def from_dataset(cls, clips, episodes: list[int] | None = None, every: int | None = None,
                      history: int = 8, stride: int = 1) -> StartFrames:

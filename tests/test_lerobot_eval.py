@@ -19,7 +19,6 @@ from simulator.lerobot_env import (
     StartPool,
     check_policy,
     dataset_starts,
-    take,
 )
 from simulator.normalization import Normalizer
 from simulator.progress import ProgressModel
@@ -95,7 +94,7 @@ def test_the_per_step_env_steps_the_imagined_env_once_per_chunk(success):
     world_model, progress, normalizer = moving_world_model(SIZE, horizon=H), sure_progress(success), Normalizer(UNIT)
     config, starts = ImaginedEnvConfig(num_envs=B, max_steps=12), random_starts(3)
     per_step = ImaginedVectorEnv(world_model, progress, normalizer, VIEWS, StartPool(starts), config)
-    chunked = ImaginedEnv(world_model, progress, take(starts, [1, 2]), normalizer, VIEWS, config)
+    chunked = ImaginedEnv(world_model, progress, starts.take([1, 2]), normalizer, VIEWS, config)
     obs, info = per_step.reset(seed=4)  # seeds 4, 5: starts 4 mod 3 and 5 mod 3
     chunked_obs, _ = chunked.reset(seed=4, options={"start_index": [0, 1]})
     assert info["seeds"].tolist() == [4, 5] and per_step.call("task") == ("task 1", "task 2")
