@@ -36,7 +36,6 @@ from data.validate import (
     check_local_dataset,
     check_stats,
     check_values,
-    common_env_state,
     name_unreadable_file,
 )
 from data.video import VIDEO_BACKENDS, decode_frames
@@ -312,7 +311,7 @@ def _read_columns(lerobot, wanted: list[str], record: EpisodeRecord):
     table = table.with_format("torch")[:]
     columns = {k: _as_2d(table[k]).float() for k in wanted}
     if keys.ENV_STATE in columns:  # a dataset recorded before the common layout, as the record's ranges are
-        columns[keys.ENV_STATE] = common_env_state(columns[keys.ENV_STATE], record.root)
+        columns[keys.ENV_STATE] = keys.common_env_state(columns[keys.ENV_STATE], record.root)
     episode_of, frame_of = table["episode_index"].long(), table["frame_index"].long()
     check_values(record, columns, episode_of, frame_of)
     return columns, episode_of, frame_of, table["task_index"].long()

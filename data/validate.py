@@ -7,7 +7,7 @@
   inside the per-episode min and max that lerobot recorded when it wrote the episode
   (``stats/<feature>/min|max`` in ``meta/episodes``); vectorised over the already loaded columns.
 - ``check_stats``: normalisation statistics are finite and agree with the recorded ranges.
-- ``common_env_state``: object state in the common layout of every task (``keys.ENV_STATE_NAMES``);
+- ``keys.common_env_state``: object state in the common layout of every task (``keys.ENV_STATE_NAMES``);
   a dataset recorded before it (one pose per task object: 7 values for Lift) is zero-padded, which
   is exact, since its objects' poses are already the first slots.
 
@@ -71,25 +71,8 @@ class EpisodeRecord:
             ranges[key] = tuple(_by_episode(episodes, np.asarray(v, np.float64).reshape(len(v), -1), fill)
                                 for v, fill in ((lo, -np.inf), (hi, np.inf)))
             if key == keys.ENV_STATE:  # the padded slots are 0 in every episode
-                ranges[key] = tuple(common_env_state(r, root) for r in ranges[key])
+                ranges[key] = tuple(keys.common_env_state(r, root) for r in ranges[key])
         return cls(root, files, dict(zip(episodes, rows["length"])), ranges)
-
-
-def common_env_state(x: np.ndarray | torch.Tensor, root: str | Path) -> np.ndarray | torch.Tensor:
-    """(..., d) object state of the dataset at ``root`` -> (..., keys.ENV_STATE_DIM) in the common layout:
-    a dataset recorded before it holds d = 7 per object of its task, which fill the first slots (zeros
-    added after them). Any other width is an error that says to re-collect."""
-    d = x.shape[-1]
-    if d == keys.ENV_STATE_DIM:
-        return x
-    if d % len(keys.POSE_NAMES) or d > keys.ENV_STATE_DIM:
-        raise ValueError(f"{root}: {keys.ENV_STATE} has {d} values, which is not {len(keys.POSE_NAMES)} per object in at most "
-                         f"{keys.OBJECT_SLOTS} slots ({keys.ENV_STATE_DIM} values, names {keys.ENV_STATE_NAMES[0]}..."
-                         f"{keys.ENV_STATE_NAMES[-1]}): re-collect it with reverie-collect, or drop the feature with "
-                         f"lerobot-edit-dataset --operation.type remove_feature")
-    if isinstance(x, torch.Tensor):
-        return torch.nn.functional.pad(x, (0, keys.ENV_STATE_DIM - d))
-    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, keys.ENV_STATE_DIM - d)])
 
 
 def _unreadable(path: Path, error: Exception) -> CorruptDatasetError:

@@ -63,6 +63,9 @@ class ScriptedPolicy:
                            "must hold 'object_state' (B, D)")
         mask = np.ones(self.num_envs, bool) if mask is None else np.asarray(torch.as_tensor(mask).cpu(), bool)
         object_state = torch.as_tensor(info["object_state"]).cpu().double().numpy()
+        if object_state.ndim == 2 and object_state.shape[1] == 0:
+            raise ValueError("the starts carry no object state (their dataset records no "
+                             f"{keys.ENV_STATE}), which a scripted expert plans from")
         if object_state.shape != (self.num_envs, self.spec.object_state_dim):
             raise ValueError(f"object_state must have shape (num_envs={self.num_envs}, D={self.spec.object_state_dim}), "
                              f"got {object_state.shape}")

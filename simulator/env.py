@@ -175,8 +175,7 @@ class ImaginedEnv:
             pred = self._imagine(actions[:, k * spec.horizon:(k + 1) * spec.horizon])
             run = ~self._done
             self._check_imagined(pred, run)
-            new = ((pred.frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (B, V, F, 3, h, w)
-            new_states = self.normalizer.unnormalize(keys.STATE, pred.state.float().cpu())
+            new, new_states = self._decoded(pred)  # (B, V, F, 3, h, w), (B, F, S)
             self._frames[run] = torch.cat([self._frames[run], new[run]], 2)[:, :, -self.length:]
             self._states[run] = torch.cat([self._states[run], new_states[run]], 1)[:, -self.length:]
             self._steps[run] += spec.horizon
@@ -200,6 +199,28 @@ class ImaginedEnv:
         info = self._info({v: frames[:, i] for i, v in enumerate(self.views)}, torch.cat(valid, 1), torch.cat(states, 1))
         return self._observation(), reward, terminated, truncated, info
 
+    @torch.no_grad()
+    def peek(self, chunk: Tensor) -> tuple[Tensor, Tensor]:
+        """The frames (B, V, F, 3, h, w) uint8 and states (B, F, S) that ``step(chunk)`` would imagine
+        for one world-model chunk (B, H0, A), without taking it: the envs, their sampling noise
+        included, stay as they were, so a ``step`` after it samples the same noise. Finished envs show
+        their last frame and state. For a caller that shows a policy the frames inside a chunk before
+        it has the chunk's last actions (``simulator.lerobot_env``: lerobot's observation history)."""
+        chunk = as_physics_acts(self._check_actions(chunk))
+        if chunk.shape[1] != self.world_model.spec.horizon:
+            raise ValueError(f"peek takes one chunk of {self.world_model.spec.horizon} actions, got {chunk.shape[1]}")
+        noise = self._generator.get_state()
+        try:
+            pred = self._imagine(chunk)
+        finally:
+            self._generator.set_state(noise)
+        run = ~self._done
+        self._check_imagined(pred, run)
+        frames, states = self._decoded(pred)
+        B = self.num_envs
+        return (torch.where(run.view(B, 1, 1, 1, 1, 1), frames, self._frames[:, :, -1:]),
+                torch.where(run.view(B, 1, 1), states, self._states[:, -1:]))
+
     def close(self) -> None:
         pass
 
@@ -212,6 +233,11 @@ class ImaginedEnv:
         actions = self.normalizer.normalize(keys.ACTION, chunk).to(self.device)
         memory = self._first.to(self.device).float() / 127.5 - 1.0 if spec.memory else None
         return self.sampler.sample(context, actions, state, self._generator, memory=memory)
+
+    def _decoded(self, pred) -> tuple[Tensor, Tensor]:
+        """A prediction's frames as uint8 (B, V, F, 3, h, w) and its states in raw units (B, F, S), on the CPU."""
+        frames = ((pred.frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        return frames, self.normalizer.unnormalize(keys.STATE, pred.state.float().cpu())
 
     def _check_imagined(self, pred, run: Tensor) -> None:
         """A running env's non-finite prediction would become a black frame that the progress model

@@ -4,6 +4,13 @@ A lerobot policy reads an observation from either simulator, or a frame from a d
 these keys unchanged.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
 IMAGE_PREFIX = "observation.images."
 STATE = "observation.state"  # (S,) end-effector position (3), axis-angle (3), gripper fingers (2)
 ENV_STATE = "observation.environment_state"  # (D,) ground-truth object poses, for probes and experts
@@ -49,3 +56,20 @@ def view_of(key: str) -> str:
     if not key.startswith(IMAGE_PREFIX):
         raise ValueError(f"{key!r} is not an image key (expected the prefix {IMAGE_PREFIX!r})")
     return key[len(IMAGE_PREFIX):]
+
+
+def common_env_state(x: np.ndarray | torch.Tensor, root: str | Path) -> np.ndarray | torch.Tensor:
+    """(..., d) object state of the dataset at ``root`` -> (..., ENV_STATE_DIM) in the common layout:
+    a dataset recorded before it holds d = 7 per object of its task, which fill the first slots (zeros
+    added after them). Any other width is an error that says to re-collect."""
+    d = x.shape[-1]
+    if d == ENV_STATE_DIM:
+        return x
+    if d % len(POSE_NAMES) or d > ENV_STATE_DIM:
+        raise ValueError(f"{root}: {ENV_STATE} has {d} values, which is not {len(POSE_NAMES)} per object in at most "
+                         f"{OBJECT_SLOTS} slots ({ENV_STATE_DIM} values, names {ENV_STATE_NAMES[0]}..."
+                         f"{ENV_STATE_NAMES[-1]}): re-collect it with reverie-collect, or drop the feature with "
+                         f"lerobot-edit-dataset --operation.type remove_feature")
+    if isinstance(x, torch.Tensor):
+        return torch.nn.functional.pad(x, (0, ENV_STATE_DIM - d))
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, ENV_STATE_DIM - d)])

@@ -23,8 +23,13 @@ What stepping a chunked env one action at a time implies:
   ``step`` returns the observation after the last chunk again, reward 0, not done: a policy must
   re-plan only at chunk boundaries, i.e. lerobot's ``n_action_steps`` a multiple of H. A policy
   that re-planned in between would act on a stale observation; ``create_envs`` refuses it.
-- ``n_obs_steps`` > 1 is refused too: the policy's observation queue at a re-plan would hold the
-  observation of the previous chunk boundary k-1 times and the current one, not the last k steps.
+- A policy with ``n_obs_steps`` k > 1 keeps a queue of the observations of its last k steps, and
+  the k-1 before a re-plan lie inside the chunk, which is imagined only once its last action is
+  in. So at each of those steps ``ImaginedVectorEnv`` peeks (``ImaginedEnv.peek``): it imagines
+  the chunk with the actions so far, the missing ones held at the latest, and returns the frame
+  and state after the latest action, which no later action can change in physics. The chunk is
+  then imagined from all its actions with the same sampling noise. This costs k-1 extra world-model
+  calls per chunk, and needs a world model that imagines every env step (frame stride 1).
 - The chunk's reward, ``terminated`` (the imagined env's success) and ``truncated`` come at the
   chunk's last step, so an episode lerobot counts ends at a chunk boundary even when the imagined
   env ended it at a frame inside the chunk (``info["episode_steps"]`` keeps the imagined count).
@@ -101,6 +106,7 @@ class ReverieEnvConfig(EnvConfig):
         wm = saved_config(self.world_model, "WorldModel")
         views = tuple(saved_config(self.progress, "ProgressModel")["views"])
         self.chunk = int(wm["horizon"])
+        self.frame_stride = self.chunk // int(wm.get("future") or self.chunk)
         size = int(wm["image_size"])
         self.features = {keys.image_key(v): PolicyFeature(FeatureType.VISUAL, (size, size, 3)) for v in views}
         self.features[STATE_KEY] = PolicyFeature(FeatureType.STATE, (int(wm["state_dim"]),))
@@ -115,11 +121,10 @@ class ReverieEnvConfig(EnvConfig):
         """{"reverie": {0: one ImaginedVectorEnv of n_envs envs}}; the envs are batched inside one
         world model call, so ``use_async_envs`` (processes) has nothing to parallelise."""
         policy = policy_on_command_line()
-        if policy is not None:
-            check_policy(policy, self.chunk)
-        return {self.type: {0: self.make_vector_env(n_envs)}}
+        history = 1 if policy is None else check_policy(policy, self.chunk, self.frame_stride)
+        return {self.type: {0: self.make_vector_env(n_envs, history)}}
 
-    def make_vector_env(self, n_envs: int) -> ImaginedVectorEnv:
+    def make_vector_env(self, n_envs: int, history: int = 1) -> ImaginedVectorEnv:
         views = tuple(keys.view_of(k) for k, f in self.features.items() if f.type is FeatureType.VISUAL)
         size = self.features[keys.image_key(views[0])].shape[0]
         if self.dataset is not None:
@@ -130,7 +135,7 @@ class ReverieEnvConfig(EnvConfig):
             WorldModel.from_pretrained(self.world_model).to(self.device),
             ProgressModel.from_pretrained(self.progress).to(self.device),
             load_normalizer(self.world_model, self.dataset), views, starts,
-            replace(self.imagined, num_envs=n_envs), fps=self.fps)
+            replace(self.imagined, num_envs=n_envs), history=history, fps=self.fps)
 
 
 def saved_config(folder: Path, class_name: str) -> dict:
@@ -144,18 +149,19 @@ def saved_config(folder: Path, class_name: str) -> dict:
     return config
 
 
-def check_policy(policy, chunk: int) -> None:
-    """Refuses a lerobot policy config that would act on the stale observations between chunk
-    boundaries: it must re-plan every multiple of ``chunk`` steps from one observation step."""
+def check_policy(policy, chunk: int, frame_stride: int) -> int:
+    """The number of observation steps a lerobot policy config reads, after refusing one that would
+    act on the stale observations between chunk boundaries: it must re-plan every multiple of
+    ``chunk`` steps, and read a history only from a world model that imagines every step."""
     n_action, n_obs = getattr(policy, "n_action_steps", None), getattr(policy, "n_obs_steps", 1)
     if n_action is None or n_action < 1 or n_action % chunk:
         raise ValueError(f"the imagined env steps the world model's chunks of {chunk} actions and observes only "
                          f"between them: the policy must re-plan every multiple of {chunk} steps "
                          f"(--policy.n_action_steps={chunk}), got n_action_steps={n_action}")
-    if n_obs != 1:
-        raise ValueError(f"the imagined env observes only between chunks of {chunk} actions, so a history of "
-                         f"{n_obs} observation steps would not be the last {n_obs} steps: the policy needs "
-                         f"n_obs_steps=1, got {n_obs}")
+    if n_obs > 1 and frame_stride != 1:
+        raise ValueError(f"the world model imagines one frame every {frame_stride} env steps, so a history of "
+                         f"{n_obs} observation steps cannot be shown: the policy needs n_obs_steps=1, got {n_obs}")
+    return n_obs
 
 
 def policy_on_command_line():
@@ -213,28 +219,37 @@ def dataset_starts(root: Path, views: tuple[str, ...], val_episodes: int | None)
     n = data.meta.total_episodes
     if val_episodes is not None and val_episodes > n:
         raise ValueError(f"the dataset {root} has {n} episodes, fewer than {val_episodes=}")
-    wanted = [keys.image_key(v) for v in views] + [keys.STATE, keys.ENV_STATE]
+    wanted = [keys.image_key(v) for v in views] + [keys.STATE]
     missing = [k for k in wanted if k not in data.meta.features]
     if missing:
-        raise KeyError(f"the dataset {root} has no {missing}: starts need every view the models read, the state and "
-                       f"the object state")
+        raise KeyError(f"the dataset {root} has no {missing}: starts need every view the models read and the state")
     episodes = range(n - val_episodes if val_episodes else 0, n)
     items = [data[int(data.meta.episodes[ep]["dataset_from_index"])] for ep in episodes]
     frames = torch.stack([torch.stack([it[keys.image_key(v)] for v in views]) for it in items])
+    if keys.ENV_STATE in data.meta.features:  # for scripted experts only: the imagined env never reads it
+        object_state = keys.common_env_state(torch.stack([it[keys.ENV_STATE] for it in items]).float(), root)
+    else:
+        object_state = torch.zeros(len(items), 0)
     return StartFrames(frames=frames, first_frames=frames.clone(), state=torch.stack([it[keys.STATE] for it in items]),
-                       object_state=torch.stack([it[keys.ENV_STATE] for it in items]).float(),
-                       task=[it["task"] for it in items])
+                       object_state=object_state, task=[it["task"] for it in items])
 
 
 class ImaginedVectorEnv(gym.vector.VectorEnv):
     """B imagined episodes stepped one action at a time, as lerobot-eval steps a gymnasium VectorEnv
     (module docstring: what that implies). Observations: ``pixels`` {view: (B, h, w, 3) uint8} and
     ``agent_pos`` (B, S) float32, which lerobot's ``preprocess_observation`` turns into our keys;
-    actions (B, A) in env units. Finished envs stay frozen (reward 0) until the next reset."""
+    actions (B, A) in env units. Finished envs stay frozen (reward 0) until the next reset.
+    ``history``: the policy's observation steps; the observations of the last ``history - 1`` steps
+    of each chunk are peeked (module docstring)."""
 
     def __init__(self, world_model: WorldModel, progress: ProgressModel, normalizer: Normalizer,
-                 views: tuple[str, ...], starts: StartSource, config: ImaginedEnvConfig, fps: int = 20):
+                 views: tuple[str, ...], starts: StartSource, config: ImaginedEnvConfig, history: int = 1,
+                 fps: int = 20):
         spec = world_model.spec
+        if history < 1 or (history > 1 and spec.future != spec.horizon):
+            raise ValueError(f"a history of {history} observation steps needs history >= 1 and, above 1, a world "
+                             f"model that imagines every env step (future {spec.future} = horizon {spec.horizon})")
+        self.history = history
         self.world_model, self.progress_model, self.normalizer = world_model, progress, normalizer
         self.views, self.starts, self.config = tuple(views), starts, config
         self.num_envs, self.chunk, self.action_dim = config.num_envs, spec.horizon, spec.action_dim
@@ -273,7 +288,12 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
                              f"{actions.shape}")
         self._pending[:, self._t] = actions
         self._t += 1
-        if self._t < self.chunk:  # mid-chunk: nothing imagined yet
+        if self._t < self.chunk:  # mid-chunk: nothing taken yet
+            if self._t > self.chunk - self.history:  # a policy's history reads this step: peek
+                held = self._pending.copy()
+                held[:, self._t:] = held[:, self._t - 1:self._t]
+                frames, states = self.imagined.peek(torch.from_numpy(held))
+                self._keep_frames(frames[:, :, self._t - 1], states[:, self._t - 1])
             nothing = np.zeros(self.num_envs, dtype=bool)
             return self._obs, np.zeros(self.num_envs, np.float32), nothing, nothing.copy(), self._info()
         self._t = 0
@@ -317,11 +337,15 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
         return seeds
 
     def _keep(self, obs: dict, info: dict) -> None:
-        pixels = {v: (obs[keys.image_key(v)] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-                  for v in self.views}
-        self._obs = {"pixels": pixels, STATE_KEY: obs[keys.STATE].numpy().astype(np.float32)}
+        frames = torch.stack([(obs[keys.image_key(v)] * 255).round().to(torch.uint8) for v in self.views], 1)
+        self._keep_frames(frames, obs[keys.STATE])
         self._tasks = list(obs[keys.TASK])
         self._success, self._steps = info["success"].numpy().copy(), info["steps"].numpy().copy()
+
+    def _keep_frames(self, frames: torch.Tensor, state: torch.Tensor) -> None:
+        """Keeps (B, V, 3, h, w) uint8 frames and (B, S) states as the observation lerobot reads."""
+        pixels = {v: frames[:, i].permute(0, 2, 3, 1).numpy() for i, v in enumerate(self.views)}
+        self._obs = {"pixels": pixels, STATE_KEY: state.numpy().astype(np.float32)}
 
     def _info(self) -> dict:
         return {"is_success": self._success.copy(), "episode_steps": self._steps.copy()}

@@ -23,7 +23,8 @@ class StartFrames:
     or None: frames before it at the world model's frame rate, oldest first (None: the start is an
     episode's first frame); first_frames (N, V, 3, h, w) uint8: the episode's first frames; state
     (N, S) raw proprioception at the start (and history_state (N, L', S) before it); object_state
-    (N, D) at the start; task: N strings.
+    (N, D) at the start, (N, 0) where the data records none (a real robot's): scripted experts plan
+    from it, the imagined env never reads it; task: N strings.
     """
 
     frames: Tensor
@@ -80,8 +81,6 @@ class StartFrames:
         ``every``-th frame inside it (keyframes), with ``history`` earlier frames ``stride`` apart."""
         ENV_STATE, STATE = keys.ENV_STATE, keys.STATE
         cols = clips.columns
-        if ENV_STATE not in cols:
-            raise KeyError(f"dataset {clips.root} has no {ENV_STATE!r}: starts need the start frame's object state")
         fields: dict[str, list] = {k: [] for k in ("frames", "history", "first", "state", "hstate", "obj", "task")}
         for ep in episodes if episodes is not None else clips.episodes:
             first_row, end = clips.episode_range(ep)
@@ -97,7 +96,7 @@ class StartFrames:
                 fields["first"].append(decoded[:, pos[0]])
                 fields["state"].append(cols[STATE][first_row + t])
                 fields["hstate"].append(cols[STATE][[first_row + i for i in idx[:-1]]])
-                fields["obj"].append(cols[ENV_STATE][first_row + t])
+                fields["obj"].append(cols[ENV_STATE][first_row + t] if ENV_STATE in cols else torch.zeros(0))
                 fields["task"].append(task)
         stack = lambda k: torch.stack(fields[k])  # noqa: E731
         return cls(frames=stack("frames"), first_frames=stack("first"), state=stack("state"),

@@ -51,7 +51,7 @@ def random_starts(n: int) -> StartFrames:
                        object_state=torch.zeros(n, 10), task=[f"task {i}" for i in range(n)])
 
 
-def tiny_diffusion_policy(folder: Path) -> None:
+def tiny_diffusion_policy(folder: Path, n_obs_steps: int = 1) -> None:
     """A random lerobot diffusion policy re-planning every world-model chunk, saved with its processors."""
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
     from lerobot.policies.factory import make_pre_post_processors
@@ -60,7 +60,7 @@ def tiny_diffusion_policy(folder: Path) -> None:
 
     torch.manual_seed(0)
     config = cpu_diffusion_config(views=VIEWS, image_size=SIZE, chunk_size=H, device="cpu", down_dims=(16, 32),
-                                  diffusion_step_embed_dim=16, num_inference_steps=2)
+                                  diffusion_step_embed_dim=16, num_inference_steps=2, n_obs_steps=n_obs_steps)
     policy = DiffusionPolicy(config)
     policy.save_pretrained(folder)
     for processor in make_pre_post_processors(config, dataset_stats=POLICY_STATS):
@@ -72,7 +72,7 @@ def test_lerobot_eval_reports_the_imagined_success_of_a_lerobot_policy(tmp_path)
     moving_world_model(SIZE, horizon=H).save_pretrained(tmp_path / "wm")
     (tmp_path / "wm" / NORMALIZATION_FILE).write_text(json.dumps(UNIT))
     sure_progress(success=True).save_pretrained(tmp_path / "pm")
-    tiny_diffusion_policy(tmp_path / "policy")
+    tiny_diffusion_policy(tmp_path / "policy", n_obs_steps=2)  # lerobot's default: the step before is peeked
     argv = [str(Path(sys.executable).parent / "lerobot-eval"), f"--policy.path={tmp_path / 'policy'}",
             "--env.type=reverie", f"--env.world_model={tmp_path / 'wm'}", f"--env.progress={tmp_path / 'pm'}",
             "--env.imagined.max_steps=16", "--eval.n_episodes=2", "--eval.batch_size=2", "--seed=3",
@@ -124,6 +124,42 @@ def test_the_per_step_env_steps_the_imagined_env_once_per_chunk(success):
     assert per_step.render()[0].shape == (SIZE, 2 * SIZE, 3)
 
 
+def test_a_two_step_history_sees_the_frame_before_the_chunks_last():
+    """With history 2, the step before a chunk's last returns the frame and state after its action,
+    peeked with the last action held: when the policy's last action is the held one, exactly what the
+    chunk then imagines there. The peek leaves the env and its noise as they were: at chunk boundaries
+    history 2 and history 1 observe the same; history 1 stays on the last boundary's observation."""
+    world_model, progress, normalizer = moving_world_model(SIZE, horizon=H), sure_progress(False), Normalizer(UNIT)
+    config, starts = ImaginedEnvConfig(num_envs=B, max_steps=16), random_starts(B)
+    envs = {n: ImaginedVectorEnv(world_model, progress, normalizer, VIEWS, StartPool(starts), config, history=n)
+            for n in (1, 2)}
+    chunked = ImaginedEnv(world_model, progress, starts, normalizer, VIEWS, config)
+    obs = {n: env.reset(seed=0)[0] for n, env in envs.items()}
+    chunked.reset(seed=0, options={"start_index": [0, 1]})
+    actions = torch.rand(B, 2 * H, 7, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    actions[:, H - 1] = actions[:, H - 2]  # the first chunk ends on a held action
+    pixels = lambda o: np.stack([o["pixels"][v] for v in VIEWS], 1)  # noqa: E731  (B, V, h, w, 3)
+    _, _, _, _, first = chunked.step(actions[:, :H])
+    imagined = torch.stack([first["frames"][v] for v in VIEWS], 1).permute(0, 1, 2, 4, 5, 3).numpy()  # (B, V, H, ...)
+    for t in range(2 * H):
+        before = {n: pixels(o) for n, o in obs.items()}
+        obs = {n: env.step(actions[:, t].numpy())[0] for n, env in envs.items()}
+        if t % H == H - 2:
+            assert not np.array_equal(pixels(obs[2]), before[2])
+            assert np.array_equal(pixels(obs[1]), before[1])
+            if t == H - 2:
+                assert np.array_equal(pixels(obs[2]), imagined[:, :, H - 2])
+                np.testing.assert_allclose(obs[2]["agent_pos"], first["states"][:, H - 2].numpy())
+        elif t % H == H - 1:
+            assert np.array_equal(pixels(obs[2]), pixels(obs[1]))
+            np.testing.assert_array_equal(obs[2]["agent_pos"], obs[1]["agent_pos"])
+        else:
+            assert np.array_equal(pixels(obs[2]), before[2]) and np.array_equal(pixels(obs[1]), before[1])
+    with pytest.raises(ValueError, match="imagines every env step"):
+        ImaginedVectorEnv(moving_world_model(SIZE, horizon=H, future=H // 2), progress, normalizer, VIEWS,
+                          StartPool(starts), config, history=2)
+
+
 def test_bad_settings_get_a_clear_error(tmp_path):
     from policy.lerobot_adapter import cpu_diffusion_config
 
@@ -134,11 +170,12 @@ def test_bad_settings_get_a_clear_error(tmp_path):
     per_step.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         per_step.step(np.zeros((B, H, 7)))
-    check_policy(cpu_diffusion_config(chunk_size=2 * H), H)  # re-plans every second chunk boundary: fine
+    assert check_policy(cpu_diffusion_config(chunk_size=2 * H), H, 1) == 1  # re-plans every second chunk boundary
+    assert check_policy(cpu_diffusion_config(chunk_size=H, n_obs_steps=2), H, 1) == 2
     with pytest.raises(ValueError, match="n_action_steps=8"):
-        check_policy(cpu_diffusion_config(chunk_size=4), H)
-    with pytest.raises(ValueError, match="n_obs_steps=1, got 2"):
-        check_policy(cpu_diffusion_config(chunk_size=H, n_obs_steps=2), H)
+        check_policy(cpu_diffusion_config(chunk_size=4), H, 1)
+    with pytest.raises(ValueError, match="one frame every 2 env steps.*n_obs_steps=1, got 2"):
+        check_policy(cpu_diffusion_config(chunk_size=H, n_obs_steps=2), H, 2)
     with pytest.raises(ValueError, match="--env.world_model and --env.progress"):
         ReverieEnvConfig(progress=tmp_path)
     with pytest.raises(FileNotFoundError, match="not a saved WorldModel"):
@@ -157,3 +194,28 @@ def test_dataset_starts_are_the_held_out_episodes_first_frames(tiny_dataset):
     for name in ("frames", "first_frames", "state", "object_state"):
         torch.testing.assert_close(getattr(starts, name), getattr(expected, name), msg=name)
     assert StartPool(starts)([3, 4]).task == [starts.task[1], starts.task[0]]
+
+
+def test_dataset_starts_read_the_old_layout_and_data_without_object_state(tiny_dataset, tmp_path):
+    """A dataset of the old 7-value object state starts in the common layout; one without any (as a
+    real robot records, here removed by lerobot-edit-dataset) starts with none, which the imagined
+    env runs without and a scripted expert, which plans from it, refuses by name."""
+    from policy.scripted import ScriptedPolicy
+    from tests.data.test_merge_tasks import as_recorded_before_the_common_layout, lerobot_edit_dataset
+
+    now = dataset_starts(tiny_dataset, VIEWS, val_episodes=2)
+    old = dataset_starts(as_recorded_before_the_common_layout(tiny_dataset, tmp_path / "old"), VIEWS, val_episodes=2)
+    torch.testing.assert_close(old.object_state, now.object_state)
+    bare = tmp_path / "bare"
+    lerobot_edit_dataset("--repo_id", "local/lift", "--root", str(tiny_dataset), "--new_repo_id", "local/bare",
+                         "--new_root", str(bare), "--operation.type", "remove_feature",
+                         "--operation.feature_names", f"['{keys.ENV_STATE}']")
+    starts = dataset_starts(bare, VIEWS, val_episodes=2)
+    assert starts.object_state.shape == (2, 0)
+    torch.testing.assert_close(starts.frames, now.frames)
+    env = ImaginedEnv(moving_world_model(SIZE, horizon=H), sure_progress(True), starts, Normalizer(UNIT), VIEWS,
+                      ImaginedEnvConfig(num_envs=B, max_steps=8))
+    obs, info = env.reset(seed=0)
+    assert env.step(torch.zeros(B, H, 7))[4]["success"].all()
+    with pytest.raises(ValueError, match="no object state.*scripted expert plans from"):
+        ScriptedPolicy(task="lift", num_envs=B).reset(obs, info)

@@ -137,7 +137,7 @@ def test_a_dataset_of_the_old_seven_value_layout_loads_in_the_common_layout(tiny
     """Its cube fills the first slot already, so zero-padding is exact: the columns, the checked
     per-episode ranges and the statistics are those of the same episodes recorded today."""
     from data.clips import ClipConfig, ClipDataset
-    from data.validate import common_env_state
+    from simulator.keys import common_env_state
 
     old = as_recorded_before_the_common_layout(tiny_dataset, tmp_path / "old")
     assert np.stack(table(old)[keys.ENV_STATE].to_numpy()).shape[1] == 7
