@@ -23,6 +23,19 @@ def episodes(root) -> pd.DataFrame:
 
 
 def test_align_collects_merges_and_fine_tunes_both_models(tiny_dataset, tmp_path):
+    """On a copy without meta/reverie.json, which lerobot's tools drop: the collection's settings are
+    read from lerobot's own metadata."""
+    import shutil
+
+    from tests.conftest import TINY
+    from train.align import collection_settings
+
+    dataset = shutil.copytree(tiny_dataset, tmp_path / "dataset")
+    (dataset / "meta" / "reverie.json").unlink()
+    settings = collection_settings(dataset)
+    lengths = pd.read_parquet(next((dataset / "meta" / "episodes").rglob("*.parquet")))["length"]
+    assert settings == {"task": TINY["task"], "views": ("front", "wrist"), "height": TINY["height"],
+                        "width": TINY["width"], "max_steps": lengths.max()} and lengths.max() <= TINY["max_steps"]
     torch.manual_seed(0)
     FlowPolicy(image_size=32, channels=(8, 8), width=32, depth=1, heads=2).save_pretrained(tmp_path / "policy")
     moving_world_model(32).save_pretrained(tmp_path / "wm")
@@ -30,9 +43,9 @@ def test_align_collects_merges_and_fine_tunes_both_models(tiny_dataset, tmp_path
     (tmp_path / "wm" / NORMALIZATION_FILE).write_text(json.dumps(stats))  # as world-model training saves it
     out = tmp_path / "align"
     main(["--policy", str(tmp_path / "policy"), "--world_model", str(tmp_path / "wm"), "--dataset.root",
-          str(tiny_dataset), "--dataset.val_episodes", "1", "--episodes", "2", "--world_model_steps", "2",
+          str(dataset), "--dataset.val_episodes", "1", "--episodes", "2", "--world_model_steps", "2",
           "--progress_steps", "2", "--output_dir", str(out)])
-    merged, original = episodes(out / "dataset"), episodes(tiny_dataset)
+    merged, original = episodes(out / "dataset"), episodes(dataset)
     n = original["episode_index"].nunique()
     assert merged["episode_index"].nunique() == n + 2
     rollouts = merged[merged["episode_index"] < 2]

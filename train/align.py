@@ -19,7 +19,6 @@ continues where it stopped. With rollouts recorded on a real robot, give them as
 What it does not do: measure the alignment (``reverie-eval policy`` before and after does).
 """
 
-import json
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -57,19 +56,38 @@ class AlignConfig:
                 setattr(self, name, Path(getattr(self, name)))
 
 
+def collection_settings(root: Path) -> dict:
+    """The physics task, views, image size and horizon of the dataset at ``root``, read from lerobot's
+    own metadata (which its edit and merge tools keep): the task whose instruction is the dataset's
+    one task text, the views and size of its image features, its longest episode."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from data.clips import LOCAL_REPO_ID
+    from simulator import keys
+    from simulator.physics.tasks import TASKS
+
+    meta = LeRobotDatasetMetadata(LOCAL_REPO_ID, root=root)
+    texts = list(meta.tasks.index)
+    names = [name for name, spec in TASKS.items() if spec.instruction in texts]
+    if len(texts) != 1 or len(names) != 1:
+        raise ValueError(f"{root} holds the tasks {texts}: rollouts are collected in one physics task, whose instruction "
+                         f"must be the dataset's only task ({ {n: s.instruction for n, s in TASKS.items()} }); for "
+                         "another dataset record the policy's rollouts yourself (--rollouts)")
+    images = {k: f for k, f in meta.features.items() if k.startswith(keys.IMAGE_PREFIX)}
+    sizes = {tuple(f["shape"][f["names"].index(n)] for n in ("height", "width")) for f in images.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"{root}'s views have different sizes {sorted(sizes)}: a collection renders all at one size")
+    (height, width), = sizes
+    return {"task": names[0], "views": tuple(keys.view_of(k) for k in images), "height": height, "width": width,
+            "max_steps": int(max(meta.episodes["length"]))}
+
+
 def collect_rollouts(cfg: AlignConfig) -> Path:
     """The policy's episodes in physics, with the dataset's collection settings (task, views, size)."""
-    from data.collect import REVERIE_META, CollectConfig, collect
+    from data.collect import CollectConfig, collect
 
-    meta = Path(cfg.dataset.root) / REVERIE_META
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta} is missing: the rollouts are collected with the settings reverie-collect "
-                                "recorded there; for another dataset record the policy's rollouts yourself (--rollouts)")
-    settings = json.loads(meta.read_text())["collect"]
-    return collect(CollectConfig(task=settings["task"], views=tuple(settings["views"]), height=settings["height"],
-                                 width=settings["width"], max_steps=settings["max_steps"], policy=cfg.policy,
-                                 episodes=cfg.episodes, seed=cfg.seed, root=cfg.output_dir / "rollouts",
-                                 repo_id="reverie/rollouts"))
+    return collect(CollectConfig(**collection_settings(cfg.dataset.root), policy=cfg.policy, episodes=cfg.episodes,
+                                 seed=cfg.seed, root=cfg.output_dir / "rollouts", repo_id="reverie/rollouts"))
 
 
 def merge(rollouts: Path, dataset: Path, out: Path) -> Path:
