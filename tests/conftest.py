@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -66,3 +68,21 @@ def starts(physics):
 
     obs, info = physics.reset(seed=1000)
     return StartFrames.from_observation(obs, info, ("front", "wrist"))
+
+
+# The demo's quick preset with fewer steps and episodes: its stages' artifacts only need to exist and load.
+DEMO_PRESET = {"wm_steps": 4, "probe_steps": 10, "progress_steps": 4, "bc_steps": 4, "policy_episodes": 1,
+               "rl_max_steps": 8, "rl_eval_episodes": 1}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One tiny demo run (every stage, preset "tiny": quick with DEMO_PRESET's settings, 3 episodes),
+    shared by the demo, report and notebook tests: (its folder, what each stage returned, what it printed)."""
+    from train.demo import PRESETS, DemoConfig, run
+
+    out, printed = tmp_path_factory.mktemp("demo"), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setitem(PRESETS, "tiny", PRESETS["quick"] | DEMO_PRESET)
+        results = run(DemoConfig(preset="tiny", output_dir=out, episodes=3))
+    return out, results, printed.getvalue()

@@ -1,5 +1,6 @@
 """The benchmark scripts run (tiny sizes, nothing written to docs/)."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_main(module: str, args: list[str], monkeypatch) -> None:
+    """``python -m module args`` in this process, for scripts that set nothing process-wide: a new
+    process would import torch, diffusers and lerobot again (seconds of start-up per script)."""
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    importlib.import_module(module).main()
 
 
 @pytest.mark.parametrize(
@@ -33,25 +41,23 @@ def test_clip_loading_benchmark_runs_on_a_dataset(tiny_dataset):
     assert rows[1].rstrip().endswith("| yes |") or "unavailable" in rows[1]  # torchcodec needs FFmpeg
 
 
-def test_world_model_speed_benchmark_runs():
-    out = subprocess.run([sys.executable, "-m", "benchmarks.world_model_speed", "--batch", "2", "--repeats", "1",
-                          "--physics-steps", "16", "--sampling-steps", "1", "--no-write"], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "| physics, 1 env, 2 views rendered |" in out.stdout and "| world model on cpu, batch 2, 1 sampling steps |" in out.stdout
+def test_world_model_speed_benchmark_runs(capsys, monkeypatch):
+    run_main("benchmarks.world_model_speed", ["--batch", "2", "--repeats", "1", "--physics-steps", "16",
+                                              "--sampling-steps", "1", "--no-write"], monkeypatch)
+    out = capsys.readouterr().out
+    assert "| physics, 1 env, 2 views rendered |" in out and "| world model on cpu, batch 2, 1 sampling steps |" in out
 
 
-def test_world_model_fidelity_benchmark_compares_sampler_settings(tiny_dataset, tmp_path):
+def test_world_model_fidelity_benchmark_compares_sampler_settings(tiny_dataset, tmp_path, capsys, monkeypatch):
     from simulator.world_model import WorldModel
 
     WorldModel(views=2, image_size=32, context=2, future=2, horizon=4, action_dim=7, state_dim=8,
                block_out_channels=(16, 32), norm_num_groups=8, cond_dim=32).save_pretrained(tmp_path / "model")
-    out = subprocess.run([sys.executable, "-m", "benchmarks.world_model_fidelity", "--model", str(tmp_path / "model"),
-                          "--root", str(tiny_dataset), "--val-episodes", "2", "--sampling-steps", "1", "2",
-                          "--still-levels", "8", "0", "--starts", "4", "--horizon-frames", "4", "--probe-steps", "0",
-                          "--output-dir", str(tmp_path / "eval"), "--no-write"], cwd=REPO, capture_output=True, text=True,
-                         check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("| 1 sampling step", "| 2 sampling"))]
+    run_main("benchmarks.world_model_fidelity", [
+        "--model", str(tmp_path / "model"), "--root", str(tiny_dataset), "--val-episodes", "2", "--sampling-steps", "1",
+        "2", "--still-levels", "8", "0", "--starts", "4", "--horizon-frames", "4", "--probe-steps", "0",
+        "--output-dir", str(tmp_path / "eval"), "--no-write"], monkeypatch)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 1 sampling step", "| 2 sampling"))]
     assert len(rows) == 4 and "still threshold 8/255" in rows[0] and "still threshold off" in rows[1]
     # An untrained model predicts copy-last-frame exactly, so it has no gap to copy-last with either threshold.
     assert rows[0].split("|")[2].strip() in ("+0.00", "-0.00")

@@ -1,15 +1,15 @@
 """reverie-demo runs every stage that exists on a tiny preset, and a second run reuses its work."""
 
-import subprocess
-import sys
+import pytest
 
-from train.demo import DemoConfig, run
+from tests.conftest import DEMO_PRESET
+from train.demo import PRESETS, DemoConfig, main, run
 
 
-def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
-    cfg = DemoConfig(preset="quick", output_dir=tmp_path, episodes=3)
-    results = run(cfg)
-    out = capsys.readouterr().out
+def test_demo_runs_every_stage_and_resumes(demo_run, capsys, monkeypatch):
+    """The first run is tests/conftest.py's ``demo_run`` (the quick preset with fewer steps), which the
+    report and notebook tests read too: one demo run serves them all."""
+    tmp_path, results, out = demo_run
     assert "=== stage: collect ===" in out and "episodes  3" in out
     assert (tmp_path / "dataset_strip.png").stat().st_size > 1000
     assert "=== stage: world_model ===" in out and "| horizon (frames) | PSNR model |" in out
@@ -33,14 +33,17 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
         return {p: p.stat().st_mtime_ns for p in files}
 
     before = written()
-    run(DemoConfig(preset="quick", output_dir=tmp_path, episodes=3))  # nothing left to do
+    monkeypatch.setitem(PRESETS, "tiny", PRESETS["quick"] | DEMO_PRESET)
+    run(DemoConfig(preset="tiny", output_dir=tmp_path, episodes=3))  # nothing left to do
     assert written() == before
     out = capsys.readouterr().out
-    assert "world model already trained for 30 steps" in out and "progress model already trained for 30 steps" in out
-    assert "policy already trained for 20 steps" in out
+    assert f"world model already trained for {DEMO_PRESET['wm_steps']} steps" in out
+    assert f"progress model already trained for {DEMO_PRESET['progress_steps']} steps" in out
+    assert f"policy already trained for {DEMO_PRESET['bc_steps']} steps" in out
 
 
-def test_demo_cli_rejects_unknown_preset(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "train.demo", "--preset", "huge", "--output_dir", str(tmp_path)],
-                         capture_output=True, text=True)
-    assert out.returncode != 0 and "unknown preset 'huge'" in out.stderr
+def test_demo_cli_rejects_unknown_preset(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # what ``python -m train.demo`` runs
+        main(["--preset", "huge", "--output_dir", str(tmp_path / "demo")])
+    assert exit_.value.code != 0 and "unknown preset 'huge'" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

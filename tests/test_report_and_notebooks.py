@@ -9,21 +9,14 @@ import numpy as np
 import pytest
 
 from eval.report import CHROMIUM, check_media, screenshot, write_report
-from train.demo import PRESETS, DemoConfig, run
 
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
-# The quick preset with fewer steps and episodes: the artifacts only need to exist and load.
-TINY = PRESETS["quick"] | {"wm_steps": 4, "probe_steps": 10, "progress_steps": 4, "bc_steps": 4, "policy_episodes": 1,
-                           "rl_max_steps": 8, "rl_eval_episodes": 1}
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(PRESETS, "tiny", TINY)
-        run(DemoConfig(preset="tiny", output_dir=out, episodes=3))
-    return out
+def demo_dir(demo_run):
+    """The tiny demo run's folder (tests/conftest.py: one run, shared with tests/test_demo.py)."""
+    return demo_run[0]
 
 
 def test_demo_report_shows_every_stage_and_its_media_decode(demo_dir):

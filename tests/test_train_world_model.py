@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from data.clips import DatasetConfig
@@ -39,8 +40,6 @@ def test_a_stopped_and_resumed_run_gives_the_same_losses(tiny_dataset, tmp_path)
 def test_fine_tuning_starts_from_the_saved_weights(tiny_dataset, tmp_path):
     from dataclasses import replace
 
-    import pytest
-
     train(replace(config(tiny_dataset, tmp_path / "base", steps=3), lr=1e-2))
     saved = WorldModel.from_pretrained(tmp_path / "base" / "model").state_dict()
     distance = lambda folder: max((WorldModel.from_pretrained(folder / "model").state_dict()[k] - saved[k]).abs().max().item()
@@ -70,11 +69,16 @@ def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000003"]  # newest 2 kept
 
 
-def test_unknown_kind_and_missing_dataset_are_named(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "train.cli", "painting"], capture_output=True, text=True)
-    assert run.returncode != 0 and "KIND is one of ['autoencoder', 'policy', 'progress', 'world_model'], got 'painting'" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "train.cli", "world_model", "--steps", "1"], capture_output=True, text=True)
-    assert run.returncode != 0 and "give a dataset: --dataset.root PATH" in run.stderr
+def test_unknown_kind_and_missing_dataset_are_named(tmp_path, capsys, monkeypatch):
+    """In the process (the console script runs as one above)."""
+    from train.cli import main
+
+    monkeypatch.chdir(tmp_path)  # nothing a run might start writes lands in the repository
+    for argv, message in ((["painting"], "KIND is one of ['autoencoder', 'policy', 'progress', 'world_model'], got 'painting'"),
+                          (["world_model", "--steps", "1"], "give a dataset: --dataset.root PATH")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code != 0 and message in capsys.readouterr().err
 
 
 def test_processes_get_disjoint_batches_in_a_fixed_order():

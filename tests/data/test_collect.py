@@ -82,7 +82,7 @@ def test_recorded_actions_replay_to_the_recorded_states(tiny_dataset):
 
 def _cli(root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "data.collect", "--task", "lift", "--root", str(root), "--height", "32", "--width", "32",
-            "--max_steps", "40", *args]
+            "--max_steps", "20", *args]
 
 
 def _wait_for(predicate, proc, timeout=120):
@@ -102,16 +102,16 @@ def _committed_episodes(root: Path) -> int:
 
 def test_hard_kill_then_resume_equals_an_uninterrupted_collection(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(_cli(killed, "--episodes", "4", "--commit_every", "1"), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cli(killed, "--episodes", "3", "--commit_every", "1"), stderr=subprocess.PIPE, text=True)
     # kill -9 while the second episode is being collected, after the first one was committed
     _wait_for(lambda: _committed_episodes(killed) >= 1 and (killed / ".reverie" / "writing").exists(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    cfg = dict(task="lift", height=32, width=32, max_steps=40, commit_every=1)
-    collect(CollectConfig(root=killed, episodes=4, **cfg))
-    collect(CollectConfig(root=clean, episodes=4, commit_every=4, **{k: v for k, v in cfg.items() if k != "commit_every"}))
+    cfg = dict(task="lift", height=32, width=32, max_steps=20, commit_every=1)
+    collect(CollectConfig(root=killed, episodes=3, **cfg))
+    collect(CollectConfig(root=clean, episodes=3, commit_every=3, **{k: v for k, v in cfg.items() if k != "commit_every"}))
     a, b = table(killed), table(clean)
-    assert len(a) == len(b) and a["episode_index"].nunique() == 4
+    assert len(a) == len(b) and a["episode_index"].nunique() == 3
     for col in (keys.ACTION, keys.STATE, keys.ENV_STATE, keys.PROGRESS, keys.FAILURE_MODE):
         np.testing.assert_array_equal(np.stack(a[col].to_numpy()), np.stack(b[col].to_numpy()))
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -124,7 +124,8 @@ def test_hard_kill_then_resume_equals_an_uninterrupted_collection(tmp_path):
 
 def test_sigterm_stops_cleanly_and_keeps_finished_episodes(tmp_path):
     root = tmp_path / "ds"
-    proc = subprocess.Popen(_cli(root, "--episodes", "50", "--commit_every", "10"), stderr=subprocess.PIPE, text=True)
+    # a stop after the first commit group (2 episodes), during the next episode
+    proc = subprocess.Popen(_cli(root, "--episodes", "50", "--commit_every", "2"), stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: len(list((root / "meta" / "episodes").rglob("*.parquet"))) > 0 if (root / "meta").exists() else False, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -287,10 +288,12 @@ def test_bad_collect_config_is_named(kwargs, message):
         CollectConfig(**kwargs)
 
 
-def test_cli_reports_an_unknown_task(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "data.collect", "--task", "juggle", "--root", str(tmp_path / "x")],
-                         capture_output=True, text=True)
-    assert out.returncode != 0 and "unknown task 'juggle'" in out.stderr
+def test_cli_reports_an_unknown_task(tmp_path, capsys):
+    from data.collect import main  # what ``python -m data.collect`` runs
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--task", "juggle", "--root", str(tmp_path / "x")])
+    assert exit_.value.code != 0 and "unknown task 'juggle'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

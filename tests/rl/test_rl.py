@@ -124,13 +124,14 @@ def lerobot_policy(tiny_dataset, tmp_path_factory):
 def test_rl_trains_a_lerobot_diffusion_policy_that_loads_back_and_acts(algorithm, lerobot_policy, tiny_dataset,
                                                                        tiny_models, tmp_path):
     """DPPO (GRPO, PPO) and filtered imitation with lerobot's own loss, one iteration each; the
-    filtered-imitation run is also evaluated before and after, on fewer envs than it rolls out."""
+    filtered-imitation run is also evaluated before and after, on fewer envs than it rolls out (one
+    episode on one env: each physics episode runs the task's whole 120-step horizon)."""
     from policy import load_policy
     from policy.lerobot_diffusion import LerobotDiffusionPolicy
 
     evaluated = algorithm == "filtered_imitation"
     train(rl_config(tiny_dataset, tiny_models, tmp_path / "run", algorithm=algorithm, policy=lerobot_policy,
-                    eval_episodes=2 if evaluated else 0, eval_num_envs=2))
+                    eval_episodes=1 if evaluated else 0, eval_num_envs=1))
     trained = load_policy(tmp_path / "run" / "policy", num_envs=2)
     assert isinstance(trained, LerobotDiffusionPolicy)
     before, after = load_policy(lerobot_policy).state_dict(), trained.state_dict()
@@ -142,7 +143,7 @@ def test_rl_trains_a_lerobot_diffusion_policy_that_loads_back_and_acts(algorithm
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["chunks"] >= 4
     if evaluated:
         report = json.loads((tmp_path / "run" / "rl_eval.json").read_text())
-        assert report["table"]["physics_after"]["n"] == report["table"]["imagined_after"]["n"] == 2
+        assert report["table"]["physics_after"]["n"] == report["table"]["imagined_after"]["n"] == 1
 
 
 def test_advantage_conditioning_refuses_a_lerobot_policy_when_configured(lerobot_policy, tiny_dataset, tiny_models,
@@ -191,14 +192,15 @@ def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dat
     policy.reset(obs, {}, seeds=seeds)
     assert torch.allclose(plain.actions[0], policy.sample_ode(obs), atol=1e-5)
     env.close()
-    # the control needs no world model or progress model when it is evaluated in physics only
+    # the control needs no world model or progress model when it is evaluated in physics only (one
+    # episode of the task's whole horizon, before and after)
     cfg = rl_config(tiny_dataset, tiny_models, tmp_path / "physics", simulator="physics", world_model=None,
-                    progress=tmp_path / "none", eval_episodes=2, eval_num_envs=2)
+                    progress=tmp_path / "none", eval_episodes=1, eval_num_envs=1)
     train(cfg)
     record = json.loads((tmp_path / "physics" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["iteration"] == 1 and record["chunks"] >= 4 and record["return"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     report = json.loads((tmp_path / "physics" / "rl_eval.json").read_text())
-    assert set(report["table"]) == {"physics_before", "physics_after"} and report["table"]["physics_after"]["n"] == 2
+    assert set(report["table"]) == {"physics_before", "physics_after"} and report["table"]["physics_after"]["n"] == 1
     with pytest.raises(ValueError, match="drop start_every"):
         rl_config(tiny_dataset, tiny_models, tmp_path, simulator="physics", start_every=4)
     with pytest.raises(ValueError, match="RL in imagination needs a world model"):
