@@ -6,36 +6,46 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run_main(module: str, args: list[str], monkeypatch) -> None:
-    """``python -m module args`` in this process, for scripts that set nothing process-wide: a new
-    process would import torch, diffusers and lerobot again (seconds of start-up per script)."""
+    """``python -m module args`` in this process: a new process would import torch, diffusers and lerobot
+    again (seconds of start-up per script). Torch's thread count, which a benchmark may set, is restored."""
     monkeypatch.setattr(sys, "argv", [module, *args])
-    importlib.import_module(module).main()
+    threads = torch.get_num_threads()
+    try:
+        importlib.import_module(module).main()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
-    "module, args",
+    "module, args, own_process",
     [
-        ("benchmarks.expert_success", ["--seeds", "1", "--tasks", "lift"]),
-        ("benchmarks.collect_throughput", ["--tasks", "lift", "--episodes", "1", "--collect-episodes", "1", "--size", "16"]),
+        ("benchmarks.expert_success", ["--seeds", "1", "--tasks", "lift"], False),
+        # pins its process to one CPU core: a process of its own
+        ("benchmarks.collect_throughput", ["--tasks", "lift", "--episodes", "1", "--collect-episodes", "1", "--size", "16"],
+         True),
     ],
 )
-def test_benchmark_runs_and_prints_its_table(module, args):
-    out = subprocess.run([sys.executable, "-m", module, *args, "--no-write"], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| lift |")]
+def test_benchmark_runs_and_prints_its_table(module, args, own_process, capsys, monkeypatch):
+    if own_process:
+        run = subprocess.run([sys.executable, "-m", module, *args, "--no-write"], cwd=REPO, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = run.stdout
+    else:
+        run_main(module, [*args, "--no-write"], monkeypatch)
+        out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| lift |")]
     assert len(rows) == 1 and rows[0].count("|") >= 6
 
 
-def test_clip_loading_benchmark_runs_on_a_dataset(tiny_dataset):
-    out = subprocess.run([sys.executable, "-m", "benchmarks.clip_loading", "--root", str(tiny_dataset), "--clips", "5",
-                          "--no-write"], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+def test_clip_loading_benchmark_runs_on_a_dataset(tiny_dataset, capsys, monkeypatch):
+    run_main("benchmarks.clip_loading", ["--root", str(tiny_dataset), "--clips", "5", "--no-write"], monkeypatch)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows] == ["pyav", "torchcodec", "decord"]
     assert rows[0].rstrip().endswith("| yes |") and rows[2].rstrip().endswith("| yes |")
     assert rows[1].rstrip().endswith("| yes |") or "unavailable" in rows[1]  # torchcodec needs FFmpeg

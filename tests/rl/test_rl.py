@@ -210,7 +210,8 @@ def test_rl_in_physics_starts_groups_where_the_dataset_episodes_started(tiny_dat
 def test_a_resumed_run_continues_exactly_and_reports_before_and_after(tiny_dataset, tiny_models, tmp_path):
     whole = rl_config(tiny_dataset, tiny_models, tmp_path / "whole", iterations=2)
     train(whole)
-    split = rl_config(tiny_dataset, tiny_models, tmp_path / "split", iterations=1, eval_episodes=2, eval_num_envs=2)
+    # two evaluation episodes in two rounds of one env: each env of an evaluation is a robosuite scene to build
+    split = rl_config(tiny_dataset, tiny_models, tmp_path / "split", iterations=1, eval_episodes=2, eval_num_envs=1)
     train(split)
     assert (tmp_path / "split" / "eval_before.json").is_file() and (tmp_path / "split" / "rl_eval.md").is_file()
     split.iterations = 2
