@@ -73,7 +73,7 @@ def collection_settings(root: Path) -> dict:
         raise ValueError(f"{root} holds the tasks {texts}: rollouts are collected in one physics task, whose instruction "
                          f"must be the dataset's only task ({ {n: s.instruction for n, s in TASKS.items()} }); for "
                          "another dataset record the policy's rollouts yourself (--rollouts)")
-    images = {k: f for k, f in meta.features.items() if k.startswith(keys.IMAGE_PREFIX)}
+    images = {k: meta.features[k] for k in meta.video_keys}  # the views, as data.clips reads them
     sizes = {tuple(f["shape"][f["names"].index(n)] for n in ("height", "width")) for f in images.values()}
     if len(sizes) != 1:
         raise ValueError(f"{root}'s views have different sizes {sorted(sizes)}: a collection renders all at one size")
