@@ -269,17 +269,25 @@ class LerobotPolicy(nn.Module):
         step before under ``keys.previous_key`` and the actions start with the action taken there."""
         return self.config.n_obs_steps
 
+    @property
+    def imitated_steps(self) -> int:
+        """Action steps from the current one that ``loss`` reads in full: lerobot's ``horizon``
+        less the observed steps before, which may run past the executed chunk (horizon 16 for a
+        chunk of 8 with n_obs_steps 2), as lerobot's dataset reads on in the episode."""
+        return len(self.config.action_delta_indices or []) - (self.obs_steps - 1)
+
     def loss(self, obs: dict, actions: Tensor, action_mask: Tensor | None = None,
              generator: torch.Generator | None = None) -> Tensor:
         """The policy's own training loss (lerobot's ``forward``) of imitated actions in env units.
 
         ``actions`` (n, W, A) fill the policy's action window from its first observed step, as
         lerobot's dataset does (its ``action_delta_indices`` start at ``1 - n_obs_steps``): W =
-        ``obs_steps - 1 + H``, so with n_obs_steps 2 the action taken at the step before (from
-        ``obs``' ``previous.<key>`` observation), then the chunk from the current step.
-        ``action_mask`` (n, W) False marks steps outside the episode (before its first step, past
-        its end). Those and the window's steps past W are lerobot's padding: each a copy of the
-        nearest valid action (lerobot clamps the frame index to the episode), flagged in
+        ``obs_steps - 1 + K``, so with n_obs_steps 2 the action taken at the step before (from
+        ``obs``' ``previous.<key>`` observation), then K actions from the current step: at least
+        the chunk, at most ``imitated_steps`` (the actions after the chunk, where an episode has
+        them). ``action_mask`` (n, W) False marks steps outside the episode (before its first
+        step, past its end). Those and the window's steps past W are lerobot's padding: each a copy
+        of the nearest valid action (lerobot clamps the frame index to the episode), flagged in
         ``action_is_pad``. The policy's own randomness (noise, timesteps, crops) comes from
         ``generator`` when one is given (the global RNG is left as it was), else from the global RNG."""
         chunk, pad = self._action_window(actions, action_mask)
@@ -299,11 +307,11 @@ class LerobotPolicy(nn.Module):
         n, W, A = actions.shape
         lead, window = self.obs_steps - 1, list(self.config.action_delta_indices or [])
         width, dim = lead + self.chunk_size, self.config.action_feature.shape[0]
-        if (W, A) != (width, dim) or window[:1] != [-lead] or len(window) < W:
+        if not width <= W <= len(window) or A != dim or window[:1] != [-lead]:
             first = "the action taken at the step before, then " if lead else ""
-            raise ValueError(f"actions must be (n, {width}, {dim}): {first}the chunk, the start of the "
-                             f"{self.config.type} policy's action window {window} (n_obs_steps={self.obs_steps}), "
-                             f"got {tuple(actions.shape)}")
+            raise ValueError(f"actions must be (n, {width}..{len(window)}, {dim}): {first}the chunk and the "
+                             f"actions after it, the start of the {self.config.type} policy's action window "
+                             f"{window} (n_obs_steps={self.obs_steps}), got {tuple(actions.shape)}")
         L, device = len(window), actions.device
         valid = torch.zeros(n, L, dtype=torch.bool, device=device)
         valid[:, :W] = True if action_mask is None else action_mask.bool().to(device)

@@ -51,7 +51,7 @@ def test_the_two_step_loss_is_lerobots_with_the_action_before(policy):
             keys.TASK: ["lift"] * 2}
     actions = torch.rand(2, 1 + H, 7, generator=g) * 2 - 1  # the action before, then the chunk
     horizon = policy.config.horizon  # 16: the window runs past the chunk
-    window = torch.cat([actions, actions[:, -1:].expand(2, horizon - 1 - H, 7)], 1)
+    window = torch.cat([actions, actions[:, -1:].expand(2, horizon - 1 - H, 7)], 1)  # held past the chunk
     pad = torch.arange(horizon).expand(2, -1) > H
     policy.train()
     try:
@@ -59,6 +59,12 @@ def test_the_two_step_loss_is_lerobots_with_the_action_before(policy):
         expected = policy.policy.forward(lerobot_batch(policy, obs, window, pad))[0]
         torch.manual_seed(5)
         torch.testing.assert_close(policy.loss(obs, actions), expected)
+        # the whole window given (the actions after the chunk too): lerobot's batch, nothing padded
+        full = torch.rand(2, horizon, 7, generator=g) * 2 - 1
+        torch.manual_seed(5)
+        expected = policy.policy.forward(lerobot_batch(policy, obs, full, torch.zeros_like(pad)))[0]
+        torch.manual_seed(5)
+        torch.testing.assert_close(policy.loss(obs, full), expected)
         # at an episode's first step there is no action before: padding, a copy of the first one
         mask = torch.ones(2, 1 + H, dtype=torch.bool)
         mask[0, 0] = False
@@ -71,7 +77,7 @@ def test_the_two_step_loss_is_lerobots_with_the_action_before(policy):
         assert not torch.allclose(unmasked, edge)
     finally:
         policy.eval()
-    with pytest.raises(ValueError, match=r"actions must be \(n, 9, 7\): the action taken at the step before"):
+    with pytest.raises(ValueError, match=r"actions must be \(n, 9..16, 7\): the action taken at the step before"):
         policy.loss(obs, actions[:, 1:])
     with pytest.raises(KeyError, match=r"previous\.observation\.state"):
         policy.loss({k: v for k, v in obs.items() if k != PREV(keys.STATE)}, actions)
@@ -97,10 +103,11 @@ def test_real_frames_give_the_batch_lerobots_dataset_gives(policy, tiny_dataset)
         window, pad = policy._action_window(actions, mask)
         item = dataset[row]
         torch.testing.assert_close(torch.stack([obs[PREV(keys.STATE)][0], obs[keys.STATE][0]]), item[keys.STATE])
-        width = 1 + H  # past the chunk lerobot reads on in the episode; ours is padding
-        torch.testing.assert_close(window[0, :width], item[keys.ACTION][:width])
-        assert pad[0, :width].tolist() == item["action_is_pad"][:width].tolist() and pad[0, width:].all()
-        assert pad[0, 0].item() == (row == first)
+        # the whole window, past the chunk too: lerobot reads on in the episode, and so do we
+        assert actions.shape[1] == policy.config.horizon
+        torch.testing.assert_close(window[0], item[keys.ACTION])
+        assert pad[0].tolist() == item["action_is_pad"].tolist()
+        assert pad[0, 0].item() == (row == first) and pad[0, -1].item() == (row + policy.config.horizon - 2 >= end)
 
 
 def test_rollout_chunks_carry_the_step_before_and_its_action(policy, tiny_dataset):
@@ -115,11 +122,14 @@ def test_rollout_chunks_carry_the_step_before_and_its_action(policy, tiny_datase
     algorithm = FilteredImitation(policy, cfg, VIEWS, dataset=DatasetConfig(root=tiny_dataset, val_episodes=1))
     t, b = torch.arange(T).repeat_interleave(2), torch.arange(2).repeat(T)
     bins = torch.zeros(2, dtype=torch.long)
-    chunks = algorithm._chunks(rollouts, t, b, bins) | algorithm._history(rollouts, t, b)
+    chunks = algorithm._chunks(rollouts, t, b, bins, algorithm.steps) | algorithm._history(rollouts, t, b)
     obs, actions, mask = algorithm._batch([chunks], torch.Generator())
-    assert actions.shape == (2 * T, 1 + H, 7) and mask[:, 1:].all()
-    assert mask[:, 0].tolist() == (t > 0).tolist()
+    # the action before, the chunk, then the next chunk's first 7: policy.config.horizon in all
+    assert algorithm.steps == policy.config.horizon - 1 and actions.shape == (2 * T, 1 + algorithm.steps, 7)
+    assert mask[:, 0].tolist() == (t > 0).tolist() and mask[:, 1:1 + H].all()
     torch.testing.assert_close(actions[t > 0, 0], rollouts.actions[0, :, -1])  # chunk 0's last action
+    torch.testing.assert_close(actions[t == 0, 1 + H:], rollouts.actions[1, :, :H - 1])  # on into chunk 1
+    assert mask[t == 0, 1 + H:].all() and not mask[t == T - 1, 1 + H:].any()  # past the last chunk: padding
     torch.testing.assert_close(obs[PREV(keys.STATE)], rollouts.previous_state[t, b])
     torch.testing.assert_close(obs[PREV(keys.STATE)][t == 0], obs[keys.STATE][t == 0])  # the start, repeated
     assert torch.isfinite(policy.loss(obs, actions, mask, torch.Generator().manual_seed(0)))

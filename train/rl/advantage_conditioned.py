@@ -145,14 +145,18 @@ def previous_actions(actions: Tensor) -> tuple[Tensor, Tensor]:
     return before, has
 
 
-def chunk_size_of(policy) -> int:
-    """The action-chunk length of ``policy``: a FlowPolicy's spec, or a ``chunk_size`` attribute."""
-    value = getattr(getattr(policy, "spec", None), "chunk_size", None)
+def imitated_steps_of(policy) -> int:
+    """Action steps from the current one that ``policy``'s loss imitates: its ``imitated_steps``
+    (a lerobot policy's horizon, which may run past the executed chunk), else its chunk: a
+    FlowPolicy's spec, or a ``chunk_size`` attribute."""
+    value = getattr(policy, "imitated_steps", None)
+    if value is None:
+        value = getattr(getattr(policy, "spec", None), "chunk_size", None)
     if value is None:
         value = getattr(policy, "chunk_size", None)
     if value is not None:
         return int(value)
-    raise TypeError(f"cannot tell the chunk size of a {type(policy).__name__}; pass frames= instead of dataset=")
+    raise TypeError(f"cannot tell the action chunk of a {type(policy).__name__}: it needs imitated_steps or chunk_size")
 
 
 class AdvantageConditioned(Algorithm):
@@ -174,10 +178,11 @@ class AdvantageConditioned(Algorithm):
                             f"(policy.flow.FlowPolicy has both). Algorithms that train a {name}: "
                             f"{', '.join(fits) or 'none'}")
         super().__init__(policy, config, views)
+        self.steps = imitated_steps_of(policy)  # each imitated window's actions from its step on
         if dataset is not None and frames is not None:
             raise ValueError("give the real data once: dataset= or frames=, not both")
         if frames is None and dataset is not None and config.real_share > 0:
-            frames = real_frames(dataset, self.views, chunk_size_of(policy))
+            frames = real_frames(dataset, self.views, self.steps)
         if config.real_share > 0:
             if frames is None:
                 raise ValueError(f"{config.real_share=} needs real data: pass dataset= or frames=")
@@ -206,7 +211,7 @@ class AdvantageConditioned(Algorithm):
         advantages, kept = group_advantages(rollouts.returns, cfg.group_size)
         episode_bins = advantage_bins(advantages, cfg.bins)  # (B,)
         t_idx, b_idx = torch.nonzero(rollouts.alive & self._trained(kept, episode_bins)[None], as_tuple=True)
-        chunks = self._chunks(rollouts, t_idx, b_idx, episode_bins) | self._history(rollouts, t_idx, b_idx)
+        chunks = self._chunks(rollouts, t_idx, b_idx, episode_bins, self.steps) | self._history(rollouts, t_idx, b_idx)
         pool = self._remember(chunks)
         n_real = round(cfg.real_share * cfg.batch_size) if self.frames is not None else 0
         n_imagined = cfg.batch_size - n_real if len(pool["actions"]) else 0
@@ -250,12 +255,20 @@ class AdvantageConditioned(Algorithm):
         return conditioned_tasks(tasks, bins, self.config.dropout, generator)
 
     @staticmethod
-    def _chunks(rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor, episode_bins: Tensor) -> dict:
-        """The imagined chunks at steps (t_idx, b_idx) (N,), each with its episode's bin."""
-        H = rollouts.actions.shape[2]
+    def _chunks(rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor, episode_bins: Tensor, steps: int) -> dict:
+        """The imagined chunks at steps (t_idx, b_idx) (N,), each with its episode's bin: the
+        ``steps`` actions from each chunk's step on, the chunk's then those of the chunks after it
+        (masked past the episode's last chunk, as lerobot's dataset pads past an episode's end)."""
+        T, B, H, A = rollouts.actions.shape
+        follow = -(-steps // H)  # chunks the window reaches into, its own included
+        actions = torch.cat([rollouts.actions.float(), torch.zeros(follow - 1, B, H, A)])
+        alive = torch.cat([rollouts.alive, torch.zeros(follow - 1, B, dtype=torch.bool)])
+        window = torch.cat([actions[t_idx + k, b_idx] for k in range(follow)], 1)[:, :steps]
+        # the chunk itself counts, whatever the episode did after it
+        mask = torch.cat([(alive[t_idx + k, b_idx] | (k == 0))[:, None].expand(-1, H) for k in range(follow)], 1)
         return {"images": rollouts.images[t_idx, b_idx], "state": rollouts.state[t_idx, b_idx].float(),
-                "task": [rollouts.task[i] for i in b_idx.tolist()], "actions": rollouts.actions[t_idx, b_idx].float(),
-                "mask": torch.ones(len(t_idx), H, dtype=torch.bool), "bins": episode_bins[b_idx]}
+                "task": [rollouts.task[i] for i in b_idx.tolist()], "actions": window * mask[:, :steps, None],
+                "mask": mask[:, :steps], "bins": episode_bins[b_idx]}
 
     def _history(self, rollouts: Rollouts, t_idx: Tensor, b_idx: Tensor) -> dict:
         """What a policy with two observation steps also reads at steps (t_idx, b_idx) (N,): the
