@@ -37,7 +37,7 @@ LEARNED = {
 
 def train_family(dataset: Path, val_episodes: int, steps: int, out: Path) -> dict[str, Path]:
     """Trains (or resumes) every policy of LEARNED; returns {name: saved policy folder}."""
-    from data.clips import DemoSplitDatasetConfig
+    from data.clips import DatasetConfig
     from train.policy import TrainPolicyConfig, train
 
     folders = {}
@@ -45,8 +45,7 @@ def train_family(dataset: Path, val_episodes: int, steps: int, out: Path) -> dic
         options = dict(options)
         share = options.pop("step_share", 1.0)
         subset = options.pop("train_episodes", None)
-        cfg = TrainPolicyConfig(dataset=DemoSplitDatasetConfig(root=dataset, val_episodes=val_episodes,
-                                                               train_episodes=subset),
+        cfg = TrainPolicyConfig(dataset=DatasetConfig(root=dataset, val_episodes=val_episodes, train_episodes=subset),
                                 steps=max(1, round(steps * share)), output_dir=out / name, **options)
         print(f"policy {name}: {cfg.steps} steps", flush=True)
         folders[name] = train(cfg)

@@ -28,14 +28,16 @@ from benchmarks._report import DOC, command, write_section
 from data.clips import DatasetConfig
 from eval.rl import rate
 from eval.success import agreement, wilson_interval
+from simulator.env import ImaginedEnvConfig
 from train.rl.base import DEFAULT_ALGORITHM, AlgorithmConfig
-from train.rl.loop import ALGORITHMS, SIMULATORS, RLConfig, RolloutEnvConfig, train
+from train.rl.loop import ALGORITHMS, SIMULATORS, RLConfig, train
 
 # Settings of some algorithms that this script passes on (flag name = config field); lr goes to any.
 ALGORITHM_FLAGS = {"group_size": ("grpo", "advantage_conditioned", "filtered_imitation"),
                    "real_share": ("advantage_conditioned", "filtered_imitation"),
                    "real_successes_only": ("filtered_imitation",), "memory": ("advantage_conditioned", "filtered_imitation")}
 RL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RLConfig)}
+ENV_DEFAULTS = next(f for f in dataclasses.fields(RLConfig) if f.name == "env").default_factory()  # RL's batch, horizon
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -82,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the rollouts run; physics is the control (what a faithful simulator would give)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=RL_DEFAULTS["iterations"])
-    parser.add_argument("--num-envs", type=int, default=RolloutEnvConfig.num_envs)
+    parser.add_argument("--num-envs", type=int, default=ENV_DEFAULTS.num_envs)
     parser.add_argument("--group-size", type=int, default=None, help="grpo, advantage_conditioned, filtered_imitation")
-    parser.add_argument("--max-steps", type=int, default=RolloutEnvConfig.max_steps)
+    parser.add_argument("--max-steps", type=int, default=ENV_DEFAULTS.max_steps)
     parser.add_argument("--lr", type=float, default=None, help="the algorithm's learning rate (default: its config's)")
     parser.add_argument("--real-share", type=float, default=None,
                         help="advantage_conditioned, filtered_imitation: share of real dataset chunks per batch "
@@ -129,7 +131,7 @@ def rl_config(args: argparse.Namespace, seed: int) -> RLConfig:
     return RLConfig(policy=args.policy, world_model=world_model, **progress,
                     dataset=DatasetConfig(root=args.root, val_episodes=args.val_episodes),
                     algorithm=algorithm_config(args), simulator=args.simulator, iterations=args.iterations,
-                    env=RolloutEnvConfig(num_envs=args.num_envs, max_steps=args.max_steps),
+                    env=ImaginedEnvConfig(num_envs=args.num_envs, max_steps=args.max_steps),
                     eval_episodes=args.episodes, output_dir=args.output_dir / f"seed{seed}", seed=seed)
 
 

@@ -9,11 +9,13 @@ It lives in ``data/`` because reverie-collect, the lowest of the scripts, needs 
 reverie-eval must not import training code to share it; it imports nothing heavy.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import logging
 import sys
+import tempfile
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -37,10 +39,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def parse[T](cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None) -> T:
-    """``draccus.parse`` with list flags joined (see ``join_list_values``) and a bad value as one line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """``draccus.parse`` with list flags joined (see ``join_list_values``), nested defaults kept
+    (see ``factory_defaults``) and a bad value as one line."""
+    argv = join_list_values(cls, sys.argv[1:] if argv is None else list(argv))
+    if "-h" in argv or "--help" in argv:
+        help_parser(cls, prog).parser.print_help()
+        raise SystemExit(0)
     try:
-        return draccus.parse(cls, args=join_list_values(cls, argv), prog=prog)
+        with defaults_file(cls, argv) as (config_path, args):
+            return draccus.parse(cls, config_path=config_path, args=args, prog=prog)
     except DecodingError as e:  # names the field: "`steps`: Couldn't parse 'abc' into an int"
         fail(str(e))
     except ParsingError as e:
@@ -49,6 +56,104 @@ def parse[T](cls: type[T], argv: Sequence[str] | None = None, prog: str | None =
         fail(str(cause) if isinstance(cause, USER_ERRORS) else f"{e} {cause or ''}".strip())
     except USER_ERRORS as e:  # draccus wraps only ValueError and TypeError
         fail(str(e))
+
+
+def factory_defaults(cls: type) -> dict:
+    """The settings that ``cls``'s fields' ``default_factory`` give their nested configs apart from
+    those configs' own defaults, nested as in a config file.
+
+    draccus rebuilds a nested config from its annotated class as soon as one of its fields is on
+    the command line, so ``dataset: DatasetConfig = field(default_factory=lambda:
+    DatasetConfig(cache_frames=True))`` lost ``cache_frames`` to ``--dataset.root X``. ``parse``
+    hands these settings to draccus as the config file under the command line. Choice groups
+    (``--algorithm.type``) keep their own defaults per choice and are left out."""
+    hints, out = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)) or issubclass(tp, draccus.ChoiceRegistry):
+            continue
+        given = draccus.encode(f.default_factory()) if f.default_factory is not dataclasses.MISSING else {}
+        plain = draccus.encode(tp())
+        nested = factory_defaults(tp) | {k: v for k, v in given.items() if v != plain.get(k)}
+        if nested:
+            out[f.name] = nested
+    return out
+
+
+@contextlib.contextmanager
+def defaults_file(cls: type, argv: list[str]):
+    """(config file, remaining args) for draccus: ``factory_defaults(cls)`` under the user's own
+    ``--config_path FILE`` (its settings win, as flags win over both), in a temporary file; no
+    file where there is nothing to keep."""
+    defaults = _without_given(cls, factory_defaults(cls), argv)
+    user, args = None, list(argv)
+    for i, token in enumerate(args):
+        flag, eq, value = token.partition("=")
+        if flag == "--config_path" and (eq or i + 1 < len(args)):
+            user = value if eq else args[i + 1]
+            del args[i:i + (1 if eq else 2)]
+            break
+    if not defaults:
+        yield user, argv
+        return
+    if user is not None:
+        text = Path(user).read_text()  # a missing file: FileNotFoundError, one line
+        defaults = _merged(cls, defaults, (json.loads(text) if user.endswith(".json") else yaml.safe_load(text)) or {})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        yaml.safe_dump(defaults, file)
+        file.flush()
+        yield file.name, args
+
+
+def _without_given(cls: type, defaults: dict, argv: list[str]) -> dict:
+    """``defaults`` less the settings that a flag in ``argv`` gives (draccus would merge a dict
+    flag into the file's dict, where the flag must replace it)."""
+    out = json.loads(json.dumps(defaults))  # a deep copy
+    for token in argv:
+        path = token[2:].partition("=")[0].split(".") if token.startswith("--") else []
+        node, tp = out, cls
+        for depth, name in enumerate(path):
+            if not isinstance(node, dict) or name not in node:
+                break
+            tp = typing.get_type_hints(tp).get(name) if dataclasses.is_dataclass(tp) else None
+            if depth == len(path) - 1 and not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+                del node[name]  # a setting, not a group (``--env FILE`` keeps the group's defaults under it)
+            node = node.get(name)
+    return out
+
+
+def help_parser(cls: type, prog: str | None = None):
+    """draccus's parser of ``cls``, its help showing the defaults that ``factory_defaults`` keeps
+    (draccus's help shows the nested class's own)."""
+    from draccus.argparsing import ArgumentParser
+
+    parser = ArgumentParser(cls, prog=prog)
+    flat = _flattened(factory_defaults(cls))
+    for action in parser.parser._actions + [a for g in parser.parser._action_groups for a in g._group_actions]:
+        if action.dest in flat:
+            action.default = flat[action.dest]
+    return parser
+
+
+def _flattened(settings: dict, prefix: str = "") -> dict:
+    """{"a.b": value} of nested settings (a dict-valued setting as itself and as its keys)."""
+    out = {}
+    for k, v in settings.items():
+        out[prefix + k] = v
+        if isinstance(v, dict):
+            out |= _flattened(v, f"{prefix}{k}.")
+    return out
+
+
+def _merged(cls: type, base: dict, over: dict) -> dict:
+    """The settings ``over`` on ``base`` for config class ``cls``: nested configs merged field by
+    field, any other value (a dict-valued field too) replaced."""
+    hints, out = typing.get_type_hints(cls), dict(base)
+    for k, v in over.items():
+        tp = hints.get(k)
+        group = isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(out.get(k), dict)
+        out[k] = _merged(tp, out[k], v) if group and isinstance(v, dict) else v
+    return out
 
 
 def run[T](fn: Callable[[T], typing.Any], cfg: T) -> typing.Any:

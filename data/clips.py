@@ -79,7 +79,7 @@ class DatasetConfig:
     root: Path | None = None  # a local LeRobotDataset
     repo_id: str | None = None  # or a hub dataset
     views: tuple[str, ...] | None = None  # None = every view
-    val_episodes: int = 2
+    val_episodes: int = 2  # the last N episodes are held out (never trained on)
     # Train on only the first N of the training episodes (None: all); the held-out ones stay the same.
     # For data-scaling studies, e.g. a family of policies cloned from 10, 25, 50, ... episodes.
     train_episodes: int | None = None
@@ -111,20 +111,6 @@ class DatasetConfig:
         clip_config.setdefault("cache_frames", self.cache_frames)
         config = ClipConfig(views=self.views, video_backend=self.video_backend, **clip_config)
         return ClipDataset(self.repo_id, self.root, config, episodes=episodes)
-
-
-# Trainings with other defaults subclass the config (and type their field with the subclass) rather
-# than pass a default_factory lambda: draccus rebuilds a nested config from the defaults of the
-# field's annotated class as soon as one of its fields is given on the command line, so
-# `--dataset.root X` would silently drop a lambda's cache_frames=True.
-@dataclass
-class CachedDatasetConfig(DatasetConfig):
-    cache_frames: bool = True  # the world model's and the autoencoder's trainings
-
-
-@dataclass
-class DemoSplitDatasetConfig(DatasetConfig):
-    val_episodes: int = 20  # the demo's split (a tenth of 200 episodes): policy cloning and RL starts
 
 
 def dataset_digest(root: Path) -> str:

@@ -48,16 +48,6 @@ REVERIE_META = "meta/reverie.json"  # the collection's settings (provenance; ler
 
 
 @dataclass
-class CollectionExpertConfig(ExpertConfig):
-    """The collection's expert: 10% of episodes in each of three failure modes. A subclass rather
-    than a default_factory lambda, so that `--expert.action_noise 0.3` keeps the mix (see
-    data.clips.CachedDatasetConfig)."""
-
-    failure_mix: dict[str, float] = field(
-        default_factory=lambda: {"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1})
-
-
-@dataclass
 class CollectConfig:
     task: str = "lift"  # lift | stack | pick_place_can
     episodes: int = 50  # total episodes wanted in the dataset (a resumed run adds the missing ones)
@@ -68,7 +58,9 @@ class CollectConfig:
     height: int = 64
     width: int = 64
     render_quality: str = "fast"
-    expert: CollectionExpertConfig = field(default_factory=CollectionExpertConfig)
+    # The collection's expert: 10% of episodes in each of three failure modes.
+    expert: ExpertConfig = field(default_factory=lambda: ExpertConfig(
+        failure_mix={"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1}))
     policy: Path | None = None  # a saved policy (reverie-train policy) to collect with instead of the expert
     hold_steps: int = 10  # steps recorded after the first success
     max_steps: int | None = None  # episode horizon; None = the task's default

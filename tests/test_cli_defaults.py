@@ -3,7 +3,8 @@
 draccus rebuilds a nested config from its annotated class as soon as one of its fields is on the
 command line, so a default set by a default_factory lambda vanished silently: the world model's
 documented run 3 trained with `--objective.logit_mean 0.0` got no unrolls while the demo, which
-builds its config in Python, got two.
+builds its config in Python, got two. ``data.cli.parse`` hands draccus those defaults as the
+config file under the command line (``factory_defaults``).
 """
 
 import pytest
@@ -47,3 +48,19 @@ def test_collection_keeps_its_failure_mix_when_noise_is_added():
     assert cfg.expert.action_noise == 0.3
     assert cfg.expert.failure_mix == {"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1}
     assert parse(CollectConfig, "--expert.failure_mix", '{"near_miss": 0.2}').expert.failure_mix == {"near_miss": 0.2}
+
+
+def test_the_help_shows_the_defaults_a_run_gets(capsys):
+    with pytest.raises(SystemExit):
+        parse(TrainWorldModelConfig, "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(~25 KB per frame at 2 views of 64x64) (default: True)" in text  # cache_frames: the recipe's
+    assert "(the deterministic prediction) (default: 0.25)" in text  # regression_share
+
+
+def test_a_config_file_sits_on_the_defaults_and_under_the_flags(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("dataset:\n  root: data\n  val_episodes: 7\nobjective:\n  logit_mean: 0.5\n")
+    cfg = parse(TrainWorldModelConfig, "--config_path", str(recipe), "--dataset.val_episodes", "3")
+    assert (str(cfg.dataset.root), cfg.dataset.val_episodes, cfg.objective.logit_mean) == ("data", 3, 0.5)
+    assert cfg.dataset.cache_frames is True and cfg.objective.regression_share == 0.25

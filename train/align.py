@@ -109,13 +109,13 @@ def merge(rollouts: Path, dataset: Path, out: Path) -> Path:
 
 def world_model_config(cfg: AlignConfig, merged: Path):
     """Fine-tuning on the merge, the model's shapes read from the saved world model."""
-    from simulator.world_model import WorldModel
-    from train.world_model import CachedDatasetConfig, CPURecipeModelConfig, TrainWorldModelConfig
+    from simulator.world_model import WorldModel, WorldModelConfig
+    from train.world_model import TrainWorldModelConfig
 
     saved = dict(WorldModel.load_config(cfg.world_model))
-    model = CPURecipeModelConfig(**{f.name: tuple(saved[f.name]) if isinstance(saved[f.name], list) else saved[f.name]
-                                    for f in fields(CPURecipeModelConfig) if f.name in saved})
-    dataset = CachedDatasetConfig(root=merged, val_episodes=cfg.dataset.val_episodes, views=cfg.dataset.views)
+    model = WorldModelConfig(**{f.name: tuple(saved[f.name]) if isinstance(saved[f.name], list) else saved[f.name]
+                                for f in fields(WorldModelConfig) if f.name in saved})
+    dataset = DatasetConfig(root=merged, val_episodes=cfg.dataset.val_episodes, views=cfg.dataset.views, cache_frames=True)
     return TrainWorldModelConfig(dataset=dataset, model=model, frame_stride=model.horizon // (model.future or model.horizon),
                                  init_from=cfg.world_model, steps=cfg.world_model_steps, lr=cfg.world_model_lr,
                                  warmup_steps=max(1, cfg.world_model_steps // 20),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from data.clips import CachedDatasetConfig
+from data.clips import DatasetConfig
 from simulator.world_model import autoencoder as ae
 from simulator.world_model.objective import to_model_range
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainAutoencoderConfig:
-    dataset: CachedDatasetConfig = field(default_factory=CachedDatasetConfig)
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(cache_frames=True))
     training: ae.AutoencoderTrainConfig = field(default_factory=ae.AutoencoderTrainConfig)
     latent_channels: int = 4
     downsample: int = 4  # latents are (h/downsample, w/downsample)

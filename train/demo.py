@@ -153,7 +153,8 @@ def stage_rl(cfg: DemoConfig) -> Path:
     With nothing privileged in the imagined outcome this recipe gained +0.07 in physics over three
     seeds, inside noise (docs/benchmarks.md): the stage shows the loop, not yet a reliable gain."""
     from train.rl.filtered_imitation import FilteredImitationConfig
-    from train.rl.loop import RLConfig, RolloutEnvConfig, train
+    from simulator.env import ImaginedEnvConfig
+    from train.rl.loop import RLConfig, train
 
     preset, out = PRESETS[cfg.preset], cfg.output_dir / "rl"
     if not (out / "rl_eval.json").exists():
@@ -161,7 +162,7 @@ def stage_rl(cfg: DemoConfig) -> Path:
                        progress=cfg.output_dir / "progress" / "model", dataset=dataset_config(cfg), task=cfg.task,
                        algorithm=FilteredImitationConfig(group_size=preset["rl_group"], real_share=0.25,
                                                          memory=preset["rl_iterations"]),
-                       env=RolloutEnvConfig(num_envs=preset["rl_envs"], max_steps=preset["rl_max_steps"]),
+                       env=ImaginedEnvConfig(num_envs=preset["rl_envs"], max_steps=preset["rl_max_steps"]),
                        iterations=preset["rl_iterations"],
                        eval_episodes=preset["rl_eval_episodes"], eval_num_envs=min(10, preset["rl_eval_episodes"]),
                        output_dir=out, seed=cfg.seed))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from data.clips import CachedDatasetConfig, ClipDataset
+from data.clips import ClipDataset, DatasetConfig
 from data.sampling import batches_per_epoch, epoch_batches
 from simulator import keys
 from simulator.env import NORMALIZATION_FILE
@@ -29,27 +29,15 @@ from train.loop import to_device
 log = logging.getLogger(__name__)
 
 
-# The CPU recipe (docs/research_log.md, run 3): the noisy input scaled by (1 - t), a quarter of each
-# batch at t = 1 (the deterministic prediction), no unrolls. Subclasses, not default_factory lambdas,
-# and the fields typed with them, so that draccus keeps these defaults when another field of the
-# same group is given on the command line (see data.clips.CachedDatasetConfig).
-@dataclass
-class CPURecipeModelConfig(WorldModelConfig):
-    scale_noisy_input: bool = True
-
-
-@dataclass
-class CPURecipeObjective(FlowMatchingConfig):
-    regression_share: float = 0.25
-
-
 @dataclass
 class TrainWorldModelConfig(loop.LoopConfig):
     # Frames are decoded into memory once (--dataset.cache_frames false for datasets larger than memory).
-    dataset: CachedDatasetConfig = field(default_factory=CachedDatasetConfig)
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(cache_frames=True))
     # Shapes the data decides (views, image size, action/state dims) are filled in from the dataset.
-    model: CPURecipeModelConfig = field(default_factory=CPURecipeModelConfig)
-    objective: CPURecipeObjective = field(default_factory=CPURecipeObjective)
+    # The CPU recipe (docs/research_log.md, run 3): the noisy input scaled by (1 - t), a quarter of
+    # each batch at t = 1 (the deterministic prediction), no unrolls.
+    model: WorldModelConfig = field(default_factory=lambda: WorldModelConfig(scale_noisy_input=True))
+    objective: FlowMatchingConfig = field(default_factory=lambda: FlowMatchingConfig(regression_share=0.25))
     frame_stride: int = 1  # frames per predicted frame: horizon / stride frames are predicted per chunk
     output_dir: Path = Path("outputs/world_model")
     steps: int = 1100  # 40 min on 2 CPU cores with the default model and batch 16 (run 3)
@@ -83,7 +71,7 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
         raise ValueError(f"the world model expects square frames, the dataset has {h}x{w}")
     decided = {"views": len(data.views), "image_size": h, "future": cfg.model.horizon // cfg.frame_stride,
                "action_dim": features[keys.ACTION]["shape"][0], "state_dim": features[keys.STATE]["shape"][0]}
-    unset = asdict(CPURecipeModelConfig()) | {"future": cfg.model.horizon}  # future defaults to the horizon
+    unset = asdict(WorldModelConfig()) | {"future": cfg.model.horizon}  # future defaults to the horizon
     for name, value in decided.items():  # a flag the data overrules is an error, not silently replaced
         given = getattr(cfg.model, name)
         if given not in (unset[name], value):

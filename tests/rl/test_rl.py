@@ -11,12 +11,13 @@ from data import cli
 from data.clips import DatasetConfig
 from policy.flow import FlowPolicy
 from simulator import keys
+from simulator.env import ImaginedEnvConfig
 from tests.rl.conftest import SIZE
 from train.rl.advantage_conditioned import AdvantageConditionedConfig
 from train.rl.base import clipped_surrogate, gae, group_advantages, kl_k3
 from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.grpo import GRPOConfig
-from train.rl.loop import ALGORITHMS, RLConfig, RolloutEnvConfig, train
+from train.rl.loop import ALGORITHMS, RLConfig, train
 from train.rl.ppo import PPOConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -85,7 +86,7 @@ def rl_config(tiny_dataset, models, out, algorithm: str = "grpo", num_envs: int 
     runs these tests pinned, unless given)."""
     settings = {"policy": models / "policy", "world_model": models / "world_model", "progress": models / "progress",
                 "dataset": DatasetConfig(root=tiny_dataset, val_episodes=1), "iterations": 1,
-                "env": RolloutEnvConfig(num_envs=num_envs, max_steps=16), "eval_episodes": 0, "output_dir": out,
+                "env": ImaginedEnvConfig(num_envs=num_envs, max_steps=16), "eval_episodes": 0, "output_dir": out,
                 "algorithm": TINY_ALGORITHMS[algorithm]()}
     return RLConfig(**settings | kw)
 

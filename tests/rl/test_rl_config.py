@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from data import cli
-from data.clips import DemoSplitDatasetConfig
+from data.clips import DatasetConfig
 from train.rl.base import AlgorithmConfig
 from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.grpo import GRPOConfig
@@ -75,7 +75,7 @@ def test_the_algorithm_is_chosen_by_type_and_defaults_to_the_measured_recipe():
 
 def test_a_nested_setting_keeps_the_recipes_other_settings(capsys):
     """draccus rebuilds a nested config from its class's defaults when one of its fields is given:
-    RL's env defaults live on RolloutEnvConfig, so they survive another env flag."""
+    data.cli.parse keeps RL's env defaults (a default_factory's) under another env flag."""
     cfg = parse("--env.sampling_steps", "2", "--algorithm.memory", "5")
     assert (cfg.env.num_envs, cfg.env.max_steps, cfg.env.sampling_steps) == (32, 80, 2)
     assert (cfg.algorithm.real_share, cfg.algorithm.memory) == (0.25, 5)
@@ -88,7 +88,7 @@ def test_the_lift_recipe_file_is_the_defaults_plus_its_settings():
     recipe = RECIPES / "rl_lift.yaml"
     settings = yaml.safe_load(recipe.read_text())
     loaded = cli.parse(RLConfig, ["--config_path", str(recipe), "--dataset.root", "data"])
-    expected = draccus.encode(RLConfig(dataset=DemoSplitDatasetConfig(root="data")))
+    expected = draccus.encode(RLConfig(dataset=DatasetConfig(root="data", val_episodes=20)))
     for group, value in settings.items():  # the defaults with the file's settings over them
         expected[group] = expected[group] | value if isinstance(value, dict) else value
     assert draccus.encode(loaded) == expected

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from policy.flow import FlowPolicy
+from simulator.env import ImaginedEnvConfig
 from tests.rl.conftest import SIZE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -112,11 +113,10 @@ def test_the_rl_evaluation_imagines_with_the_runs_env_settings(tiny_models):
     from eval.rl import physics_and_imagined
     from simulator.env import ImaginedEnv
     from simulator.physics.tasks import get_task
-    from train.rl.loop import RolloutEnvConfig
 
     policy = FlowPolicy.from_pretrained(tiny_models / "policy")
     views, episodes, seed, num_envs = ("front", "wrist"), 2, 100_000, 2
-    run_env = RolloutEnvConfig(num_envs=4, max_steps=16, sampling_steps=2, action_guidance=2.0)
+    run_env = ImaginedEnvConfig(num_envs=4, max_steps=16, sampling_steps=2, action_guidance=2.0)
     evaluated = SuccessProbe()
     physics_and_imagined(policy, views, SIZE, "lift", episodes, seed, num_envs, tiny_models / "world_model",
                          tiny_models / "progress", env=run_env, physics=False, recorder=evaluated)

@@ -49,11 +49,10 @@ from pathlib import Path
 
 import draccus
 import torch
-from draccus.argparsing import ArgumentParser
 from tqdm import tqdm
 
 from data import cli
-from data.clips import DemoSplitDatasetConfig
+from data.clips import DatasetConfig
 from simulator.env import ImaginedEnvConfig
 from train.rl.advantage_conditioned import AdvantageConditioned
 from train.rl.base import DEFAULT_ALGORITHM, AlgorithmConfig, collect
@@ -71,17 +70,6 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # train/recipes: r
 
 
 @dataclass
-class RolloutEnvConfig(ImaginedEnvConfig):
-    """The rollout env: ``simulator.env.ImaginedEnvConfig`` with RL's batch and horizon. Its batch
-    and horizon serve both simulators; the rest configures the imagined one. (RL's two defaults
-    live on this class because draccus builds a nested config from its class's defaults as soon as
-    one of its fields is on the command line: a default_factory's would vanish.)"""
-
-    num_envs: int = 32  # episodes per iteration, in either simulator: 4 groups of 8 from shared starts
-    max_steps: int = 80  # horizon in env steps, in either simulator: short rollouts from real frames
-
-
-@dataclass
 class RLConfig:
     """The settings of reverie-rl. A YAML file nested as the flags are gives any of them: all with
     --config_path FILE (train/recipes/rl_lift.yaml: the default recipe; a run's rl_config.json), one
@@ -93,7 +81,7 @@ class RLConfig:
     world_model: Path | None = Path("outputs/world_model/model")
     progress: Path = Path("outputs/progress/model")  # frozen: rewards imagined frames, judges success
     # Start frames come from the training episodes of this dataset (the held-out ones are never used).
-    dataset: DemoSplitDatasetConfig = field(default_factory=DemoSplitDatasetConfig)
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=20))  # the demo's split
     task: str = "lift"  # the physics task: the evaluation's, and the rollouts' with --simulator physics
     # The algorithm (--algorithm.type). The default, filtered imitation with its defaults, is the
     # recipe measured best: physics gain +0.07 over 3 seeds (docs/benchmarks.md, "RL in imagination
@@ -102,8 +90,10 @@ class RLConfig:
     # Where the rollouts run: "imagined" (the point) or "physics", the control that tells an
     # algorithm that cannot improve the policy from a world model that cannot show it how.
     simulator: str = "imagined"
-    # The rollout env; the evaluation's imagined env uses the same settings.
-    env: RolloutEnvConfig = field(default_factory=RolloutEnvConfig)
+    # The rollout env; the evaluation's imagined env uses the same settings. Its batch and horizon
+    # serve both simulators: 32 episodes per iteration (4 groups of 8 from shared starts), 80 env
+    # steps (short rollouts from real frames); the rest configures the imagined one.
+    env: ImaginedEnvConfig = field(default_factory=lambda: ImaginedEnvConfig(num_envs=32, max_steps=80))
     iterations: int = 40  # RL iterations (the recipe's memory keeps all 40 iterations' kept episodes)
     start_every: int | None = None  # also start from every n-th frame inside the episodes (keyframes)
     # Physics and imagined evaluation episodes before and after, from the same matched physics starts.
@@ -314,7 +304,7 @@ def print_help(argv: list[str]) -> None:
     docstring names instead."""
     chosen = chosen_algorithm(argv)
     with AlgorithmConfig.listing_only(chosen):
-        parser = ArgumentParser(RLConfig, prog="reverie-rl")
+        parser = cli.help_parser(RLConfig, prog="reverie-rl")
     shown = parser.parser._actions + [a for group in parser.parser._action_groups for a in group._group_actions]
     for action in shown:
         if (action.help or "").startswith("Config file for"):  # draccus's per-group files, some listed twice
