@@ -1,6 +1,7 @@
 """The benchmark scripts run (tiny sizes, nothing written to docs/)."""
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,28 @@ def test_imagined_replay_finds_the_last_grasp_and_applies_the_grasp_check():
     assert with_grasp_check(run, 0.02, 0.02).tolist() == [True, False, True, False]
     run["eef_imagined"][0, 2] = 0.05  # aimed in x-y but closed 5 cm above the object
     assert not with_grasp_check(run, 0.02, 0.02)[0]
+
+
+def test_model_selection_chooses_on_the_first_half_and_scores_on_the_second(tmp_path, capsys, monkeypatch):
+    """Two world models over one family of 3 policies and 8 paired starts: "lucky" matches physics
+    on the first 4 starts and inverts it on the last 4; "steady" is off by one episode per policy
+    on both halves. The first half picks lucky, and the second half shows what the pick was worth."""
+    physics = {"weak": [0, 0, 0, 1] * 2, "mid": [0, 1, 0, 1] * 2, "strong": [1, 1, 1, 0] * 2}
+    inverted = lambda outcome: outcome[:4] + [1 - x for x in outcome[4:]]
+    steady = {"weak": [0, 0, 1, 1] * 2, "mid": [1, 1, 0, 1] * 2, "strong": [1, 1, 1, 1] * 2}
+    paths = []
+    for name, imagined in (("lucky", {k: inverted(v) for k, v in physics.items()}), ("steady", steady)):
+        runs = {p: {"physics": {"success": physics[p], "steps": [10] * 8, "seconds": 1.0},
+                    "imagined": {"success": imagined[p], "steps": [10] * 8, "seconds": 1.0}} for p in physics}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"runs": runs}))
+        paths.append(f"recipe/{name}={path}")
+    run_main("benchmarks.model_selection", [*paths, "--no-write"], monkeypatch)
+    out = capsys.readouterr().out
+    assert "picks **recipe/lucky**" in out
+    choose, score = out.split("**score")
+    assert "| recipe/lucky | 1.00 | 1.00 | 0.000 | 0.00 |" in choose
+    lucky_score = next(line for line in score.splitlines() if line.startswith("| recipe/lucky"))
+    steady_score = next(line for line in score.splitlines() if line.startswith("| recipe/steady"))
+    assert float(lucky_score.split("|")[4]) > float(steady_score.split("|")[4])  # its MMRV on fresh starts
+    assert "Recipe **recipe**, 2 trainings" in out
