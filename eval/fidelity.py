@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalWorldModelConfig:
-    model: Path = Path("outputs/world_model/model")
+    model: Path = Path("outputs/world_model/model")  # the world model (reverie-train world_model)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the split training used
     horizon_frames: int = 32  # T predicted frames per rollout (rounded up to whole chunks)
     starts: int = 64  # rollouts, from start frames spread over the held-out episodes
@@ -46,12 +46,12 @@ class EvalWorldModelConfig:
     # Predicted pixels within this of the last context frame keep its value ([0, 1] intensity;
     # simulator.world_model.sampler; 0 = off). 8/255, chosen on run 5 and checked on run 3 (docs/benchmarks.md).
     still_threshold: float = STILL_THRESHOLD
-    batch_size: int = 16
+    batch_size: int = 16  # rollouts imagined together
     probe: Path | None = None  # a saved StateProbe; None = train one on episodes before the held-out ones
-    probe_steps: int = 1500
-    probe_train_episodes: int = 60
-    output_dir: Path = Path("outputs/world_model_eval")
-    seed: int = 0
+    probe_steps: int = 1500  # training steps of that probe (0: no probe)
+    probe_train_episodes: int = 60  # the training episodes it learns from, those just before the held-out ones
+    output_dir: Path = Path("outputs/world_model_eval")  # fidelity.json, fidelity.md, the figures
+    seed: int = 0  # of the sampling noise
 
     def __post_init__(self):
         self.dataset.require()
