@@ -54,10 +54,10 @@ class CollectConfig:
     root: Path | None = None  # dataset folder; default outputs/datasets/<task>
     repo_id: str | None = None  # default reverie/<task>
     seed: int = 0  # episode i uses seed + i
-    views: tuple[str, ...] = ("front", "wrist")
-    height: int = 64
-    width: int = 64
-    render_quality: str = "fast"
+    views: tuple[str, ...] = ("front", "wrist")  # the cameras recorded, one video each
+    height: int = 64  # of each view, in pixels
+    width: int = 64  # of each view, in pixels
+    render_quality: str = "fast"  # "fast" (arm drawn with collision meshes) or "full"
     # The collection's expert: 10% of episodes in each of three failure modes.
     expert: ExpertConfig = field(default_factory=lambda: ExpertConfig(
         failure_mix={"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1}))
@@ -65,7 +65,7 @@ class CollectConfig:
     hold_steps: int = 10  # steps recorded after the first success
     max_steps: int | None = None  # episode horizon; None = the task's default
     vcodec: str = "h264"  # h264 decodes with every backend (pyav, torchcodec, decord); libsvtav1 is smaller
-    crf: int = 18
+    crf: int = 18  # the video codec's constant rate factor (lower: larger files, closer to the render)
     commit_every: int = 5  # episodes per commit group
     overwrite: bool = False  # delete an existing dataset at root first
 

@@ -85,23 +85,23 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
 
 @dataclass
 class EvalPolicyConfig:
-    world_model: Path = Path("outputs/world_model/model")
-    progress: Path = Path("outputs/progress/model")
+    world_model: Path = Path("outputs/world_model/model")  # the frozen world model (reverie-train world_model)
+    progress: Path = Path("outputs/progress/model")  # judges imagined success (reverie-train progress)
     # The dataset the world model was trained on: its statistics, for world models saved without
     # normalization.json beside them.
     stats_root: Path | None = None
-    task: str = "lift"
+    task: str = "lift"  # the physics task, whose horizon the imagined episodes share
     # Names from policy.scripted.policy_family(), or NAME=FOLDER of a saved policy (reverie-train
     # policy, reverie-rl, a lerobot checkpoint); None = the whole scripted family.
     policies: tuple[str, ...] | None = None
     episodes: int = 20  # per policy and simulator
-    num_envs: int = 10
+    num_envs: int = 10  # episodes run together in one batch, in either simulator
     seed: int = 100_000  # physics seed of start 0; collections use seeds from 0 up
     # The imagined env's settings (sampling steps, action guidance, success threshold, reward); its
     # num_envs and max_steps are the evaluation's: --num_envs and the task's physics horizon.
     env: ImaginedEnvConfig = field(default_factory=ImaginedEnvConfig)
-    device: str = "cpu"
-    output_dir: Path = Path("outputs/policy_eval")
+    device: str = "cpu"  # where the models and policies run
+    output_dir: Path = Path("outputs/policy_eval")  # policy_eval.json, .md, .png
     # Record the imagined episodes (LeRobotDataset + one mp4 each) under <output_dir>/imagined/<policy>
     record: bool = False
     # Also re-run every policy in physics from the same starts with its sampling noise reseeded:

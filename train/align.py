@@ -37,9 +37,9 @@ class AlignConfig:
     episodes: int = 100  # physics rollouts of the policy
     seed: int = 50_000  # rollout i uses seed + i: seeds neither the collection (0 on) nor the evaluations use
     world_model_steps: int = 500  # fine-tuning steps
-    world_model_lr: float = 1e-4
+    world_model_lr: float = 1e-4  # its peak learning rate (lower than training from scratch)
     progress_steps: int = 1500  # the progress model's training steps (reverie-train progress's default)
-    output_dir: Path = Path("outputs/align")
+    output_dir: Path = Path("outputs/align")  # the merged dataset, the fine-tuned world and progress models
 
     def __post_init__(self):
         if self.policy is None and self.rollouts is None:

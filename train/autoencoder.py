@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 class TrainAutoencoderConfig:
     dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(cache_frames=True))
     training: ae.AutoencoderTrainConfig = field(default_factory=ae.AutoencoderTrainConfig)
-    latent_channels: int = 4
+    latent_channels: int = 4  # channels of the latent map
     downsample: int = 4  # latents are (h/downsample, w/downsample)
-    width: int = 64
+    width: int = 64  # channels of the encoder's and decoder's convolutions
     batch_size: int = 64  # clips of one frame per view: batch_size x views frames per step
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    output_dir: Path = Path("outputs/autoencoder")
-    seed: int = 0
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"  # where it trains
+    output_dir: Path = Path("outputs/autoencoder")  # the trained autoencoder
+    seed: int = 0  # of the weights' initialisation and the batches' order
 
     def __post_init__(self):
         self.dataset.require()

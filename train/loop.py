@@ -24,19 +24,19 @@ log = logging.getLogger(__name__)
 class LoopConfig:
     """The loop settings every training config has (each training sets its own defaults)."""
 
-    steps: int = 1000
-    batch_size: int = 16
-    grad_accumulation: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    steps: int = 1000  # optimiser steps in all (a resumed run goes on to this many)
+    batch_size: int = 16  # samples per optimiser step and process, before accumulation
+    grad_accumulation: int = 1  # micro-batches per optimiser step
+    lr: float = 3e-4  # peak learning rate (AdamW), after warm-up, then a cosine decay to 0
+    weight_decay: float = 1e-2  # AdamW's
+    warmup_steps: int = 100  # linear learning-rate warm-up
+    grad_clip: float = 1.0  # the gradient norm is clipped to this
+    ema_decay: float = 0.999  # of the weights' exponential moving average, which is what is saved
     mixed_precision: str = "no"  # no | bf16
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # steps between checkpoints (a run resumes from the latest)
     keep_checkpoints: int = 3  # older checkpoints are deleted (each holds weights, optimiser state and EMA)
-    log_every: int = 25
-    seed: int = 0
+    log_every: int = 25  # steps between metrics.jsonl lines
+    seed: int = 0  # of the weights' initialisation and the batches' order
     # Each process appends, per step, the samples it trained on and a hash of its weights to
     # <output_dir>/batches/process_<rank>.jsonl (``record_step``): what each process saw, and that they stay in sync.
     record_batches: bool = False

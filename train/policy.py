@@ -79,13 +79,13 @@ class TrainPolicyConfig(loop.LoopConfig):
     # shows them, so that it acts in imagination as it does in physics. None = real frames only.
     world_model: Path | None = None
     regenerated_prob: float = 0.5  # share of samples read from the re-generations (with world_model)
-    output_dir: Path = Path("outputs/policy")
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 3e-4
-    ema_decay: float = 0.995
-    checkpoint_every: int = 500
-    num_workers: int = 0
+    output_dir: Path = Path("outputs/policy")  # model/ (the EMA weights), checkpoints/, metrics.jsonl
+    steps: int = 3000  # optimiser steps in all (a resumed run goes on to this many)
+    batch_size: int = 64  # samples per optimiser step and process, before accumulation
+    lr: float = 3e-4  # peak learning rate (AdamW), after warm-up, then a cosine decay to 0
+    ema_decay: float = 0.995  # of the weights' exponential moving average, which is what is saved
+    checkpoint_every: int = 500  # steps between checkpoints (a run resumes from the latest)
+    num_workers: int = 0  # DataLoader workers (0: batches are read in the training process)
 
     def __post_init__(self):
         super().__post_init__()

@@ -72,13 +72,13 @@ class TrainProgressConfig(loop.LoopConfig):
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the split the evaluation uses too
     # The views and the image size are filled in from the dataset.
     model: ProgressConfig = field(default_factory=ProgressConfig)
-    output_dir: Path = Path("outputs/progress")
+    output_dir: Path = Path("outputs/progress")  # model/ (the EMA weights), checkpoints/, metrics.jsonl
     steps: int = 1500  # 8 min on one CPU core for 200 Lift episodes at 64x64, 2 views (decoding them: 10 s)
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    ema_decay: float = 0.995
-    keep_checkpoints: int = 2
+    batch_size: int = 32  # samples per optimiser step and process, before accumulation
+    lr: float = 1e-3  # peak learning rate (AdamW), after warm-up, then a cosine decay to 0
+    warmup_steps: int = 50  # linear learning-rate warm-up
+    ema_decay: float = 0.995  # of the weights' exponential moving average, which is what is saved
+    keep_checkpoints: int = 2  # older checkpoints are deleted
     # ---- targets ----
     rewind_prob: float = 0.2  # fraction of samples that are rewound successful episodes
     mismatch_prob: float = 0.1  # fraction of samples given a wrong task string (targets 0)

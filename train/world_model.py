@@ -39,9 +39,9 @@ class TrainWorldModelConfig(loop.LoopConfig):
     model: WorldModelConfig = field(default_factory=lambda: WorldModelConfig(scale_noisy_input=True))
     objective: FlowMatchingConfig = field(default_factory=lambda: FlowMatchingConfig(regression_share=0.25))
     frame_stride: int = 1  # frames per predicted frame: horizon / stride frames are predicted per chunk
-    output_dir: Path = Path("outputs/world_model")
+    output_dir: Path = Path("outputs/world_model")  # model/ (the EMA weights), checkpoints/, metrics.jsonl
     steps: int = 1100  # 40 min on 2 CPU cores with the default model and batch 16 (run 3)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers (0: batches are read in the training process)
     # Start from a saved world model's weights instead of random ones: fine-tuning, e.g. on a dataset
     # that adds a policy's own rollouts (reverie-collect --policy) so that its failures look like failures.
     init_from: Path | None = None

@@ -19,23 +19,23 @@ class FlowPolicyConfig:
     # Image encoder: a CNN shared by the views, one stride-2 level per entry; the last map's cells
     # become tokens (a 4 x 4 map per view at 64 x 64 with four levels).
     channels: tuple[int, ...] = (16, 32, 64, 64)
-    norm_num_groups: int = 8
+    norm_num_groups: int = 8  # GroupNorm groups of the CNN
     # The task string, without pretrained weights: its words and word pairs hashed into
     # ``task_buckets`` learned embeddings (as the progress model reads it), one token.
     task_buckets: int = 1024
     # The transformer over [image tokens, state token, task token, action tokens].
     width: int = 128
-    depth: int = 4
-    heads: int = 4
+    depth: int = 4  # transformer layers
+    heads: int = 4  # attention heads
     # Sampling: N Euler steps of the flow from noise (t = 1) to actions (t = 0). The last K are
     # steps of the SDE with the same marginals when the policy samples stochastically (for RL);
     # ``noise_level`` is a in sigma_t = a sqrt(t / (1 - t)), t capped at ``t_max``; the steps'
     # std is floored at ``min_std``.
-    num_steps: int = 4
-    rl_steps: int = 2
-    noise_level: float = 0.5
-    t_max: float = 0.9
-    min_std: float = 0.05
+    num_steps: int = 4  # N Euler steps
+    rl_steps: int = 2  # K: the last steps that are stochastic when sampling for RL
+    noise_level: float = 0.5  # a
+    t_max: float = 0.9  # t is capped here in sigma_t
+    min_std: float = 0.05  # floor of a stochastic step's std
 
     def __post_init__(self):
         self.views, self.channels = tuple(self.views), tuple(self.channels)

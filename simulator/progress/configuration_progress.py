@@ -21,14 +21,14 @@ class ProgressConfig:
     # The CNN over all views' frames (T current/recent + 1 first frame each) stacked on channels:
     # one stride-2 level per entry. The default is the CPU size (about 1.7M parameters).
     channels: tuple[int, ...] = (32, 64, 128, 128)
-    norm_num_groups: int = 8
+    norm_num_groups: int = 8  # GroupNorm groups of the CNN
     pool_size: int = 4  # the last feature map is pooled to pool_size x pool_size (keeps where things are)
     width: int = 256  # width of the image features, the task embedding and the shared trunk
     # The task string is embedded without pretrained weights: its words and word pairs are hashed
     # into ``task_buckets`` learned embeddings (a bag of words), so any string maps to a vector.
     task_buckets: int = 1024
     ensemble: int = 5  # K heads on the shared trunk; their spread is the uncertainty
-    head_width: int = 64
+    head_width: int = 64  # hidden width of each ensemble head
 
     def __post_init__(self):
         self.views = tuple(self.views)

@@ -84,10 +84,10 @@ def decode(vae: AutoencoderKL, latents: Tensor) -> Tensor:
 @dataclass
 class AutoencoderTrainConfig:
     steps: int = 2000  # optimiser steps (the frames are re-iterated as often as needed)
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = 1e-4  # AdamW's learning rate
+    weight_decay: float = 0.0  # AdamW's
     kl_weight: float = 1e-6  # weight of the KL to N(0, 1), per latent element, against the per-pixel MSE
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the gradient norm is clipped to this
     scale_batches: int = 32  # batches whose latents set shift_factor and scaling_factor after training
     seed: int = 0  # of the posterior samples
     progress: bool = True  # a tqdm bar

@@ -30,7 +30,7 @@ class WorldModelConfig:
     # training step of 16 clips with 2-chunk unrolls on 2 cores); (64, 128, 256) x 2 layers is 15M
     # and ~8x slower, a GPU size.
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
-    layers_per_block: int = 1
+    layers_per_block: int = 1  # ResNet blocks per U-Net resolution
     norm_num_groups: int = 32  # group-norm groups of the U-Net and of a freshly built autoencoder
     cond_dim: int = 256  # width of the action/state/noise-level conditioning MLP (U-Net) and of the state head
     # ---- latent_transformer only ----

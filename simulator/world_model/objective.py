@@ -27,10 +27,10 @@ from simulator.world_model.modeling_world_model import WorldModel
 class FlowMatchingConfig:
     context_noise_max: float = 0.1  # context frames get N(0, s^2) noise, s ~ U(0, max) per sample
     action_dropout: float = 0.1  # probability of replacing the action chunk by the null chunk
-    state_loss_weight: float = 1.0
+    state_loss_weight: float = 1.0  # weight of the state head's loss beside the frames'
     weighting_scheme: str = "logit_normal"  # noise-level density (diffusers.training_utils)
     logit_mean: float = 0.0  # > 0 leans towards high noise, where the motion of a chunk is decided
-    logit_std: float = 1.0
+    logit_std: float = 1.0  # spread of the logit-normal noise levels
     regression_share: float = 0.0  # share of each batch trained at t = 1 (the deterministic prediction)
     unroll_chunks: int = 1  # U: chunks per training clip; the model imagines the ones before the trained one
     unroll_sampling_steps: int = 2  # sampling steps for the imagined chunks
