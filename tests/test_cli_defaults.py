@@ -64,3 +64,26 @@ def test_a_config_file_sits_on_the_defaults_and_under_the_flags(tmp_path):
     cfg = parse(TrainWorldModelConfig, "--config_path", str(recipe), "--dataset.val_episodes", "3")
     assert (str(cfg.dataset.root), cfg.dataset.val_episodes, cfg.objective.logit_mean) == ("data", 3, 0.5)
     assert cfg.dataset.cache_frames is True and cfg.objective.regression_share == 0.25
+
+
+def script_configs() -> list[type]:
+    """The config class of every console script (pyproject's [project.scripts]) and kind."""
+    import importlib
+
+    from data.collect import CollectConfig
+    from eval.cli import KINDS as EVAL_KINDS
+    from train.align import AlignConfig
+    from train.cli import KINDS as TRAIN_KINDS
+    from train.demo import DemoConfig
+
+    kinds = [getattr(importlib.import_module(module), name) for module, name, *_ in
+             [*TRAIN_KINDS.values(), *EVAL_KINDS.values()]]
+    return [*kinds, CollectConfig, AlignConfig, RLConfig, DemoConfig]
+
+
+@pytest.mark.parametrize("cls", script_configs(), ids=lambda cls: cls.__name__)
+def test_every_flag_says_what_it_does(cls):
+    parser = cli.help_parser(cls).parser
+    actions = parser._actions + [a for group in parser._action_groups for a in group._group_actions]
+    silent = sorted({a.option_strings[0] for a in actions if a.option_strings and not (a.help or "").strip()})
+    assert silent == [], f"{cls.__name__}: flags without help text (a comment beside the field): {silent}"

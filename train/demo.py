@@ -46,10 +46,10 @@ PRESETS = {
 @dataclass
 class DemoConfig:
     preset: str = "full"  # quick | full
-    task: str = "lift"
-    output_dir: Path = Path("outputs/demo")
+    task: str = "lift"  # lift | stack | pick_place_can: the physics task collected, trained on and evaluated
+    output_dir: Path = Path("outputs/demo")  # every stage's folder, and report.html
     episodes: int | None = None  # overrides the preset's number of episodes
-    seed: int = 0
+    seed: int = 0  # of the collection (episode i uses seed + i) and of every training
 
     def __post_init__(self):
         if self.preset not in PRESETS:
