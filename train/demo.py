@@ -46,7 +46,7 @@ PRESETS = {
 @dataclass
 class DemoConfig:
     preset: str = "full"  # quick | full
-    task: str = "lift"  # lift | stack | pick_place_can: the physics task collected, trained on and evaluated
+    task: str = "lift"  # the physics task collected, trained on and evaluated (lift is the one measured)
     output_dir: Path = Path("outputs/demo")  # every stage's folder, and report.html
     episodes: int | None = None  # overrides the preset's number of episodes
     seed: int = 0  # of the collection (episode i uses seed + i) and of every training
