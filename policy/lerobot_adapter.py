@@ -309,8 +309,9 @@ class LerobotPolicy(nn.Module):
         width, dim = lead + self.chunk_size, self.config.action_feature.shape[0]
         if not width <= W <= len(window) or A != dim or window[:1] != [-lead]:
             first = "the action taken at the step before, then " if lead else ""
-            raise ValueError(f"actions must be (n, {width}..{len(window)}, {dim}): {first}the chunk and the "
-                             f"actions after it, the start of the {self.config.type} policy's action window "
+            steps = f"{width}" if width == len(window) else f"{width}..{len(window)}"
+            raise ValueError(f"actions must be (n, {steps}, {dim}): {first}the chunk and the actions after it, "
+                             f"the start of the {self.config.type} policy's action window "
                              f"{window} (n_obs_steps={self.obs_steps}), got {tuple(actions.shape)}")
         L, device = len(window), actions.device
         valid = torch.zeros(n, L, dtype=torch.bool, device=device)
