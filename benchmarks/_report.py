@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ def machine() -> str:
 def command() -> str:
     """The command line that is running, as a reader would retype it."""
     module = Path(sys.argv[0]).stem
-    return " ".join(["python -m benchmarks." + module, *sys.argv[1:]])
+    return " ".join(["python -m benchmarks." + module, *map(shlex.quote, sys.argv[1:])])
 
 
 def write_section(name: str, command: str, body: str) -> None:
