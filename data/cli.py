@@ -93,8 +93,8 @@ def defaults_file(cls: type, argv: list[str]):
             user = value if eq else args[i + 1]
             del args[i:i + (1 if eq else 2)]
             break
-    if not defaults:
-        yield user, argv
+    if not defaults:  # draccus reads the user's --config_path itself
+        yield None, argv
         return
     if user is not None:
         text = Path(user).read_text()  # a missing file: FileNotFoundError, one line
