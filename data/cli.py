@@ -70,7 +70,7 @@ def factory_defaults(cls: type) -> dict:
     hints, out = typing.get_type_hints(cls), {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)) or issubclass(tp, draccus.ChoiceRegistry):
+        if not _is_config(tp) or issubclass(tp, draccus.ChoiceRegistry):
             continue
         given = draccus.encode(f.default_factory()) if f.default_factory is not dataclasses.MISSING else {}
         plain = draccus.encode(tp())
@@ -116,7 +116,7 @@ def _without_given(cls: type, defaults: dict, argv: list[str]) -> dict:
             if not isinstance(node, dict) or name not in node:
                 break
             tp = typing.get_type_hints(tp).get(name) if dataclasses.is_dataclass(tp) else None
-            if depth == len(path) - 1 and not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            if depth == len(path) - 1 and not _is_config(tp):
                 del node[name]  # a setting, not a group (``--env FILE`` keeps the group's defaults under it)
             node = node.get(name)
     return out
@@ -129,10 +129,20 @@ def help_parser(cls: type, prog: str | None = None):
 
     parser = ArgumentParser(cls, prog=prog)
     flat = _flattened(factory_defaults(cls))
-    for action in parser.parser._actions + [a for g in parser.parser._action_groups for a in g._group_actions]:
+    for action in actions_of(parser):
         if action.dest in flat:
             action.default = flat[action.dest]
     return parser
+
+
+def actions_of(parser) -> list:
+    """Every argparse action of a draccus parser: its own and those of its groups (a nested config's)."""
+    return parser.parser._actions + [a for group in parser.parser._action_groups for a in group._group_actions]
+
+
+def _is_config(tp) -> bool:
+    """Whether a field's type is a nested config (a dataclass), not a setting."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 def _flattened(settings: dict, prefix: str = "") -> dict:
@@ -151,7 +161,7 @@ def _merged(cls: type, base: dict, over: dict) -> dict:
     hints, out = typing.get_type_hints(cls), dict(base)
     for k, v in over.items():
         tp = hints.get(k)
-        group = isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(out.get(k), dict)
+        group = _is_config(tp) and isinstance(out.get(k), dict)
         out[k] = _merged(tp, out[k], v) if group and isinstance(v, dict) else v
     return out
 

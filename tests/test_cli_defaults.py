@@ -83,7 +83,6 @@ def script_configs() -> list[type]:
 
 @pytest.mark.parametrize("cls", script_configs(), ids=lambda cls: cls.__name__)
 def test_every_flag_says_what_it_does(cls):
-    parser = cli.help_parser(cls).parser
-    actions = parser._actions + [a for group in parser._action_groups for a in group._group_actions]
+    actions = cli.actions_of(cli.help_parser(cls))
     silent = sorted({a.option_strings[0] for a in actions if a.option_strings and not (a.help or "").strip()})
     assert silent == [], f"{cls.__name__}: flags without help text (a comment beside the field): {silent}"

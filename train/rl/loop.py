@@ -305,7 +305,7 @@ def print_help(argv: list[str]) -> None:
     chosen = chosen_algorithm(argv)
     with AlgorithmConfig.listing_only(chosen):
         parser = cli.help_parser(RLConfig, prog="reverie-rl")
-    shown = parser.parser._actions + [a for group in parser.parser._action_groups for a in group._group_actions]
+    shown = cli.actions_of(parser)
     for action in shown:
         if (action.help or "").startswith("Config file for"):  # draccus's per-group files, some listed twice
             action.help = argparse.SUPPRESS  # RLConfig's docstring names them
