@@ -130,9 +130,17 @@ def help_parser(cls: type, prog: str | None = None):
     parser = ArgumentParser(cls, prog=prog)
     flat = _flattened(factory_defaults(cls))
     for action in actions_of(parser):
-        if action.dest in flat:
+        if action.dest in flat and not _names_a_config(cls, action.dest):  # not "--expert: config file for expert"
             action.default = flat[action.dest]
     return parser
+
+
+def _names_a_config(cls: type, dest: str) -> bool:
+    """Whether the dotted field path ``dest`` of ``cls`` is a nested config (not a setting)."""
+    tp = cls
+    for name in dest.split("."):
+        tp = typing.get_type_hints(tp).get(name) if _is_config(tp) else None
+    return _is_config(tp)
 
 
 def actions_of(parser) -> list:

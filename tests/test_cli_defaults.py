@@ -58,6 +58,14 @@ def test_the_help_shows_the_defaults_a_run_gets(capsys):
     assert "(the deterministic prediction) (default: 0.25)" in text  # regression_share
 
 
+def test_the_help_of_a_nested_configs_file_flag_shows_no_settings(capsys):
+    with pytest.raises(SystemExit):
+        parse(CollectConfig, "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--expert str Config file for expert (default: None)" in text
+    assert "--expert.failure_mix dict[str,float] mode -> probability per episode (default: {'early_release'" in text
+
+
 def test_a_config_file_sits_on_the_defaults_and_under_the_flags(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("dataset:\n  root: data\n  val_episodes: 7\nobjective:\n  logit_mean: 0.5\n")
