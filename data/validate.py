@@ -49,9 +49,13 @@ class EpisodeRecord:
     @classmethod
     def read(cls, root: str | Path) -> EpisodeRecord:
         root = Path(root)
-        data_path = json.loads((root / "meta/info.json").read_text())["data_path"]
+        info = json.loads((root / "meta/info.json").read_text())
+        data_path = info["data_path"]
+        # Only the features the dataset declares: lerobot's remove_feature then merge keeps the
+        # removed feature's per-episode stats in meta/episodes (a 7-value and a 14-value layout side by side).
+        checked = [k for k in CHECKED if k in info["features"]]
         wanted = ["episode_index", "length", "data/chunk_index", "data/file_index",
-                  *(f"stats/{k}/{s}" for k in CHECKED for s in ("min", "max"))]
+                  *(f"stats/{k}/{s}" for k in checked for s in ("min", "max"))]
         tables = []
         for path in sorted((root / "meta/episodes").glob("*/*.parquet")):
             try:
@@ -64,7 +68,7 @@ class EpisodeRecord:
         files = {ep: root / data_path.format(chunk_index=c, file_index=f)
                  for ep, c, f in zip(episodes, rows["data/chunk_index"], rows["data/file_index"])}
         ranges = {}
-        for key in CHECKED:
+        for key in checked:
             lo, hi = rows[f"stats/{key}/min"], rows[f"stats/{key}/max"]
             if any(v is None for v in lo + hi):
                 continue  # not recorded for every episode: only finiteness is checked

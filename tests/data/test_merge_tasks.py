@@ -148,3 +148,25 @@ def test_a_dataset_of_the_old_seven_value_layout_loads_in_the_common_layout(tiny
     np.testing.assert_allclose(then.stats[keys.ENV_STATE]["mean"], now.stats[keys.ENV_STATE]["mean"], atol=1e-6)
     with pytest.raises(ValueError, match=r"has 9 values.*re-collect it with reverie-collect"):
         common_env_state(np.zeros((3, 9)), old)
+
+
+def test_datasets_of_both_layouts_merge_once_the_object_state_is_removed(tiny_dataset, tmp_path):
+    """How a user merges an old-layout dataset with a new one: lerobot's remove_feature, then merge.
+    lerobot keeps the removed feature's per-episode statistics in meta/episodes (7 values beside
+    14); the project reads only the features the merged dataset declares."""
+    from data.clips import ClipConfig, ClipDataset
+
+    old = as_recorded_before_the_common_layout(tiny_dataset, tmp_path / "old")
+    bare = {}
+    for name, root in (("old", old), ("new", tiny_dataset)):
+        bare[name] = tmp_path / f"{name}_bare"
+        lerobot_edit_dataset("--repo_id", f"local/{name}", "--root", str(root), "--new_repo_id", f"local/{name}_bare",
+                             "--new_root", str(bare[name]), "--operation.type", "remove_feature",
+                             "--operation.feature_names", f"['{keys.ENV_STATE}']")
+    merged = tmp_path / "merged"
+    lerobot_edit_dataset("--new_repo_id", "local/merged", "--new_root", str(merged), "--operation.type", "merge",
+                         "--operation.repo_ids", "['local/old_bare', 'local/new_bare']",
+                         "--operation.roots", f"['{bare['old']}', '{bare['new']}']")
+    assert keys.ENV_STATE not in json.loads((merged / "meta" / "info.json").read_text())["features"]
+    clips = ClipDataset(root=merged, config=ClipConfig(context=1, horizon=1))
+    assert len(clips.episodes) == 8 and keys.ENV_STATE not in clips.stats
