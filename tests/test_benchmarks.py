@@ -118,3 +118,22 @@ def test_model_selection_chooses_on_the_first_half_and_scores_on_the_second(tmp_
     steady_score = next(line for line in score.splitlines() if line.startswith("| recipe/steady"))
     assert float(lucky_score.split("|")[4]) > float(steady_score.split("|")[4])  # its MMRV on fresh starts
     assert "Recipe **recipe**, 2 trainings" in out
+
+
+def test_world_model_speed_times_lerobot_evals_per_step_env_with_its_peek(tmp_path, capsys, monkeypatch):
+    from simulator.env import NORMALIZATION_FILE
+    from tests.conftest import moving_world_model
+    from tests.test_lerobot_eval import H, SIZE, UNIT, sure_progress
+
+    moving_world_model(SIZE, horizon=H).save_pretrained(tmp_path / "wm")
+    (tmp_path / "wm" / NORMALIZATION_FILE).write_text(json.dumps(UNIT))
+    sure_progress(success=False).save_pretrained(tmp_path / "pm")
+    run_main("benchmarks.world_model_speed", ["--model", str(tmp_path / "wm"), "--progress", str(tmp_path / "pm"),
+                                              "--history", "1", "2", "--batch", "2", "--repeats", "1",
+                                              "--physics-steps", "16", "--sampling-steps", "1", "--no-write"],
+             monkeypatch)
+    rows = [line for line in capsys.readouterr().out.splitlines() if "per-step env" in line]
+    assert len(rows) == 2 and "policy history 1," in rows[0] and "policy history 2," in rows[1]
+    assert all(float(r.split("|")[2]) > 0 for r in rows)
+    with pytest.raises(SystemExit):  # --history needs saved models
+        run_main("benchmarks.world_model_speed", ["--history", "2", "--no-write"], monkeypatch)
