@@ -48,6 +48,9 @@ class EpisodeResults:
     success: list[bool]  # per episode
     steps: list[int]  # env steps until the episode ended
     seconds: float  # wall time of all episodes
+    # per imagined episode: its imagined proprioception left the dataset's range (ImaginedEnv's
+    # info["outside_data"]); None in physics
+    outside_data: list[bool] | None = None
 
     @classmethod
     def from_dict(cls, saved: dict) -> EpisodeResults:
@@ -67,7 +70,7 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
     B = env.num_envs
     if getattr(policy, "num_envs", B) != B:
         raise ValueError(f"the policy drives {policy.num_envs} envs, the env has {B}")
-    success, steps = [], []
+    success, steps, outside = [], [], []
     start_time = time.perf_counter()
     for first in tqdm(range(0, episodes, B), desc=desc, disable=desc is None, leave=False):
         rollout = Rollout(env, seed=seed + first)
@@ -80,7 +83,10 @@ def run_episodes(env, policy, episodes: int, seed: int = 0, desc: str | None = N
         n = min(B, episodes - first)
         success += rollout.solved[:n].tolist()
         steps += rollout.info["steps"][:n].tolist()
-    return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time)
+        if "outside_data" in rollout.info:  # imagined
+            outside += rollout.info["outside_data"][:n].tolist()
+    return EpisodeResults(success=success, steps=steps, seconds=time.perf_counter() - start_time,
+                          outside_data=outside if len(outside) == len(success) else None)
 
 
 @dataclass
@@ -299,10 +305,18 @@ def closed_loop(runs: dict) -> dict:
             "ceiling": agreement(physics.success, r["physics_reseeded"].success) if "physics_reseeded" in r else None,
             "step_lag": {"n": len(lag), "mean": sum(lag) / len(lag) if lag else float("nan"),
                          "mean_abs": sum(map(abs, lag)) / len(lag) if lag else float("nan")},
+            "outside_data": outside_data(r["imagined"].outside_data, r["imagined"].success),
         }
         if len(r["imagined"].success) > n:  # --paired: the rest imagined only
             out[name]["ppi"] = ppi_success(physics.success, imagined.success, r["imagined"].success[n:]).to_dict()
     return out
+
+
+def outside_data(outside: list[bool] | None, success: list[bool]) -> dict | None:
+    """How many imagined episodes left the dataset's state range, and how many of those succeeded."""
+    if outside is None:
+        return None
+    return {"n": len(outside), "outside": sum(outside), "succeeded": sum(o and s for o, s in zip(outside, success))}
 
 
 def closed_loop_markdown(rows: dict) -> str:
@@ -313,11 +327,14 @@ def closed_loop_markdown(rows: dict) -> str:
         return "n/a (one side constant)" if math.isnan(a["phi"]) else (
             f"{a['phi']:+.2f} [{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]")
     lines = [("| policy | imagined - physics | per-episode phi [95% bootstrap] | physics ceiling phi (reseeded) "
-              "| success step, imagined - physics (both succeed) |"), "|---|---|---|---|---|"]
+              "| success step, imagined - physics (both succeed) | imagined episodes outside the data's states "
+              "(of them succeeded) |"), "|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        lag = row["step_lag"]
+        lag, out = row["step_lag"], row.get("outside_data")
         steps = f"{lag['mean']:+.1f} (mean abs {lag['mean_abs']:.1f}, n={lag['n']})" if lag["n"] else "n/a (n=0)"
-        lines.append(f"| {name} | {row['gap']:+.2f} | {phi(row['agreement'])} | {phi(row['ceiling'])} | {steps} |")
+        outside = f"{out['outside']} / {out['n']} ({out['succeeded']})" if out else "n/a"
+        lines.append(f"| {name} | {row['gap']:+.2f} | {phi(row['agreement'])} | {phi(row['ceiling'])} | {steps} "
+                     f"| {outside} |")
     ppi = {name: row["ppi"] for name, row in rows.items() if "ppi" in row}
     if ppi:
         lines += ["", ("Physics success estimated from the paired starts and the imagined-only ones (prediction-powered, "

@@ -30,6 +30,10 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
   policy in the reset info, for scripted experts that plan from it (the policy's privilege), and
   never enters the reward, the termination or the truncation. (A grasp check that did read it,
   reverted after it carried the only RL gain: docs/research_log.md, 2026-12-01 and 2026-12-02.)
+- ``info["outside_data"]`` (B,): whether the episode's imagined proprioception has left the range
+  the world model's dataset records, by more than ``OUTSIDE_MARGIN`` of that range in some dimension
+  (the arm pushed through the table, where the data never pushes into it). A diagnostic of where
+  the model extrapolates; it decides nothing. Absent for statistics saved without min and max.
 - ``obs`` and ``info`` have the physics env's keys (``keys.image_key(view)`` (B, 3, h, w) float in
   [0, 1], ``observation.state`` (B, S), ``task``; info ``success``, ``success_prob``, ``progress``,
   ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states`` (B, H, S),
@@ -63,6 +67,8 @@ from simulator.progress import ProgressModel
 from simulator.progress.modeling_progress import history_indices
 from simulator.starts import StartFrames
 from simulator.world_model import STILL_THRESHOLD, WorldModel, WorldModelSampler
+
+OUTSIDE_MARGIN = 0.1  # share of the dataset's state range beyond its min or max that counts as outside the data
 
 NORMALIZATION_FILE = "normalization.json"  # dataset statistics saved beside a world model
 
@@ -118,6 +124,8 @@ class ImaginedEnv:
         self._steps = torch.zeros(B, dtype=torch.long)
         self._done = torch.ones(B, dtype=torch.bool)
         self._success = torch.zeros(B, dtype=torch.bool)
+        self._outside = torch.zeros(B, dtype=torch.bool)
+        self._state_bounds = state_bounds(normalizer)
         self._progress = torch.zeros(B)
         self._success_prob = torch.zeros(B)
         self._next_seed, self._started = 0, False
@@ -178,6 +186,9 @@ class ImaginedEnv:
             new, new_states = self._decoded(pred)  # (B, V, F, 3, h, w), (B, F, S)
             self._frames[run] = torch.cat([self._frames[run], new[run]], 2)[:, :, -self.length:]
             self._states[run] = torch.cat([self._states[run], new_states[run]], 1)[:, -self.length:]
+            if self._state_bounds is not None:
+                lo, hi = self._state_bounds
+                self._outside[run] |= ((new_states[run] < lo) | (new_states[run] > hi)).flatten(1).any(1)
             self._steps[run] += spec.horizon
             frames.append(torch.where(run.view(B, 1, 1, 1, 1, 1), new, self._frames[:, :, -1:]))
             states.append(torch.where(run.view(B, 1, 1), new_states, self._states[:, -1:]))
@@ -279,7 +290,7 @@ class ImaginedEnv:
         idx = (torch.arange(L) - L + frames.shape[1]).clamp_min(0)  # too short: repeat the oldest frame
         self._frames[b], self._states[b] = frames[:, idx], states[idx].float()
         self._first[b], self._object_state[b], self._task[b] = s.first_frames[n], s.object_state[n], s.task[n]
-        self._steps[b], self._done[b], self._success[b] = 0, False, False
+        self._steps[b], self._done[b], self._success[b], self._outside[b] = 0, False, False, False
 
     def _check_actions(self, actions) -> Tensor:
         actions = torch.as_tensor(actions)
@@ -332,7 +343,8 @@ class ImaginedEnv:
         return obs
 
     def _info(self, frames: dict, valid: Tensor, states: Tensor) -> dict:
-        return {
+        outside = {} if self._state_bounds is None else {"outside_data": self._outside.clone()}
+        return outside | {
             "success": self._success.clone(),
             "success_prob": self._success_prob.clone(),
             "progress": self._progress.clone(),
@@ -341,6 +353,17 @@ class ImaginedEnv:
             "states": states,
             "steps": self._steps.clone(),
         }
+
+
+def state_bounds(normalizer: Normalizer) -> tuple[Tensor, Tensor] | None:
+    """(lo, hi) (S,): the dataset's state range widened by ``OUTSIDE_MARGIN`` of it on each side;
+    None for statistics without min and max."""
+    stats = normalizer.stats.get(keys.STATE, {})
+    if "min" not in stats or "max" not in stats:
+        return None
+    lo, hi = torch.tensor(stats["min"], dtype=torch.float32), torch.tensor(stats["max"], dtype=torch.float32)
+    margin = OUTSIDE_MARGIN * (hi - lo)
+    return lo - margin, hi + margin
 
 
 def as_physics_acts(actions: Tensor) -> Tensor:

@@ -364,3 +364,27 @@ def test_non_finite_or_empty_action_chunks_are_refused():
         env.step(torch.zeros(B, 0, 7))
     obs, *_ = env.step(torch.zeros(B, H, 7, dtype=torch.float64))  # float64 is cast, as physics takes it
     assert obs[keys.STATE].dtype == torch.float32
+
+
+def test_an_episode_whose_imagined_state_leaves_the_datas_range_is_flagged_and_a_reset_clears_it(starts):
+    """The flag follows the imagined states against the dataset's range (widened by OUTSIDE_MARGIN
+    of it); statistics without min and max give no flag at all."""
+    actions = torch.zeros(B, H, 7)
+    actions[:, :, 2] = -1.0  # straight down
+    env = imagined_env(starts)
+    assert "outside_data" not in env.reset(seed=0)[1]  # the unit normalizer has no min and max
+    states = env.step(actions)[4]["states"]  # (B, H, S): where this model takes the state
+
+    def with_range(lo, hi) -> ImaginedEnv:
+        stats = unit_normalizer().stats
+        stats[keys.STATE] |= {"min": lo.tolist(), "max": hi.tolist()}
+        wm, pm = tiny_models()
+        return ImaginedEnv(wm, pm, starts, Normalizer(stats), VIEWS, ImaginedEnvConfig(num_envs=B, max_steps=16))
+
+    last = states[0, -1]
+    narrow, wide = with_range(last, last), with_range(states.amin((0, 1)) - 1, states.amax((0, 1)) + 1)
+    for env, outside in ((narrow, True), (wide, False)):
+        assert env.reset(seed=0)[1]["outside_data"].tolist() == [False, False]
+        assert env.step(actions)[4]["outside_data"].tolist() == [outside, outside]
+        _, info = env.reset(seed=0, options={"reset_mask": torch.tensor([True, False])})
+        assert info["outside_data"].tolist() == [False, outside]

@@ -132,7 +132,9 @@ def test_closed_loop_pairs_episodes_and_compares_success_steps():
     def results(success, steps):
         return EpisodeResults(success=success, steps=steps, seconds=0.0)
 
-    runs = {"bc": {"imagined": results([True, True, False, True, False], [10, 20, 120, 30, 120]),
+    imagined = results([True, True, False, True, False], [10, 20, 120, 30, 120])
+    imagined.outside_data = [False, True, True, False, False]  # one success, one failure left the data's states
+    runs = {"bc": {"imagined": imagined,
                    "physics": results([True, False, False, True, False], [12, 120, 120, 25, 120]),
                    "physics_reseeded": results([True, False, True, True, False], [14, 120, 60, 25, 120])},
             "blind": {"imagined": results([True] * 5, [8] * 5), "physics": results([False] * 5, [120] * 5)}}
@@ -143,7 +145,9 @@ def test_closed_loop_pairs_episodes_and_compares_success_steps():
     assert bc["agreement"]["phi"] == pytest.approx(pearson([1, 0, 0, 1, 0], [1, 1, 0, 1, 0]))
     assert bc["ceiling"]["phi"] == pytest.approx(pearson([1, 0, 0, 1, 0], [1, 0, 1, 1, 0]))
     assert bc["step_lag"] == {"n": 2, "mean": pytest.approx(1.5), "mean_abs": pytest.approx(3.5)}  # -2 and +5
+    assert bc["outside_data"] == {"n": 5, "outside": 2, "succeeded": 1}
     assert rows["blind"]["ceiling"] is None and rows["blind"]["step_lag"]["n"] == 0
+    assert rows["blind"]["outside_data"] is None  # not recorded
     table = closed_loop_markdown(rows)
-    assert "| bc | +0.20 |" in table and "+1.5 (mean abs 3.5, n=2)" in table
-    assert "| blind | +1.00 | n/a (one side constant) | not run | n/a (n=0) |" in table
+    assert "| bc | +0.20 |" in table and "+1.5 (mean abs 3.5, n=2) | 2 / 5 (1) |" in table
+    assert "| blind | +1.00 | n/a (one side constant) | not run | n/a (n=0) | n/a |" in table
