@@ -34,10 +34,6 @@ class FlowMatchingConfig:
     regression_share: float = 0.0  # share of each batch trained at t = 1 (the deterministic prediction)
     unroll_chunks: int = 1  # U: chunks per training clip; the model imagines the ones before the trained one
     unroll_sampling_steps: int = 2  # sampling steps for the imagined chunks
-    # Weight of the gradient difference loss (Mathieu et al. 2016) beside the frames' squared error:
-    # the predicted frames' horizontal and vertical differences against the real ones', in L1. A mean
-    # prediction smooths edges; this term charges for every edge it loses or invents, where it is.
-    gradient_loss_weight: float = 0.0
 
     def __post_init__(self):
         if self.unroll_chunks < 1 or self.unroll_sampling_steps < 1:
@@ -49,8 +45,6 @@ class FlowMatchingConfig:
             raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout=}")
         if self.context_noise_max < 0:
             raise ValueError(f"context_noise_max must be >= 0, got {self.context_noise_max=}")
-        if self.gradient_loss_weight < 0:
-            raise ValueError(f"gradient_loss_weight must be >= 0, got {self.gradient_loss_weight=}")
 
 
 def to_model_range(frames: Tensor) -> Tensor:
@@ -84,23 +78,7 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     state_err = (pred.state - future_state).square().mean(-1)
     state_loss = (state_err * future_mask.float()).sum() / future_mask.float().sum().clamp_min(1.0)
     loss = frame_loss + cfg.state_loss_weight * state_loss
-    logs = {"frame_mse": frame_loss.detach(), "state_mse": state_loss.detach()}
-    if cfg.gradient_loss_weight > 0:
-        edge_loss = gradient_difference(pred.frames, x0, future_mask)
-        loss = loss + cfg.gradient_loss_weight * edge_loss
-        logs["edge_l1"] = edge_loss.detach()
-    return loss, {"loss": loss.detach()} | logs
-
-
-def gradient_difference(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean L1 difference of the absolute horizontal and vertical pixel differences of ``pred`` and
-    ``target`` (B, V, F, c, h, w), over the frames ``mask`` (B, F) keeps."""
-    weight = mask.float().view(mask.shape[0], 1, -1, 1, 1, 1)
-    total = pred.new_zeros(())
-    for dim in (-1, -2):
-        gap = (pred.diff(dim=dim).abs() - target.diff(dim=dim).abs()).abs() * weight
-        total = total + gap.sum() / weight.expand_as(gap).sum().clamp_min(1.0)
-    return total
+    return loss, {"loss": loss.detach(), "frame_mse": frame_loss.detach(), "state_mse": state_loss.detach()}
 
 
 def memory_of(model: WorldModel, batch: dict) -> Tensor | None:

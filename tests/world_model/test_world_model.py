@@ -245,30 +245,3 @@ def test_non_finite_predictions_stay_non_finite_through_the_clamp():
     frames = sampler.decoded(samples, last)
     assert torch.isinf(frames[0, 1, 0, 2, 5, 7]) and torch.isinf(frames[1, 0, 1, 0, 3, 3])
     assert frames[1, 1, 1, 1, 0, 0] == 1.0 and torch.isfinite(frames).sum() == frames.numel() - 2
-
-
-def test_gradient_difference_charges_lost_edges_where_they_are(batch):
-    from simulator.world_model.objective import gradient_difference
-
-    x0 = to_model_range(batch["future"])  # (8, 2, F, 3, 32, 32)
-    mask = batch["future_mask"]
-    blurred = torch.nn.functional.avg_pool2d(x0.flatten(0, 2), 3, stride=1, padding=1, count_include_pad=False)
-    blurred = blurred.view_as(x0)
-    shifted = x0.roll(4, dims=-1)  # as sharp as the real frames, the edges in the wrong place
-    assert gradient_difference(x0, x0, mask) == 0
-    assert gradient_difference(blurred, x0, mask) > 0
-    assert gradient_difference(shifted, x0, mask) > 0
-    masked_out = torch.zeros_like(mask)  # frames past an episode's end cost nothing
-    assert gradient_difference(blurred, x0, masked_out) == 0
-
-
-def test_the_gradient_loss_adds_to_the_flow_loss(batch):
-    torch.manual_seed(0)
-    model = WorldModel(**TINY)
-    plain, _ = flow_matching_loss(model, batch, FlowMatchingConfig(), torch.Generator().manual_seed(0))
-    edged, metrics = flow_matching_loss(model, batch, FlowMatchingConfig(gradient_loss_weight=2.0),
-                                        torch.Generator().manual_seed(0))
-    assert metrics["edge_l1"] > 0
-    assert torch.isclose(edged, plain + 2.0 * metrics["edge_l1"])
-    with pytest.raises(ValueError, match="gradient_loss_weight must be >= 0"):
-        FlowMatchingConfig(gradient_loss_weight=-1.0)
