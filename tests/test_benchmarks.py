@@ -123,7 +123,7 @@ def test_model_selection_chooses_on_the_first_half_and_scores_on_the_second(tmp_
 def test_world_model_speed_times_lerobot_evals_per_step_env_with_its_peek(tmp_path, capsys, monkeypatch):
     from simulator.env import NORMALIZATION_FILE
     from tests.conftest import moving_world_model
-    from tests.test_lerobot_eval import H, SIZE, UNIT, sure_progress
+    from tests.test_lerobot_eval import SIZE, UNIT, H, sure_progress
 
     moving_world_model(SIZE, horizon=H).save_pretrained(tmp_path / "wm")
     (tmp_path / "wm" / NORMALIZATION_FILE).write_text(json.dumps(UNIT))
