@@ -111,12 +111,11 @@ def _without_given(cls: type, defaults: dict, argv: list[str]) -> dict:
     out = json.loads(json.dumps(defaults))  # a deep copy
     for token in argv:
         path = token[2:].partition("=")[0].split(".") if token.startswith("--") else []
-        node, tp = out, cls
+        node = out
         for depth, name in enumerate(path):
             if not isinstance(node, dict) or name not in node:
                 break
-            tp = typing.get_type_hints(tp).get(name) if dataclasses.is_dataclass(tp) else None
-            if depth == len(path) - 1 and not _is_config(tp):
+            if depth == len(path) - 1 and not _names_a_config(cls, ".".join(path)):
                 del node[name]  # a setting, not a group (``--env FILE`` keeps the group's defaults under it)
             node = node.get(name)
     return out
