@@ -9,8 +9,9 @@ cloned by ``reverie-train policy`` from the dataset, of spread quality by constr
 behaviour cloning from 10, 25, 50, 100 and all training episodes, a short run, the successful
 episodes only, and lerobot's Diffusion Policy at CPU size). Each is trained once under
 ``<output-dir>/policies/<name>`` (a re-run resumes or skips it), then ``reverie-eval policy`` runs
-them all from the same paired starts in both simulators (without the physics ceiling, which the
-behaviour-cloned policy's closed-loop evaluation reports).
+them all from the same paired starts in both simulators. ``--physics-ceiling`` re-runs each policy
+in physics with its noise reseeded, which scores physics against itself over the family: the
+Pearson, Spearman, MMRV and mean |gap| that a perfect simulator would get from these episode counts.
 ``--physics-from`` reuses an earlier run's physics episodes, to compare world models on one
 physics run.
 """
@@ -62,6 +63,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="paired episodes per policy")
     parser.add_argument("--physics-from", type=Path, default=None,
                         help="policy_eval.json of an earlier run of this family: its physics episodes are reused")
+    parser.add_argument("--physics-ceiling", action="store_true",
+                        help="also re-run every policy in physics with its noise reseeded (reused from --physics-from "
+                             "where it ran there): the family's scores of physics against itself")
     parser.add_argument("--action-guidance", type=float, default=1.0,
                         help="the imagined env's classifier-free guidance on the actions (1: none)")
     parser.add_argument("--sampling-steps", type=int, default=1,
@@ -72,7 +76,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from eval.policy import EvalPolicyConfig, closed_loop, closed_loop_markdown, evaluate, save_report
+    from eval.policy import EvalPolicyConfig, evaluate, family_markdown, save_report
     from simulator.env import ImaginedEnvConfig
 
     t0 = time.perf_counter()
@@ -80,25 +84,27 @@ def main() -> None:
     trained = time.perf_counter() - t0
     cfg = EvalPolicyConfig(world_model=args.world_model, progress=args.progress,
                            policies=tuple(f"{n}={f}" for n, f in folders.items()), episodes=args.episodes,
-                           physics_from=args.physics_from, physics_ceiling=False, output_dir=args.output_dir / args.eval_name,
+                           physics_from=args.physics_from, physics_ceiling=args.physics_ceiling,
+                           output_dir=args.output_dir / args.eval_name,
                            env=ImaginedEnvConfig(action_guidance=args.action_guidance,
                                                  sampling_steps=args.sampling_steps))
     comparison, runs = evaluate(cfg)
     save_report(comparison, runs, cfg)
-    table = comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs))
+    table = family_markdown(comparison, runs)
     print(table)
     if args.no_write:
         return
     figures = DOC.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     shutil.copy(cfg.output_dir / "policy_eval.png", figures / "policy_eval_learned.png")
-    seconds = {k: sum(r[k].seconds for r in runs.values() if k in r) for k in ("imagined", "physics")}
+    seconds = {k: sum(r[k].seconds for r in runs.values() if k in r) for k in ("imagined", "physics", "physics_reseeded")}
     write_section("Policy evaluation: learned family", command(), "\n\n".join([
         f"{len(folders)} visuomotor Lift policies cloned from `{args.dataset}` ({', '.join(folders)}; "
         f"benchmarks/learned_family.py LEARNED), {args.steps} training steps each unless named short, "
         f"{cfg.episodes} paired episodes each from physics seeds {cfg.seed} on. Imagined: world model "
         f"`{args.world_model}`, progress model `{args.progress}`, {args.sampling_steps} sampling step(s), action guidance {args.action_guidance:g}. Wall time: training {trained:.0f} s, imagined "
         f"{seconds['imagined']:.0f} s, physics {seconds['physics']:.0f} s"
+        + (f" (reseeded {seconds['physics_reseeded']:.0f} s)" if args.physics_ceiling else "")
         + (f" (physics reused from `{args.physics_from}`)" if args.physics_from else "") + ".",
         table, "![learned family](figures/policy_eval_learned.png)"]))
 

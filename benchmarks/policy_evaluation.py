@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
-from eval.policy import EvalPolicyConfig, closed_loop, closed_loop_markdown, evaluate, save_report
+from eval.policy import (
+    EvalPolicyConfig,
+    ceiling_markdown,
+    closed_loop,
+    closed_loop_markdown,
+    evaluate,
+    family_markdown,
+    save_report,
+)
 from simulator.env import ImaginedEnvConfig
 
 
@@ -41,7 +49,7 @@ def main() -> None:
     comparison, runs = evaluate(cfg)
     save_report(comparison, runs, cfg)
     table = closed_loop_markdown(closed_loop(runs))
-    print(comparison.to_markdown() + "\n\n" + table)
+    print(family_markdown(comparison, runs))
     if args.no_write:
         return
     seconds = {k: sum(r[k].seconds for r in runs.values() if k in r) for k in ("imagined", "physics", "physics_reseeded")}
@@ -60,7 +68,7 @@ def main() -> None:
         f"world model `{args.world_model}` ({cfg.env.sampling_steps} sampling step(s)), progress model `{args.progress}`, "
         f"success = success probability > {cfg.env.success_threshold}. Wall time: imagined {seconds['imagined']:.0f} s, "
         f"physics {seconds['physics']:.0f} s (reseeded {seconds['physics_reseeded']:.0f} s); {time.perf_counter() - t0:.0f} s in all.",
-        comparison.to_markdown(),
+        "\n\n".join(p for p in (comparison.to_markdown(), ceiling_markdown(runs)) if p),
         ("Closed loop, episode by episode over the same starts (physics ceiling: the same policy re-run in physics "
          "with its sampling noise reseeded; success step: env steps, where a start succeeds in both):"),
         table,

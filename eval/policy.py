@@ -234,9 +234,9 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
             runs[name] |= earlier[name]
         else:
             runs[name]["physics"] = paired.physics(policy, f"{name}: physics", cfg.physics_episodes)
-            if cfg.physics_ceiling:
-                runs[name]["physics_reseeded"] = paired.physics(policy, f"{name}: physics, reseeded",
-                                                                cfg.physics_episodes, policy_seed=RESEEDED)
+        if cfg.physics_ceiling and "physics_reseeded" not in runs[name]:
+            runs[name]["physics_reseeded"] = paired.physics(policy, f"{name}: physics, reseeded",
+                                                            cfg.physics_episodes, policy_seed=RESEEDED)
         log.info("%s: imagined %.2f, physics %.2f", name,
                  *(sum(runs[name][k].success) / len(runs[name][k].success) for k in ("imagined", "physics")))
     paired.close()
@@ -278,12 +278,9 @@ def earlier_physics_runs(cfg: EvalPolicyConfig, named: dict[str, str]) -> dict[s
         if old_named.get(name) != source or name not in saved["runs"]:
             raise ValueError(f"physics_from {path} has no physics run of policy {name}={source} (it has "
                              f"{sorted(f'{n}={s}' for n, s in old_named.items())})")
+        # the physics ceiling's reseeded run is reused where it was run, and run here where it was not
         kinds = ("physics", "physics_reseeded") if cfg.physics_ceiling else ("physics",)
-        missing = [k for k in kinds if k not in saved["runs"][name]]
-        if missing:
-            raise ValueError(f"physics_from {path} has no {missing} run of {name}; give --physics_ceiling false or "
-                             f"an evaluation that ran it")
-        out[name] = {k: EpisodeResults.from_dict(saved["runs"][name][k]) for k in kinds}
+        out[name] = {k: EpisodeResults.from_dict(saved["runs"][name][k]) for k in kinds if k in saved["runs"][name]}
     log.info("physics runs of %s reused from %s", sorted(out), path)
     return out
 
@@ -310,6 +307,21 @@ def closed_loop(runs: dict) -> dict:
         if len(r["imagined"].success) > n:  # --paired: the rest imagined only
             out[name]["ppi"] = ppi_success(physics.success, imagined.success, r["imagined"].success[n:]).to_dict()
     return out
+
+
+def physics_against_itself(runs: dict) -> PolicyComparison | None:
+    """The family's physics ceiling: the reseeded physics run (``physics_reseeded``) in place of the
+    imagined one, against the first physics run. Its correlations, MMRV and mean |gap| are what a
+    simulator that were physics itself would score from these starts and episode counts; None
+    unless every policy has both runs."""
+    if not runs or any("physics_reseeded" not in r for r in runs.values()):
+        return None
+    names = list(runs)
+    return PolicyComparison(
+        names=names, imagined_successes=[sum(runs[n]["physics_reseeded"].success) for n in names],
+        imagined_n=[len(runs[n]["physics_reseeded"].success) for n in names],
+        physics_successes=[sum(runs[n]["physics"].success) for n in names],
+        physics_n=[len(runs[n]["physics"].success) for n in names])
 
 
 def outside_data(outside: list[bool] | None, success: list[bool]) -> dict | None:
@@ -347,6 +359,23 @@ def closed_loop_markdown(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def ceiling_markdown(runs: dict) -> str:
+    """One line: the family's physics ceiling (``physics_against_itself``), or "" where it was not run."""
+    ceiling = physics_against_itself(runs) if len(runs) >= 3 else None
+    if ceiling is None:
+        return ""
+    m = ceiling.summary()
+    return (f"Physics against itself (each policy re-run from the same starts with its noise reseeded, in place of "
+            f"imagination): Pearson r {m['pearson']:.2f}, Spearman rho {m['spearman']:.2f}, MMRV {m['mmrv']:.3f}, "
+            f"mean |reseeded - physics| {m['mean_abs_gap']:.2f}")
+
+
+def family_markdown(comparison: PolicyComparison, runs: dict) -> str:
+    """The success table, the family's physics ceiling where it was run, and the closed-loop table."""
+    parts = [comparison.to_markdown(), ceiling_markdown(runs), closed_loop_markdown(closed_loop(runs))]
+    return "\n\n".join(p for p in parts if p)
+
+
 def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig) -> Path:
     """policy_eval.json (config, summary, per-episode results), policy_eval.md and policy_eval.png."""
     import matplotlib
@@ -359,10 +388,12 @@ def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary() if len(comparison.names) >= 3 else {}
+    ceiling = physics_against_itself(runs) if len(comparison.names) >= 3 else None
     (out / "policy_eval.json").write_text(json.dumps(
-        {"config": asdict(cfg), "summary": summary, "closed_loop": closed_loop(runs),
+        {"config": asdict(cfg), "summary": summary, "ceiling": ceiling.summary() if ceiling else None,
+         "closed_loop": closed_loop(runs),
          "runs": {n: {k: asdict(v) for k, v in r.items()} for n, r in runs.items()}}, indent=1, default=str))
-    (out / "policy_eval.md").write_text(comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs)) + "\n")
+    (out / "policy_eval.md").write_text(family_markdown(comparison, runs) + "\n")
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, x, y, xs, ys, n in zip(comparison.names, comparison.physics, comparison.imagined,
                                      comparison.physics_successes, comparison.imagined_successes, comparison.physics_n):
@@ -384,7 +415,7 @@ def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig)
 
 def main(cfg: EvalPolicyConfig) -> Path:
     comparison, runs = evaluate(cfg)
-    print(comparison.to_markdown() + "\n\n" + closed_loop_markdown(closed_loop(runs)))
+    print(family_markdown(comparison, runs))
     save_report(comparison, runs, cfg)
     log.info("report in %s", cfg.output_dir)
     return cfg.output_dir

@@ -59,11 +59,42 @@ def test_saved_policies_are_evaluated_beside_scripted_ones(tiny_dataset, tiny_mo
         for kind in ("physics", "physics_reseeded"):
             assert again[name][kind].success == runs[name][kind].success
             assert again[name][kind].steps == runs[name][kind].steps
+    # A saved evaluation without the reseeded runs: its physics runs are reused, the reseeded ones simulated.
+    import json
+
+    without = json.loads(saved.read_text())
+    for r in without["runs"].values():
+        del r["physics_reseeded"]
+    (tmp_path / "without.json").write_text(json.dumps(without))
+    _, filled = evaluate(replace(cfg, physics_from=tmp_path / "without.json", output_dir=tmp_path / "filled"))
+    assert filled["stall"]["physics"].steps[0] == 999  # reused
+    assert filled["stall"]["physics_reseeded"].steps[0] != 999  # simulated
     with pytest.raises(ValueError, match="seed"):
         evaluate(replace(cfg, physics_from=saved, seed=cfg.seed + 1))
     with pytest.raises(ValueError, match="no physics run of policy"):
         evaluate(replace(cfg, physics_from=saved, policies=("expert",)))
 
+
+
+def test_the_family_physics_ceiling_scores_the_reseeded_physics_run_as_if_it_were_imagination():
+    from eval.policy import EpisodeResults, family_markdown, physics_against_itself
+    from eval.success import PolicyComparison
+
+    def results(success):
+        return EpisodeResults(success=success, steps=[10] * len(success), seconds=1.0)
+
+    first = {"a": [True, True, True, False], "b": [True, False, False, False], "c": [False] * 4}
+    again = {"a": [True, True, False, False], "b": [True, True, False, True], "c": [False, False, False, True]}
+    runs = {n: {"imagined": results([True] * 4), "physics": results(first[n]), "physics_reseeded": results(again[n])}
+            for n in first}
+    ceiling = physics_against_itself(runs)
+    assert ceiling.physics == [0.75, 0.25, 0.0] and ceiling.imagined == [0.5, 0.75, 0.25]
+    assert ceiling.summary()["mean_abs_gap"] == pytest.approx((0.25 + 0.5 + 0.25) / 3)
+    comparison = PolicyComparison(names=list(first), imagined_successes=[4] * 3, imagined_n=[4] * 3,
+                                  physics_successes=[3, 1, 0], physics_n=[4] * 3)
+    assert "mean |reseeded - physics| 0.33" in family_markdown(comparison, runs)
+    del runs["c"]["physics_reseeded"]  # not run for every policy: no ceiling, and no line for it
+    assert physics_against_itself(runs) is None and "reseeded - physics" not in family_markdown(comparison, runs)
 
 
 def test_paired_runs_n_starts_in_physics_and_estimates_physics_success_from_both(tiny_dataset, tiny_models, tmp_path):
