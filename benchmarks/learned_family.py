@@ -17,6 +17,7 @@ physics run.
 """
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -48,6 +49,11 @@ def train_family(dataset: Path, val_episodes: int, steps: int, out: Path) -> dic
         subset = options.pop("train_episodes", None)
         cfg = TrainPolicyConfig(dataset=DatasetConfig(root=dataset, val_episodes=val_episodes, train_episodes=subset),
                                 steps=max(1, round(steps * share)), output_dir=out / name, **options)
+        saved = out / name / "train_config.json"
+        if saved.is_file() and (trained := json.loads(saved.read_text())["steps"]) != cfg.steps:
+            # train() would resume it to the new count, and the family (and any --physics-from run of it) would change
+            raise ValueError(f"{out / name} was trained for {trained} steps, this run asks {cfg.steps}: give the "
+                             f"--steps it was trained with, or another --output-dir")
         print(f"policy {name}: {cfg.steps} steps", flush=True)
         folders[name] = train(cfg)
     return folders

@@ -137,3 +137,16 @@ def test_world_model_speed_times_lerobot_evals_per_step_env_with_its_peek(tmp_pa
     assert all(float(r.split("|")[2]) > 0 for r in rows)
     with pytest.raises(SystemExit):  # --history needs saved models
         run_main("benchmarks.world_model_speed", ["--history", "2", "--no-write"], monkeypatch)
+
+
+def test_learned_family_refuses_to_train_an_existing_policy_on_to_another_step_count(tiny_dataset, tmp_path):
+    """A re-run with another --steps would resume every saved policy to the new count: the family,
+    and the physics episodes another run reuses from it (--physics-from), would no longer match."""
+    from benchmarks.learned_family import train_family
+
+    (tmp_path / "bc10").mkdir()
+    (tmp_path / "bc10" / "train_config.json").write_text(json.dumps({"steps": 600}))
+    with pytest.raises(ValueError, match="trained for 600 steps, this run asks 1000"):
+        train_family(tiny_dataset, 2, 1000, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bc10"]  # nothing trained, nothing written
+    assert json.loads((tmp_path / "bc10" / "train_config.json").read_text()) == {"steps": 600}
