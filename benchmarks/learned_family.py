@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from eval.policy import EvalPolicyConfig, evaluate, family_markdown, save_report
+    from eval.closed_loop import family_markdown
+    from eval.policy import EvalPolicyConfig, evaluate, save_report
     from simulator.env import ImaginedEnvConfig
 
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ ImaginedEnv and N in the PhysicsEnv from matched start states (physics seeds nev
 data), then success rates with Wilson intervals, Pearson and Spearman correlations with
 bootstrap intervals, MMRV and the mean |imagined - physics|; and closed loop, episode by episode,
 the per-episode phi beside the physics ceiling (the same policy re-run in physics with its noise
-reseeded) and the imagined-minus-physics success step (``eval.policy.closed_loop``).
+reseeded) and the imagined-minus-physics success step (``eval.closed_loop``).
 """
 
 import argparse
@@ -17,15 +17,8 @@ import time
 from pathlib import Path
 
 from benchmarks._report import DOC, command, write_section
-from eval.policy import (
-    EvalPolicyConfig,
-    ceiling_markdown,
-    closed_loop,
-    closed_loop_markdown,
-    evaluate,
-    family_markdown,
-    save_report,
-)
+from eval.closed_loop import ceiling_markdown, closed_loop, closed_loop_markdown, family_markdown
+from eval.policy import EvalPolicyConfig, evaluate, save_report
 from simulator.env import ImaginedEnvConfig
 
 

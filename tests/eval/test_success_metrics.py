@@ -127,7 +127,8 @@ def test_policy_comparison_validates_input():
 def test_closed_loop_pairs_episodes_and_compares_success_steps():
     """Per policy: the gap, the per-episode agreement, the physics ceiling and the success-step lag
     over the starts that succeed in both, by hand."""
-    from eval.policy import EpisodeResults, closed_loop, closed_loop_markdown
+    from eval.closed_loop import closed_loop, closed_loop_markdown
+    from eval.policy import EpisodeResults
 
     def results(success, steps):
         return EpisodeResults(success=success, steps=steps, seconds=0.0)

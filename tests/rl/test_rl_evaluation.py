@@ -77,7 +77,8 @@ def test_saved_policies_are_evaluated_beside_scripted_ones(tiny_dataset, tiny_mo
 
 
 def test_the_family_physics_ceiling_scores_the_reseeded_physics_run_as_if_it_were_imagination():
-    from eval.policy import EpisodeResults, family_markdown, physics_against_itself
+    from eval.closed_loop import family_markdown, physics_against_itself
+    from eval.policy import EpisodeResults
     from eval.success import PolicyComparison
 
     def results(success):
@@ -102,7 +103,8 @@ def test_paired_runs_n_starts_in_physics_and_estimates_physics_success_from_both
     prediction-powered estimate (eval.ppi) of physics success beside the n physics episodes alone.
     The policy is the expert: its physics episodes end at its success (about 47 steps on Lift), where a
     failing policy's run the whole 120-step horizon; 20 physics episodes is the fewest --paired takes."""
-    from eval.policy import EvalPolicyConfig, closed_loop, closed_loop_markdown, evaluate
+    from eval.closed_loop import closed_loop, closed_loop_markdown
+    from eval.policy import EvalPolicyConfig, evaluate
 
     cfg = EvalPolicyConfig(world_model=tiny_models / "world_model", progress=tiny_models / "progress",
                            stats_root=tiny_dataset, policies=("expert",), episodes=24, paired=20, num_envs=4,
