@@ -34,5 +34,7 @@ def write_section(name: str, command: str, body: str) -> None:
                f"{machine()}\n\n{body.strip()}\n<!-- {name}:end -->")
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    part = DOC.with_suffix(".md.part")  # atomic: a crash mid-write leaves the old page whole
+    part.write_text(text)
+    part.replace(DOC)
     print(f"wrote section {name!r} of {DOC}")
