@@ -17,7 +17,8 @@ the phi correlation of the imagined and physics outcomes of the same starts with
 beside it the physics ceiling, the phi of two physics runs of the same policy from the same starts
 with its sampling noise reseeded (``physics_ceiling``; how far physics agrees with itself); and,
 where a start succeeds in both, the imagined success step minus the physics one (imagined time
-must run neither slow nor fast).
+must run neither slow nor fast). Over the family, the reseeded run scored as if it were imagination
+is the floor under its correlations and mean |gap| (``eval.closed_loop.physics_against_itself``).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class EvalPolicyConfig:
     # the physics ceiling of the per-episode agreement (one more physics run per policy).
     physics_ceiling: bool = True
     # policy_eval.json of an earlier evaluation with the same task, seed, episodes, envs and policies:
-    # its physics runs are reused instead of simulated again (comparing world models on one physics run).
+    # its physics runs are reused instead of simulated again (comparing world models on one physics run);
+    # a reseeded run it lacks is simulated when the physics ceiling is on.
     physics_from: Path | None = None
     # n: only the first n starts run in physics, every start in imagination; the report adds the
     # prediction-powered estimate of each policy's physics success (eval.ppi) from both.
