@@ -40,19 +40,25 @@ def closed_loop(runs: dict) -> dict:
     return out
 
 
+def compare(runs: dict, kind: str = "imagined") -> PolicyComparison:
+    """The family's success counts: run ``kind`` of every policy (``imagined``, or
+    ``physics_reseeded`` for the ceiling) against its first physics run."""
+    names = list(runs)
+    return PolicyComparison(
+        names=names, imagined_successes=[sum(runs[n][kind].success) for n in names],
+        imagined_n=[len(runs[n][kind].success) for n in names],
+        physics_successes=[sum(runs[n]["physics"].success) for n in names],
+        physics_n=[len(runs[n]["physics"].success) for n in names])
+
+
 def physics_against_itself(runs: dict) -> PolicyComparison | None:
     """The family's physics ceiling: the reseeded physics run (``physics_reseeded``) in place of the
     imagined one, against the first physics run. Its correlations, MMRV and mean |gap| are what a
     simulator that were physics itself would score from these starts and episode counts; None
-    unless every policy has both runs."""
-    if not runs or any("physics_reseeded" not in r for r in runs.values()):
+    unless every policy of at least 3 (what correlations need) has both runs."""
+    if len(runs) < 3 or any("physics_reseeded" not in r for r in runs.values()):
         return None
-    names = list(runs)
-    return PolicyComparison(
-        names=names, imagined_successes=[sum(runs[n]["physics_reseeded"].success) for n in names],
-        imagined_n=[len(runs[n]["physics_reseeded"].success) for n in names],
-        physics_successes=[sum(runs[n]["physics"].success) for n in names],
-        physics_n=[len(runs[n]["physics"].success) for n in names])
+    return compare(runs, "physics_reseeded")
 
 
 def outside_data(outside: list[bool] | None, success: list[bool]) -> dict | None:
@@ -92,7 +98,7 @@ def closed_loop_markdown(rows: dict) -> str:
 
 def ceiling_markdown(runs: dict) -> str:
     """One line: the family's physics ceiling (``physics_against_itself``), or "" where it was not run."""
-    ceiling = physics_against_itself(runs) if len(runs) >= 3 else None
+    ceiling = physics_against_itself(runs)
     if ceiling is None:
         return ""
     m = ceiling.summary()

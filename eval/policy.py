@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from eval.closed_loop import closed_loop, family_markdown, physics_against_itself
+from eval.closed_loop import closed_loop, compare, family_markdown, physics_against_itself
 from eval.ppi import MIN_PAIRED
 from eval.success import PolicyComparison
 from simulator.env import ImaginedEnvConfig
@@ -242,11 +242,7 @@ def evaluate(cfg: EvalPolicyConfig) -> tuple[PolicyComparison, dict]:
         log.info("%s: imagined %.2f, physics %.2f", name,
                  *(sum(runs[name][k].success) / len(runs[name][k].success) for k in ("imagined", "physics")))
     paired.close()
-    names = list(named)
-    comparison = PolicyComparison(
-        names=names, imagined_successes=[sum(runs[n]["imagined"].success) for n in names],
-        imagined_n=[cfg.episodes] * len(names), physics_successes=[sum(runs[n]["physics"].success) for n in names],
-        physics_n=[cfg.physics_episodes] * len(names))
+    comparison = compare(runs)
     return comparison, runs
 
 
@@ -299,7 +295,7 @@ def save_report(comparison: PolicyComparison, runs: dict, cfg: EvalPolicyConfig)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary() if len(comparison.names) >= 3 else {}
-    ceiling = physics_against_itself(runs) if len(comparison.names) >= 3 else None
+    ceiling = physics_against_itself(runs)
     (out / "policy_eval.json").write_text(json.dumps(
         {"config": asdict(cfg), "summary": summary, "ceiling": ceiling.summary() if ceiling else None,
          "closed_loop": closed_loop(runs),
