@@ -71,7 +71,7 @@ def starts(physics):
 
 
 # The demo's quick preset with fewer steps and episodes: its stages' artifacts only need to exist and load.
-DEMO_PRESET = {"wm_steps": 4, "probe_steps": 10, "progress_steps": 4, "bc_steps": 4, "policy_episodes": 1,
+DEMO_PRESET = {"wm_steps": 4, "wm_second_cycle": 2, "probe_steps": 10, "progress_steps": 4, "bc_steps": 4, "policy_episodes": 1,
                "rl_max_steps": 8, "rl_eval_episodes": 1}
 
 

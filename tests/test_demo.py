@@ -37,7 +37,7 @@ def test_demo_runs_every_stage_and_resumes(demo_run, capsys, monkeypatch):
     run(DemoConfig(preset="tiny", output_dir=tmp_path, episodes=3))  # nothing left to do
     assert written() == before
     out = capsys.readouterr().out
-    assert f"world model already trained for {DEMO_PRESET['wm_steps']} steps" in out
+    assert f"world model already trained for {DEMO_PRESET['wm_steps']} + {DEMO_PRESET['wm_second_cycle']} steps" in out
     assert f"progress model already trained for {DEMO_PRESET['progress_steps']} steps" in out
     assert f"policy already trained for {DEMO_PRESET['bc_steps']} steps" in out
 

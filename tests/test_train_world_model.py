@@ -19,7 +19,7 @@ TINY_MODEL = WorldModelConfig(context=2, future=2, horizon=4, block_out_channels
 def config(root, out, steps):
     return TrainWorldModelConfig(dataset=DatasetConfig(root=root, val_episodes=1), model=TINY_MODEL, frame_stride=2,
                                  output_dir=out, steps=steps, batch_size=4, checkpoint_every=2, log_every=1,
-                                 warmup_steps=1, lr=1e-3)
+                                 warmup_steps=1, lr=1e-3, second_cycle=0)
 
 
 def losses(out):
@@ -54,11 +54,28 @@ def test_fine_tuning_starts_from_the_saved_weights(tiny_dataset, tmp_path):
         train(other)
 
 
+def test_the_second_cycle_is_a_fine_tune_of_the_first_cycles_model(tiny_dataset, tmp_path):
+    """One command gives what the two commands of the measured recipe gave (docs/benchmarks.md, "A second
+    cosine cycle"): the first cycle, then a fresh cycle from its EMA weights; a changed first cycle is refused."""
+    from dataclasses import replace
+
+    both = train(replace(config(tiny_dataset, tmp_path / "both", steps=2), second_cycle=2))
+    first = train(config(tiny_dataset, tmp_path / "first", steps=2))
+    second = train(replace(config(tiny_dataset, tmp_path / "second", steps=2), init_from=first))
+    weights = lambda folder: WorldModel.from_pretrained(folder).state_dict()  # noqa: E731
+    a, b, c = weights(both), weights(second), weights(first)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
+    assert all(torch.equal(weights(tmp_path / "both" / "first_cycle" / "model")[k], c[k]) for k in c)
+    assert train(replace(config(tiny_dataset, tmp_path / "both", steps=2), second_cycle=2)) == both  # done: nothing to do
+    with pytest.raises(ValueError, match="another --steps"):
+        train(replace(config(tiny_dataset, tmp_path / "both", steps=3), second_cycle=2))
+
+
 def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):
     out = tmp_path / "wm"
     cmd = [sys.executable, "-m", "train.cli", "world_model", "--dataset.root", str(tiny_dataset), "--dataset.val_episodes", "1",
-           "--output_dir", str(out), "--steps", "3", "--batch_size", "4", "--checkpoint_every", "1", "--keep_checkpoints", "2",
-           "--frame_stride", "2",
+           "--output_dir", str(out), "--steps", "1", "--second_cycle", "3", "--batch_size", "4", "--checkpoint_every", "1",
+           "--keep_checkpoints", "2", "--frame_stride", "2",
            "--model.context", "2", "--model.horizon", "4", "--model.block_out_channels", "[16, 32]",
            "--model.norm_num_groups", "8", "--model.cond_dim", "32", "--model.layers_per_block", "1"]
     run = subprocess.run(cmd, capture_output=True, text=True)
@@ -67,6 +84,7 @@ def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):
     assert model.spec.views == 2 and model.spec.image_size == 32 and model.spec.future == 2
     assert list((out / "world_model").rglob("events.out.tfevents.*"))  # TensorBoard
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000003"]  # newest 2 kept
+    assert (out / "first_cycle" / "checkpoints" / "step_0000001").is_dir()  # the first cycle, then the second
 
 
 def test_unknown_kind_and_missing_dataset_are_named(tmp_path, capsys, monkeypatch):

@@ -119,7 +119,7 @@ def world_model_config(cfg: AlignConfig, merged: Path):
     return TrainWorldModelConfig(dataset=dataset, model=model, frame_stride=model.horizon // (model.future or model.horizon),
                                  init_from=cfg.world_model, steps=cfg.world_model_steps, lr=cfg.world_model_lr,
                                  warmup_steps=max(1, cfg.world_model_steps // 20),
-                                 checkpoint_every=max(1, cfg.world_model_steps // 4),
+                                 checkpoint_every=max(1, cfg.world_model_steps // 4), second_cycle=0,
                                  output_dir=cfg.output_dir / "world_model")
 
 

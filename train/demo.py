@@ -25,17 +25,17 @@ from data.episodes import held_out_count
 from data.summary import summarize
 
 PRESETS = {
-    # episodes: physics episodes to collect; wm_*: world-model training steps and batch;
+    # episodes: physics episodes to collect; wm_*: world-model training steps, its second cycle and batch;
     # eval_*: fidelity rollouts, their horizon in frames, and the state probe's training steps
     # progress_steps: progress-model training steps; policies/policy_episodes: the policy family
     # (None = all of policy.scripted.policy_family) and episodes per policy and simulator;
     # bc_steps: behaviour-cloning steps; rl_*: RL iterations, imagined envs per iteration, group
     # size, imagined horizon, and physics/imagined evaluation episodes before and after
-    "quick": {"episodes": 12, "wm_steps": 30, "wm_batch": 8,
+    "quick": {"episodes": 12, "wm_steps": 30, "wm_second_cycle": 5, "wm_batch": 8,
               "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100,
               "progress_steps": 30, "policies": ("expert", "fail-50%+noise", "stall"), "policy_episodes": 2,
               "bc_steps": 20, "rl_iterations": 1, "rl_envs": 4, "rl_group": 2, "rl_max_steps": 16, "rl_eval_episodes": 2},
-    "full": {"episodes": 200, "wm_steps": 1100, "wm_batch": 16,
+    "full": {"episodes": 200, "wm_steps": 3600, "wm_second_cycle": 600, "wm_batch": 16,
              "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000,
              "progress_steps": 1500, "policies": None, "policy_episodes": 20,
              "bc_steps": 2000, "rl_iterations": 40, "rl_envs": 32, "rl_group": 8, "rl_max_steps": 80,
@@ -78,12 +78,12 @@ def stage_world_model(cfg: DemoConfig) -> Path:
 
     preset = PRESETS[cfg.preset]
     out = cfg.output_dir / "world_model"
-    steps = preset["wm_steps"]
-    if (out / "checkpoints" / f"step_{steps:07d}").exists():
-        print(f"world model already trained for {steps} steps: {out / 'model'}")
+    steps, second = preset["wm_steps"], preset["wm_second_cycle"]
+    if (out / "checkpoints" / f"step_{second:07d}").exists():
+        print(f"world model already trained for {steps} + {second} steps: {out / 'model'}")
     else:
-        train(TrainWorldModelConfig(dataset=dataset_config(cfg), steps=steps, batch_size=preset["wm_batch"],
-                                    output_dir=out, seed=cfg.seed))
+        train(TrainWorldModelConfig(dataset=dataset_config(cfg), steps=steps, second_cycle=second,
+                                    batch_size=preset["wm_batch"], output_dir=out, seed=cfg.seed))
     report = cfg.output_dir / "world_model_eval"
     if not (report / "fidelity.json").exists():
         held_out = replace(dataset_config(cfg), cache_frames=False)  # a few rollouts: decode on demand
