@@ -28,7 +28,7 @@ import torch
 TINY = {
     "world_model": {"batch_size": 2, "frame_stride": 2, "model.context": 2, "model.horizon": 4,
                     "model.block_out_channels": "[16, 32]", "model.norm_num_groups": 8, "model.cond_dim": 32,
-                    "model.layers_per_block": 1},
+                    "model.layers_per_block": 1, "second_cycle": 0},
     "progress": {"batch_size": 4, "model.history": 2, "model.history_stride": 2, "model.channels": "[8, 16]",
                  "model.norm_num_groups": 4, "model.pool_size": 2, "model.width": 32, "model.task_buckets": 64,
                  "model.ensemble": 3, "model.head_width": 16},
