@@ -67,7 +67,7 @@ def test_the_second_cycle_is_a_fine_tune_of_the_first_cycles_model(tiny_dataset,
     assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
     assert all(torch.equal(weights(tmp_path / "both" / "first_cycle" / "model")[k], c[k]) for k in c)
     assert train(replace(config(tiny_dataset, tmp_path / "both", steps=2), second_cycle=2)) == both  # done: nothing to do
-    with pytest.raises(ValueError, match="another --steps"):
+    with pytest.raises(ValueError, match="do not follow a first cycle of 3 steps"):
         train(replace(config(tiny_dataset, tmp_path / "both", steps=3), second_cycle=2))
 
 

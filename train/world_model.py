@@ -116,9 +116,10 @@ def train(cfg: TrainWorldModelConfig) -> Path:
         first = replace(cfg, second_cycle=0, output_dir=cfg.output_dir / "first_cycle")
         if (first.output_dir / "checkpoints" / f"step_{first.steps:07d}").is_dir():
             folder = first.output_dir / "model"
-        elif (cfg.output_dir / "checkpoints").is_dir():  # resuming it would finish a cycle begun from other weights
-            raise ValueError(f"{cfg.output_dir} holds a second cycle, but {first.output_dir} has no checkpoint at step "
-                             f"{first.steps}: it was trained for another --steps; give that, or another --output_dir")
+        elif (cfg.output_dir / "checkpoints").is_dir():  # resuming them would go on from other weights
+            raise ValueError(f"{cfg.output_dir} holds checkpoints that do not follow a first cycle of {first.steps} "
+                             f"steps in {first.output_dir} (another --steps, or a run from before second cycles): "
+                             f"give another --output_dir, or the --steps it was trained with")
         else:
             folder = train_cycle(first)
         return train_cycle(replace(cfg, second_cycle=0, init_from=folder, steps=cfg.second_cycle))
