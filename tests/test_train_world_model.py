@@ -62,7 +62,7 @@ def test_the_second_cycle_is_a_fine_tune_of_the_first_cycles_model(tiny_dataset,
     both = train(replace(config(tiny_dataset, tmp_path / "both", steps=2), second_cycle=2))
     first = train(config(tiny_dataset, tmp_path / "first", steps=2))
     second = train(replace(config(tiny_dataset, tmp_path / "second", steps=2), init_from=first))
-    weights = lambda folder: WorldModel.from_pretrained(folder).state_dict()  # noqa: E731
+    weights = lambda folder: WorldModel.from_pretrained(folder).state_dict()
     a, b, c = weights(both), weights(second), weights(first)
     assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
     assert all(torch.equal(weights(tmp_path / "both" / "first_cycle" / "model")[k], c[k]) for k in c)
