@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 EMA_FILE = "ema.safetensors"  # in each checkpoint, beside accelerate's state/
 
 
+def checkpoint_dir(out: Path, step: int) -> Path:
+    """The folder of the run at ``out``'s checkpoint at ``step``."""
+    return Path(out) / "checkpoints" / f"step_{step:07d}"
+
+
+def finished(out: Path, steps: int) -> bool:
+    """Whether the run at ``out`` was trained to ``steps``: its checkpoint there and its published model exist."""
+    return checkpoint_dir(out, steps).is_dir() and (Path(out) / "model").is_dir()
+
+
 def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3,
                     assets: dict[str, str] | None = None, save_model: Callable | None = None) -> None:
     """accelerate state (model, optimiser, schedule, RNG), the EMA (``save_ema``) and the EMA model
@@ -28,7 +38,7 @@ def save_checkpoint(accelerator, model, ema, out: Path, step: int, keep: int = 3
     text}) written beside its weights. ``save_model(model, folder)`` writes the model (default: its
     ``save_pretrained``), for a model that needs more beside its weights to load, such as a lerobot
     policy's processors."""
-    ckpt = out / "checkpoints" / f"step_{step:07d}"
+    ckpt = checkpoint_dir(out, step)
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -23,6 +23,7 @@ from data.clips import DatasetConfig
 from data.collect import CollectConfig, collect, quiet_writers
 from data.episodes import held_out_count
 from data.summary import summarize
+from train.checkpoint import finished
 
 PRESETS = {
     # episodes: physics episodes to collect; wm_*: world-model training steps, its second cycle and batch;
@@ -79,7 +80,7 @@ def stage_world_model(cfg: DemoConfig) -> Path:
     preset = PRESETS[cfg.preset]
     out = cfg.output_dir / "world_model"
     steps, second = preset["wm_steps"], preset["wm_second_cycle"]
-    if (out / "checkpoints" / f"step_{second:07d}").exists():
+    if finished(out, second):
         print(f"world model already trained for {steps} + {second} steps: {out / 'model'}")
     else:
         train(TrainWorldModelConfig(dataset=dataset_config(cfg), steps=steps, second_cycle=second,
@@ -104,7 +105,7 @@ def stage_progress(cfg: DemoConfig) -> Path:
 
     steps = PRESETS[cfg.preset]["progress_steps"]
     out, world_model = cfg.output_dir / "progress", cfg.output_dir / "world_model" / "model"
-    if (out / "checkpoints" / f"step_{steps:07d}").exists():
+    if finished(out, steps):
         print(f"progress model already trained for {steps} steps: {out / 'model'}")
     else:
         train(TrainProgressConfig(dataset=replace(dataset_config(cfg), cache_frames=False), steps=steps,
@@ -140,7 +141,7 @@ def stage_policy(cfg: DemoConfig) -> Path:
     from train.policy import TrainPolicyConfig, train
 
     steps, out = PRESETS[cfg.preset]["bc_steps"], cfg.output_dir / "policy"
-    if (out / "checkpoints" / f"step_{steps:07d}").exists():
+    if finished(out, steps):
         print(f"policy already trained for {steps} steps: {out / 'model'}")
     else:
         train(TrainPolicyConfig(dataset=dataset_config(cfg), steps=steps, output_dir=out, seed=cfg.seed))

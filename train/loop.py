@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint import publish, resume, same_files, save_checkpoint
+from train.checkpoint import checkpoint_dir, publish, resume, same_files, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def run(accelerator, model, ema, opt, sched, cfg, out: Path, step: int, train_st
                 save_checkpoint(accelerator, model, ema, out, step, cfg.keep_checkpoints, assets, save_model)
     bar.close()
     accelerator.end_training()
-    last = out / "checkpoints" / f"step_{step:07d}" / "model"
+    last = checkpoint_dir(out, step) / "model"
     if accelerator.is_main_process and last.is_dir() and not same_files(last, out / "model"):
         # a run that had nothing left to train, whose model a crash or a hand removed
         log.warning("%s is missing or incomplete: copying it from %s", out / "model", last)

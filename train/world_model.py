@@ -24,6 +24,7 @@ from simulator import keys
 from simulator.env import NORMALIZATION_FILE
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
 from train import loop
+from train.checkpoint import finished
 from train.loop import to_device
 
 log = logging.getLogger(__name__)
@@ -112,18 +113,20 @@ def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, 
 
 def train(cfg: TrainWorldModelConfig) -> Path:
     """Trains (or resumes) ``cfg.steps``, then the second cycle; returns the folder of the final EMA model."""
-    if cfg.second_cycle:
-        first = replace(cfg, second_cycle=0, output_dir=cfg.output_dir / "first_cycle")
-        if (first.output_dir / "checkpoints" / f"step_{first.steps:07d}").is_dir():
-            folder = first.output_dir / "model"
-        elif (cfg.output_dir / "checkpoints").is_dir():  # resuming them would go on from other weights
-            raise ValueError(f"{cfg.output_dir} holds checkpoints that do not follow a first cycle of {first.steps} "
-                             f"steps in {first.output_dir} (another --steps, or a run from before second cycles): "
-                             f"give another --output_dir, or the --steps it was trained with")
-        else:
-            folder = train_cycle(first)
-        return train_cycle(replace(cfg, second_cycle=0, init_from=folder, steps=cfg.second_cycle))
-    return train_cycle(cfg)
+    if not cfg.second_cycle:
+        return train_cycle(cfg)
+    first = replace(cfg, second_cycle=0, output_dir=cfg.output_dir / "first_cycle")
+    if finished(cfg.output_dir, cfg.second_cycle) and finished(first.output_dir, first.steps):
+        return cfg.output_dir / "model"  # nothing to do (and no dataset to decode for it)
+    if finished(first.output_dir, first.steps):
+        folder = first.output_dir / "model"
+    elif (cfg.output_dir / "checkpoints").is_dir():  # resuming them would go on from other weights
+        raise ValueError(f"{cfg.output_dir} holds checkpoints that do not follow a first cycle of {first.steps} "
+                         f"steps in {first.output_dir} (another --steps, or a run from before second cycles): "
+                         f"give another --output_dir, or the --steps it was trained with")
+    else:
+        folder = train_cycle(first)
+    return train_cycle(replace(cfg, second_cycle=0, init_from=folder, steps=cfg.second_cycle))
 
 
 def train_cycle(cfg: TrainWorldModelConfig) -> Path:
