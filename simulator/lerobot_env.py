@@ -1,7 +1,7 @@
 """lerobot's own evaluation in imagination: the env type ``reverie`` of ``lerobot-eval``.
 
     lerobot-eval --policy.path=outputs/policy/model --env.type=reverie \
-        --env.world_model=outputs/world_model/model --env.progress=outputs/progress/model \
+        --env.world_model=outputs/demo/world_model/model --env.progress=outputs/demo/progress/model \
         --env.dataset=outputs/demo/dataset --env.val_episodes=20 --eval.n_episodes=20 --eval.batch_size=10
 
 (any lerobot policy folder: ``reverie-train policy --policy_type diffusion``'s ``<output_dir>/model``
