@@ -63,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, required=True, help="the dataset the policies are cloned from")
     parser.add_argument("--val-episodes", type=int, default=20, help="held-out episodes (as the world model's)")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps of a policy")
+    parser.add_argument("--steps", type=int, default=600,
+                        help="training steps of a policy (600: the family in docs/benchmarks.md)")
     parser.add_argument("--world-model", type=Path, required=True)
     parser.add_argument("--progress", type=Path, required=True)
     parser.add_argument("--episodes", type=int, default=50, help="paired episodes per policy")
