@@ -15,7 +15,11 @@ same start, until the step where the imagined episode ended. Reported per mode:
 - for each grasp tolerance, the imagined success with a grasp check applied afterwards (the last
   grasp's predicted end effector within the tolerance of the object's true start position) and its
   phi with the replayed outcome. The check reads the physics engine's object state, so it is a
-  diagnostic of where imagination fails, never an imagined outcome (the rule of the simulator).
+  diagnostic of where imagination fails, never an imagined outcome (the rule of the simulator);
+- with ``--probe`` (a state probe trained on real frames, as ``reverie-eval world_model`` saves in
+  ``<output_dir>/probe``): what the imagined frames show at the last grasp, the end effector and the
+  cube read from them, against the state head's end effector and physics' after the same actions.
+  A policy that grasps by what it sees closes where the frames put the gripper around the cube.
 """
 
 import argparse
@@ -27,6 +31,7 @@ import torch
 
 from benchmarks._report import command, write_section
 from eval.success import agreement
+from simulator import keys
 from simulator.rollout import Rollout
 
 
@@ -45,19 +50,23 @@ def aimed_grasp(eef: torch.Tensor, obj: torch.Tensor, tolerance: float, height: 
 
 
 @torch.no_grad()
-def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int) -> dict[str, torch.Tensor]:
+def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, probe=None) -> dict[str, torch.Tensor]:
     """Per episode: imagined success, physics success of the replayed actions, the object's start
-    position (3,), and the imagined and physics end effector (3,) after the last grasp (nan: none)."""
+    position (3,), and the imagined and physics end effector (3,) after the last grasp (nan: none);
+    with a ``probe`` (eval.probe.StateProbe), ``probed`` (K,): its reading of the imagined frames
+    after the last grasp (nan: none)."""
     B, stride = imagined.num_envs, imagined.frame_stride
-    out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics")}
+    out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics", "probed")}
     for first in range(0, episodes, B):
         rollout = Rollout(imagined, seed=first)
         policy.reset(rollout.obs, rollout.info, seeds=list(range(first, first + B)))
-        chunks, live, states = [], [], []
+        chunks, live, states, frames = [], [], [], []
         for step in rollout.run(policy.select_action_chunk):
             chunks.append(step.actions.cpu().float())
             live.append(step.alive[:, None].expand(-1, step.actions.shape[1]))
             states.append(step.info["states"].repeat_interleave(stride, 1))
+            if probe is not None:  # (B, T, V, 3, h, w) after each action
+                frames.append(torch.stack([f.repeat_interleave(stride, 1) for f in step.info["frames"].values()], 2))
         solved, info = rollout.solved, rollout.start_info
         # the imagined actions replayed in physics, chunk by chunk, for as long as imagination ran
         replay = Rollout(physics, seed=seed + first)
@@ -78,7 +87,10 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int) -> d
             at = grasp.clamp(0, trajectory.shape[1] - 1)[:, None, None].expand(-1, 1, 3)
             eef = trajectory[..., :3].float().gather(1, at)[:, 0]
             out[key].append(torch.where(none, torch.nan, eef)[:n])
-    return {k: torch.cat(v) for k, v in out.items()}
+        if probe is not None:
+            seen = torch.cat(frames, 1)[torch.arange(B), grasp.clamp(0, None)]  # (B, V, 3, h, w) uint8
+            out["probed"].append(torch.where(none, torch.nan, probe(seen.float() / 255))[:n])
+    return {k: torch.cat(v) for k, v in out.items() if v}
 
 
 def with_grasp_check(run: dict[str, torch.Tensor], tolerance: float, height: float) -> torch.Tensor:
@@ -100,6 +112,19 @@ def rows(run: dict[str, torch.Tensor], tolerances: list[float], height: float) -
     return out
 
 
+def grasp_frames(run: dict[str, torch.Tensor], grasped: torch.Tensor) -> str:
+    """What the imagined frames show at the last grasp (the probe's reading), in mm, mean over grasps."""
+    probed, true_eef, cube = run["probed"][grasped], run["eef_physics"][grasped], run["object"][grasped]
+    cube_seen = probed[:, keys.STATE_DIM:keys.STATE_DIM + 3]  # the first object's position in the probe's output
+    mm = lambda x: f"{1000 * x.mean():+.1f}"
+    return (f"at the grasp, end effector z minus physics' after the same actions: state head "
+            f"{mm(run['eef_imagined'][grasped, 2] - true_eef[:, 2])}, read from the imagined frames "
+            f"{mm(probed[:, 2] - true_eef[:, 2])}; the cube read from the imagined frames minus its true start: "
+            f"x-y {1000 * (cube_seen[:, :2] - cube[:, :2]).norm(dim=1).mean():.1f}, "
+            f"z {mm(cube_seen[:, 2] - cube[:, 2])}; gripper above the cube: frames "
+            f"{mm(probed[:, 2] - cube_seen[:, 2])}, physics {mm(true_eef[:, 2] - cube[:, 2])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True)
@@ -111,11 +136,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100_000, help="physics seed of start 0")
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.015, 0.02, 0.025, 0.03])
     parser.add_argument("--grasp-height", type=float, default=0.02)
+    parser.add_argument("--probe", type=Path, default=None,
+                        help="a saved state probe: the end effector and the cube read from the imagined frames at a grasp")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/imagined_replay"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     from eval.policy import matched_starts
+    from eval.probe import StateProbe
     from policy import camera_views, load_policy
     from simulator.env import ImaginedEnv
     from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
@@ -127,6 +155,7 @@ def main() -> None:
     starts = matched_starts("lift", views, size, args.episodes, args.seed, args.num_envs)
     imagined = ImaginedEnv.from_pretrained(args.world_model, args.progress, starts, views, stats_root=args.stats_root,
                                            num_envs=args.num_envs, max_steps=physics.max_steps)
+    probe = StateProbe.from_pretrained(args.probe).eval() if args.probe is not None else None
     args.output_dir.mkdir(parents=True, exist_ok=True)
     header = ("| policy acting | episodes | imagined success | replayed in physics | grasp check (x-y) | imagined success "
               "with it | replayed success of those (precision) | phi with the replay [95% CI] |")
@@ -134,7 +163,7 @@ def main() -> None:
     errors = []
     for mode in ("stochastic", "deterministic"):
         policy.stochastic = mode == "stochastic"
-        run = imagine_and_replay(policy, imagined, physics, args.episodes, args.seed)
+        run = imagine_and_replay(policy, imagined, physics, args.episodes, args.seed, probe)
         torch.save(run, args.output_dir / f"{mode}.pt")
         table = rows(run, args.tolerances, args.grasp_height)
         (args.output_dir / f"{mode}.json").write_text(json.dumps(table, indent=1))
@@ -150,6 +179,8 @@ def main() -> None:
                       f"{gap.norm(dim=1).mean():.1f} mm from physics' (x-y {gap[:, :2].norm(dim=1).mean():.1f} mm); "
                       f"its x-y distance to the object correlates with physics' at "
                       f"{torch.corrcoef(torch.stack(aim))[0, 1]:.2f}")
+        if probe is not None:
+            errors.append(f"{mode}: {grasp_frames(run, grasped)}")
     physics.close()
     table = "\n".join(lines)
     print(table, *errors, sep="\n")

@@ -150,3 +150,49 @@ def test_learned_family_refuses_to_train_an_existing_policy_on_to_another_step_c
         train_family(tiny_dataset, 2, 1000, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bc10"]  # nothing trained, nothing written
     assert json.loads((tmp_path / "bc10" / "train_config.json").read_text()) == {"steps": 600}
+
+
+class CloseAt:
+    """A test policy that holds still and commands the gripper shut from env step ``at[b]`` on (never: None)."""
+
+    def __init__(self, at: list[int | None], horizon: int = 8):
+        self.at, self.horizon, self.num_envs = at, horizon, len(at)
+
+    def reset(self, obs, info, mask=None, seeds=None):
+        self.t = 0
+
+    def select_action_chunk(self, obs):
+        chunk = torch.zeros(self.num_envs, self.horizon, 7)
+        steps = torch.arange(self.t, self.t + self.horizon)
+        for b, at in enumerate(self.at):
+            chunk[b, :, 6] = -1.0 if at is None else torch.where(steps >= at, 1.0, -1.0)
+        self.t += self.horizon
+        return chunk
+
+
+def test_imagined_replay_reads_the_imagined_frame_after_the_grasp(physics, starts, one_thread):
+    """With a probe, the benchmark reads the imagined frame after each episode's last grasp: the frame
+    that the (deterministic) imagined env shows after that action when run again, in its second chunk
+    for env 0; nothing for env 1, which never closes."""
+    from benchmarks.imagined_replay import imagine_and_replay
+    from eval.probe import StateProbe
+    from simulator.env import ImaginedEnv, ImaginedEnvConfig
+    from simulator.normalization import Normalizer
+    from simulator.rollout import Rollout
+    from tests.conftest import moving_world_model
+    from tests.test_lerobot_eval import UNIT, VIEWS, sure_progress
+
+    imagined = ImaginedEnv(moving_world_model(32, horizon=8), sure_progress(False), starts, Normalizer(UNIT), VIEWS,
+                           ImaginedEnvConfig(num_envs=2, max_steps=16))
+    torch.manual_seed(0)
+    probe = StateProbe(views=2).eval()
+    policy = CloseAt([11, None])
+    run = imagine_and_replay(policy, imagined, physics, episodes=2, seed=1000, probe=probe)
+    assert run["probed"].shape == (2, probe.config.outputs) and run["probed"][1].isnan().all()
+
+    rollout = Rollout(imagined, seed=0)
+    policy.reset(rollout.obs, rollout.info)
+    chunks = [step.info["frames"] for step in rollout.run(policy.select_action_chunk)]  # {view: (B, 8, 3, h, w) uint8}
+    read = lambda chunk, t: probe(torch.stack([chunks[chunk][v][0, t] for v in VIEWS])[None].float() / 255)[0]
+    torch.testing.assert_close(run["probed"][0], read(1, 11 - 8))  # action 11 is the second chunk's fourth
+    assert not torch.allclose(run["probed"][0], read(0, 3))  # another frame reads otherwise
