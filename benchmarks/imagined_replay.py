@@ -53,10 +53,11 @@ def aimed_grasp(eef: torch.Tensor, obj: torch.Tensor, tolerance: float, height: 
 def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, probe=None) -> dict[str, torch.Tensor]:
     """Per episode: imagined success, physics success of the replayed actions, the object's start
     position (3,), and the imagined and physics end effector (3,) after the last grasp (nan: none);
-    with a ``probe`` (eval.probe.StateProbe), ``probed`` (K,): its reading of the imagined frames
-    after the last grasp (nan: none)."""
+    with a ``probe`` (eval.probe.StateProbe), ``probed`` and ``probed_physics`` (K,): its reading of
+    the imagined frames and of physics' frames after the last grasp (nan: none), so that the probe's
+    own error cancels in their difference."""
     B, stride = imagined.num_envs, imagined.frame_stride
-    out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics", "probed")}
+    out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics", "probed", "probed_physics")}
     for first in range(0, episodes, B):
         rollout = Rollout(imagined, seed=first)
         policy.reset(rollout.obs, rollout.info, seeds=list(range(first, first + B)))
@@ -66,14 +67,17 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
             live.append(step.alive[:, None].expand(-1, step.actions.shape[1]))
             states.append(step.info["states"].repeat_interleave(stride, 1))
             if probe is not None:  # (B, T, V, 3, h, w) after each action
+                step_views = list(step.info["frames"])
                 frames.append(torch.stack([f.repeat_interleave(stride, 1) for f in step.info["frames"].values()], 2))
         solved, info = rollout.solved, rollout.start_info
         # the imagined actions replayed in physics, chunk by chunk, for as long as imagination ran
         replay = Rollout(physics, seed=seed + first)
         chunk = iter(chunks)
-        replayed, physics_states = torch.zeros(B, dtype=torch.bool), []
+        replayed, physics_states, physics_frames = torch.zeros(B, dtype=torch.bool), [], []
         for alive, step in zip(live, replay.run(lambda _: next(chunk))):
             physics_states.append(step.info["states"])
+            if probe is not None:  # (B, H, V, 3, h, w) after each action, the views in the imagined frames' order
+                physics_frames.append(torch.stack([step.info["frames"][v] for v in step_views], 2))
             replayed |= step.terminated & step.alive & alive[:, 0]  # solved while the imagined episode ran
         # past the end of an imagined episode its actions are not its own: no grasp there
         grasp = last_grasps(torch.where(torch.cat(live, 1)[..., None], torch.cat(chunks, 1), -1.0))
@@ -88,8 +92,10 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
             eef = trajectory[..., :3].float().gather(1, at)[:, 0]
             out[key].append(torch.where(none, torch.nan, eef)[:n])
         if probe is not None:
-            seen = torch.cat(frames, 1)[torch.arange(B), grasp.clamp(0, None)]  # (B, V, 3, h, w) uint8
-            out["probed"].append(torch.where(none, torch.nan, probe(seen.float() / 255))[:n])
+            for key, seen in (("probed", torch.cat(frames, 1)), ("probed_physics", torch.cat(physics_frames, 1))):
+                # physics' last frame where it ended first, as for the states
+                at = seen[torch.arange(B), grasp.clamp(0, seen.shape[1] - 1)]  # (B, V, 3, h, w) uint8
+                out[key].append(torch.where(none, torch.nan, probe(at.float() / 255))[:n])
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
@@ -113,16 +119,19 @@ def rows(run: dict[str, torch.Tensor], tolerances: list[float], height: float) -
 
 
 def grasp_frames(run: dict[str, torch.Tensor], grasped: torch.Tensor) -> str:
-    """What the imagined frames show at the last grasp (the probe's reading), in mm, mean over grasps."""
-    probed, true_eef, cube = run["probed"][grasped], run["eef_physics"][grasped], run["object"][grasped]
-    cube_seen = probed[:, keys.STATE_DIM:keys.STATE_DIM + 3]  # the first object's position in the probe's output
+    """What the imagined frames show at the last grasp against what physics' frames after the same
+    actions show, both read by the probe (so its own error cancels in the difference), in mm, mean
+    over grasps."""
+    imagined, real = run["probed"][grasped], run["probed_physics"][grasped]
+    cube = slice(keys.STATE_DIM, keys.STATE_DIM + 3)  # the first object's position in the probe's output
     mm = lambda x: f"{1000 * x.mean():+.1f}"
-    return (f"at the grasp, end effector z minus physics' after the same actions: state head "
-            f"{mm(run['eef_imagined'][grasped, 2] - true_eef[:, 2])}, read from the imagined frames "
-            f"{mm(probed[:, 2] - true_eef[:, 2])}; the cube read from the imagined frames minus its true start: "
-            f"x-y {1000 * (cube_seen[:, :2] - cube[:, :2]).norm(dim=1).mean():.1f}, "
-            f"z {mm(cube_seen[:, 2] - cube[:, 2])}; gripper above the cube: frames "
-            f"{mm(probed[:, 2] - cube_seen[:, 2])}, physics {mm(true_eef[:, 2] - cube[:, 2])}")
+    return (f"at the grasp, read from the imagined frames minus read from physics' frames after the same actions: "
+            f"end effector z {mm(imagined[:, 2] - real[:, 2])} (the state head's z minus physics' "
+            f"{mm(run['eef_imagined'][grasped, 2] - run['eef_physics'][grasped, 2])}), cube x-y "
+            f"{1000 * (imagined[:, cube][:, :2] - real[:, cube][:, :2]).norm(dim=1).mean():.1f} away, cube z "
+            f"{mm(imagined[:, cube][:, 2] - real[:, cube][:, 2])}; gripper above the cube: imagined frames "
+            f"{mm(imagined[:, 2] - imagined[:, cube][:, 2])}, physics' frames {mm(real[:, 2] - real[:, cube][:, 2])}, "
+            f"physics {mm(run['eef_physics'][grasped, 2] - run['object'][grasped, 2])}")
 
 
 def main() -> None:

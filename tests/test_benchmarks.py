@@ -173,7 +173,7 @@ class CloseAt:
 def test_imagined_replay_reads_the_imagined_frame_after_the_grasp(physics, starts, one_thread):
     """With a probe, the benchmark reads the imagined frame after each episode's last grasp: the frame
     that the (deterministic) imagined env shows after that action when run again, in its second chunk
-    for env 0; nothing for env 1, which never closes."""
+    for env 0; nothing for env 1, which never closes. And physics' frame after the same actions."""
     from benchmarks.imagined_replay import imagine_and_replay
     from eval.probe import StateProbe
     from simulator.env import ImaginedEnv, ImaginedEnvConfig
@@ -196,3 +196,11 @@ def test_imagined_replay_reads_the_imagined_frame_after_the_grasp(physics, start
     read = lambda chunk, t: probe(torch.stack([chunks[chunk][v][0, t] for v in VIEWS])[None].float() / 255)[0]
     torch.testing.assert_close(run["probed"][0], read(1, 11 - 8))  # action 11 is the second chunk's fourth
     assert not torch.allclose(run["probed"][0], read(0, 3))  # another frame reads otherwise
+
+    # and physics' frame after the same action 11, replayed: the same probe on the real frame
+    replay = Rollout(physics, seed=1000)
+    policy.reset(replay.obs, replay.info)
+    real = [step.info["frames"] for step in replay.run(policy.select_action_chunk)]
+    torch.testing.assert_close(run["probed_physics"][0],
+                               probe(torch.stack([real[1][v][0, 3] for v in VIEWS])[None].float() / 255)[0])
+    assert run["probed_physics"][1].isnan().all()
