@@ -72,9 +72,8 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
         solved, info = rollout.solved, rollout.start_info
         # the imagined actions replayed in physics, chunk by chunk, for as long as imagination ran
         replay = Rollout(physics, seed=seed + first)
-        chunk = iter(chunks)
         replayed, physics_states, physics_frames = torch.zeros(B, dtype=torch.bool), [], []
-        for alive, step in zip(live, replay.run(lambda _: next(chunk))):
+        for alive, step in zip(live, replay.run(lambda _, chunk=iter(chunks): next(chunk))):
             physics_states.append(step.info["states"])
             if probe is not None:  # (B, H, V, 3, h, w) after each action, the views in the imagined frames' order
                 physics_frames.append(torch.stack([step.info["frames"][v] for v in step_views], 2))
