@@ -18,7 +18,8 @@ same start, until the step where the imagined episode ended. Reported per mode:
   diagnostic of where imagination fails, never an imagined outcome (the rule of the simulator);
 - with ``--probe`` (a state probe trained on real frames, as ``reverie-eval world_model`` saves in
   ``<output_dir>/probe``): what the imagined frames show at the last grasp, the end effector and the
-  cube read from them, against the state head's end effector and physics' after the same actions.
+  cube read from them, against the same probe's reading of physics' frames after the same actions
+  (its own error on real frames cancels in the difference), beside the state head's end effector.
   A policy that grasps by what it sees closes where the frames put the gripper around the cube.
 """
 
@@ -56,7 +57,7 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
     with a ``probe`` (eval.probe.StateProbe), ``probed`` and ``probed_physics`` (K,): its reading of
     the imagined frames and of physics' frames after the last grasp (nan: none), so that the probe's
     own error cancels in their difference."""
-    B, stride = imagined.num_envs, imagined.frame_stride
+    B, stride, views = imagined.num_envs, imagined.frame_stride, imagined.views  # the probe's view order in both
     out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics", "probed", "probed_physics")}
     for first in range(0, episodes, B):
         rollout = Rollout(imagined, seed=first)
@@ -67,16 +68,16 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
             live.append(step.alive[:, None].expand(-1, step.actions.shape[1]))
             states.append(step.info["states"].repeat_interleave(stride, 1))
             if probe is not None:  # (B, T, V, 3, h, w) after each action
-                step_views = list(step.info["frames"])
-                frames.append(torch.stack([f.repeat_interleave(stride, 1) for f in step.info["frames"].values()], 2))
+                frames.append(torch.stack([step.info["frames"][v].repeat_interleave(stride, 1) for v in views], 2))
         solved, info = rollout.solved, rollout.start_info
         # the imagined actions replayed in physics, chunk by chunk, for as long as imagination ran
         replay = Rollout(physics, seed=seed + first)
         replayed, physics_states, physics_frames = torch.zeros(B, dtype=torch.bool), [], []
-        for alive, step in zip(live, replay.run(lambda _, chunk=iter(chunks): next(chunk))):
+        recorded = iter(chunks)
+        for alive, step in zip(live, replay.run(lambda _, recorded=recorded: next(recorded))):
             physics_states.append(step.info["states"])
-            if probe is not None:  # (B, H, V, 3, h, w) after each action, the views in the imagined frames' order
-                physics_frames.append(torch.stack([step.info["frames"][v] for v in step_views], 2))
+            if probe is not None:  # (B, H, V, 3, h, w) after each action
+                physics_frames.append(torch.stack([step.info["frames"][v] for v in views], 2))
             replayed |= step.terminated & step.alive & alive[:, 0]  # solved while the imagined episode ran
         # past the end of an imagined episode its actions are not its own: no grasp there
         grasp = last_grasps(torch.where(torch.cat(live, 1)[..., None], torch.cat(chunks, 1), -1.0))
@@ -145,7 +146,8 @@ def main() -> None:
     parser.add_argument("--tolerances", type=float, nargs="+", default=[0.015, 0.02, 0.025, 0.03])
     parser.add_argument("--grasp-height", type=float, default=0.02)
     parser.add_argument("--probe", type=Path, default=None,
-                        help="a saved state probe: the end effector and the cube read from the imagined frames at a grasp")
+                        help="a saved state probe: the end effector and the cube read at the grasp from the imagined "
+                             "frames and from physics' frames after the same actions")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/imagined_replay"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
