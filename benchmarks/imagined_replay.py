@@ -21,6 +21,9 @@ same start, until the step where the imagined episode ended. Reported per mode:
   cube read from them, against the same probe's reading of physics' frames after the same actions
   (its own error on real frames cancels in the difference), beside the state head's end effector.
   A policy that grasps by what it sees closes where the frames put the gripper around the cube.
+  The probe also reads physics' frames blurred, view by view, to the imagined frames' sharpness
+  (the Gaussian whose high-frequency energy matches theirs): what blur alone does to its reading,
+  which the difference above would otherwise count as a difference of content.
 """
 
 import argparse
@@ -58,7 +61,8 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
     the imagined frames and of physics' frames after the last grasp (nan: none), so that the probe's
     own error cancels in their difference."""
     B, stride, views = imagined.num_envs, imagined.frame_stride, imagined.views  # the probe's view order in both
-    out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics", "probed", "probed_physics")}
+    out = {k: [] for k in ("imagined", "replayed", "object", "eef_imagined", "eef_physics", "probed", "probed_physics",
+                           "probed_blurred")}
     for first in range(0, episodes, B):
         rollout = Rollout(imagined, seed=first)
         policy.reset(rollout.obs, rollout.info, seeds=list(range(first, first + B)))
@@ -92,11 +96,33 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
             eef = trajectory[..., :3].float().gather(1, at)[:, 0]
             out[key].append(torch.where(none, torch.nan, eef)[:n])
         if probe is not None:
+            at = {}
             for key, seen in (("probed", torch.cat(frames, 1)), ("probed_physics", torch.cat(physics_frames, 1))):
                 # physics' last frame where it ended first, as for the states
-                at = seen[torch.arange(B), grasp.clamp(0, seen.shape[1] - 1)]  # (B, V, 3, h, w) uint8
-                out[key].append(torch.where(none, torch.nan, probe(at.float() / 255))[:n])
+                at[key] = seen[torch.arange(B), grasp.clamp(0, seen.shape[1] - 1)].float() / 255  # (B, V, 3, h, w)
+            at["probed_blurred"] = blurred_to(at["probed_physics"], at["probed"])
+            for key, seen in at.items():
+                out[key].append(torch.where(none, torch.nan, probe(seen))[:n])
     return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def blurred_to(frames: torch.Tensor, like: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
+    """``frames`` (..., 3, h, w) in [0, 1], each blurred by the Gaussian (sigma from ``sigmas``, in
+    pixels) whose result's high-frequency energy is nearest that of the same frame of ``like`` (in
+    log); a frame of ``like`` at least as sharp as its own stays unblurred."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    from eval.fidelity import high_frequency_energy
+
+    sigmas = torch.linspace(0.25, 3.0, 12) if sigmas is None else sigmas
+    flat, target = frames.reshape(-1, *frames.shape[-3:]), high_frequency_energy(like).reshape(-1)
+    size = frames.shape[-1]
+    candidates = [flat] + [gaussian_blur(flat, [min(2 * int(3 * s + 0.5) + 1, size - 1 | 1)] * 2, [float(s)] * 2)
+                           for s in sigmas]
+    energy = torch.stack([high_frequency_energy(c) for c in candidates])  # (1 + len(sigmas), N)
+    best = (energy.clamp_min(1e-12).log() - target.clamp_min(1e-12).log()).abs().argmin(0)
+    chosen = torch.stack(candidates)[best, torch.arange(flat.shape[0])]
+    return chosen.reshape(frames.shape)
 
 
 def with_grasp_check(run: dict[str, torch.Tensor], tolerance: float, height: float) -> torch.Tensor:
@@ -122,16 +148,20 @@ def grasp_frames(run: dict[str, torch.Tensor], grasped: torch.Tensor) -> str:
     """What the imagined frames show at the last grasp against what physics' frames after the same
     actions show, both read by the probe (so its own error cancels in the difference), in mm, mean
     over grasps."""
-    imagined, real = run["probed"][grasped], run["probed_physics"][grasped]
+    imagined, real, blurred = (run[k][grasped] for k in ("probed", "probed_physics", "probed_blurred"))
     cube = slice(keys.STATE_DIM, keys.STATE_DIM + 3)  # the first object's position in the probe's output
     mm = lambda x: f"{1000 * x.mean():+.1f}"
+    above = lambda x: mm(x[:, 2] - x[:, cube][:, 2])
     return (f"at the grasp, read from the imagined frames minus read from physics' frames after the same actions: "
             f"end effector z {mm(imagined[:, 2] - real[:, 2])} (the state head's z minus physics' "
             f"{mm(run['eef_imagined'][grasped, 2] - run['eef_physics'][grasped, 2])}), cube x-y "
             f"{1000 * (imagined[:, cube][:, :2] - real[:, cube][:, :2]).norm(dim=1).mean():.1f} away, cube z "
             f"{mm(imagined[:, cube][:, 2] - real[:, cube][:, 2])}; gripper above the cube: imagined frames "
-            f"{mm(imagined[:, 2] - imagined[:, cube][:, 2])}, physics' frames {mm(real[:, 2] - real[:, cube][:, 2])}, "
-            f"physics {mm(run['eef_physics'][grasped, 2] - run['object'][grasped, 2])}")
+            f"{above(imagined)}, physics' frames {above(real)}, "
+            f"physics {mm(run['eef_physics'][grasped, 2] - run['object'][grasped, 2])}; physics' frames blurred to the "
+            f"imagined sharpness: gripper above the cube {above(blurred)} (blur alone moves the reading "
+            f"{mm((blurred[:, 2] - blurred[:, cube][:, 2]) - (real[:, 2] - real[:, cube][:, 2]))}), imagined minus blurred: "
+            f"end effector z {mm(imagined[:, 2] - blurred[:, 2])}")
 
 
 def main() -> None:

@@ -205,3 +205,27 @@ def test_imagined_replay_reads_the_imagined_frame_after_the_grasp(physics, start
     torch.testing.assert_close(run["probed_physics"][0],
                                probe(torch.stack([real[1][v][0, 3] for v in VIEWS])[None].float() / 255)[0])
     assert run["probed_physics"][1].isnan().all()
+    assert run["probed_blurred"][1].isnan().all() and run["probed_blurred"][0].isfinite().all()
+
+
+def test_blurred_to_matches_the_sharpness_of_the_frames_it_is_given(physics):
+    """Real frames blurred to look like the same frames under a known Gaussian come out as those
+    frames; frames matched to themselves stay as they are."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    from benchmarks.imagined_replay import blurred_to
+    from eval.fidelity import high_frequency_energy
+    from simulator import keys
+
+    obs, _ = physics.reset(seed=3)
+    frames = torch.stack([obs[keys.image_key(v)] for v in ("front", "wrist")], 1)  # (B, V, 3, h, w) in [0, 1]
+    sigmas = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    blur = lambda s: gaussian_blur(frames.flatten(0, 1), [9, 9], [s, s]).reshape(frames.shape)
+    soft = blur(1.5)
+    near = lambda a, b: torch.allclose(a, b, atol=5e-3, rtol=0)  # kernels of other widths differ by 3e-3
+    assert near(blurred_to(frames, soft, sigmas), soft)
+    assert not near(blur(1.0), soft) and not near(blur(2.0), soft)  # the tolerance tells the sigmas apart
+    torch.testing.assert_close(blurred_to(frames, frames, sigmas), frames)
+    mixed = torch.stack([frames[:, 0], soft[:, 1]], 1)  # each view on its own
+    assert near(blurred_to(frames, mixed, sigmas), mixed)
+    assert (high_frequency_energy(soft) < 0.5 * high_frequency_energy(frames)).all()
