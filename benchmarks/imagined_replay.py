@@ -146,22 +146,27 @@ def rows(run: dict[str, torch.Tensor], tolerances: list[float], height: float) -
 
 def grasp_frames(run: dict[str, torch.Tensor], grasped: torch.Tensor) -> str:
     """What the imagined frames show at the last grasp against what physics' frames after the same
-    actions show, both read by the probe (so its own error cancels in the difference), in mm, mean
-    over grasps."""
+    actions show, both read by the probe (so its own error on real frames cancels in the
+    difference), and the same for physics' frames blurred to the imagined sharpness (what blur alone
+    does to the reading); in mm, mean over grasps."""
     imagined, real, blurred = (run[k][grasped] for k in ("probed", "probed_physics", "probed_blurred"))
     cube = slice(keys.STATE_DIM, keys.STATE_DIM + 3)  # the first object's position in the probe's output
     mm = lambda x: f"{1000 * x.mean():+.1f}"
+    away = lambda x: f"{1000 * x.norm(dim=1).mean():.1f}"
     above = lambda x: mm(x[:, 2] - x[:, cube][:, 2])
-    return (f"at the grasp, read from the imagined frames minus read from physics' frames after the same actions: "
-            f"end effector z {mm(imagined[:, 2] - real[:, 2])} (the state head's z minus physics' "
-            f"{mm(run['eef_imagined'][grasped, 2] - run['eef_physics'][grasped, 2])}), cube x-y "
-            f"{1000 * (imagined[:, cube][:, :2] - real[:, cube][:, :2]).norm(dim=1).mean():.1f} away, cube z "
-            f"{mm(imagined[:, cube][:, 2] - real[:, cube][:, 2])}; gripper above the cube: imagined frames "
-            f"{above(imagined)}, physics' frames {above(real)}, "
-            f"physics {mm(run['eef_physics'][grasped, 2] - run['object'][grasped, 2])}; physics' frames blurred to the "
-            f"imagined sharpness: gripper above the cube {above(blurred)} (blur alone moves the reading "
-            f"{mm((blurred[:, 2] - blurred[:, cube][:, 2]) - (real[:, 2] - real[:, cube][:, 2]))}), imagined minus blurred: "
-            f"end effector z {mm(imagined[:, 2] - blurred[:, 2])}")
+
+    def minus_physics(x: torch.Tensor) -> str:
+        relative = lambda y: y[:, cube][:, :2] - y[:, :2]  # where the cube is, seen from the gripper
+        return (f"end effector z {mm(x[:, 2] - real[:, 2])}, x-y {away(x[:, :2] - real[:, :2])} away; cube z "
+                f"{mm(x[:, cube][:, 2] - real[:, cube][:, 2])}, x-y {away(x[:, cube][:, :2] - real[:, cube][:, :2])} away; "
+                f"cube seen from the gripper x-y {away(relative(x) - relative(real))} away")
+
+    return (f"at the grasp, probe readings minus its reading of physics' frames after the same actions: imagined "
+            f"frames: {minus_physics(imagined)}; physics' frames blurred to the imagined sharpness (the probe's blur "
+            f"bias): {minus_physics(blurred)}. Gripper above the cube: imagined frames {above(imagined)}, blurred "
+            f"physics' frames {above(blurred)}, physics' frames {above(real)}, physics "
+            f"{mm(run['eef_physics'][grasped, 2] - run['object'][grasped, 2])}; the state head's z minus physics' "
+            f"{mm(run['eef_imagined'][grasped, 2] - run['eef_physics'][grasped, 2])}")
 
 
 def main() -> None:

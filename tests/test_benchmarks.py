@@ -208,6 +208,28 @@ def test_imagined_replay_reads_the_imagined_frame_after_the_grasp(physics, start
     assert run["probed_blurred"][1].isnan().all() and run["probed_blurred"][0].isfinite().all()
 
 
+def test_grasp_frames_reads_differences_from_physics_frames_in_mm():
+    """The grasp summary subtracts the probe's reading of physics' frames: an imagined reading 10 mm
+    higher and 3-4 mm off in x-y shows as such, a blurred reading equal to the sharp one as zero."""
+    from benchmarks.imagined_replay import grasp_frames
+    from simulator import keys
+
+    real = torch.zeros(2, keys.STATE_DIM + 3)
+    real[:, 2], real[:, keys.STATE_DIM + 2] = 0.85, 0.82  # gripper 30 mm above the cube
+    imagined = real.clone()
+    imagined[:, 2] += 0.010
+    imagined[:, 0] += torch.tensor([0.003, 0.004])  # the gripper off in x: the cube seen 3-4 mm off too
+    run = {"probed": imagined, "probed_physics": real, "probed_blurred": real.clone(),
+           "eef_imagined": torch.full((2, 3), 0.84), "eef_physics": torch.full((2, 3), 0.85),
+           "object": torch.full((2, 3), 0.83)}
+    text = grasp_frames(run, torch.tensor([True, True]))
+    assert ("imagined frames: end effector z +10.0, x-y 3.5 away; cube z +0.0, x-y 0.0 away; "
+            "cube seen from the gripper x-y 3.5 away") in text
+    assert "blur bias): end effector z +0.0, x-y 0.0 away" in text
+    assert "Gripper above the cube: imagined frames +40.0, blurred physics' frames +30.0" in text
+    assert "the state head's z minus physics' -10.0" in text
+
+
 def test_blurred_to_matches_the_sharpness_of_the_frames_it_is_given(physics):
     """Real frames blurred to look like the same frames under a known Gaussian come out as those
     frames; frames matched to themselves stay as they are."""
