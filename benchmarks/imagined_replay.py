@@ -156,10 +156,13 @@ def grasp_frames(run: dict[str, torch.Tensor], grasped: torch.Tensor) -> str:
     above = lambda x: mm(x[:, 2] - x[:, cube][:, 2])
 
     def minus_physics(x: torch.Tensor) -> str:
-        relative = lambda y: y[:, cube][:, :2] - y[:, :2]  # where the cube is, seen from the gripper
-        return (f"end effector z {mm(x[:, 2] - real[:, 2])}, x-y {away(x[:, :2] - real[:, :2])} away; cube z "
-                f"{mm(x[:, cube][:, 2] - real[:, cube][:, 2])}, x-y {away(x[:, cube][:, :2] - real[:, cube][:, :2])} away; "
-                f"cube seen from the gripper x-y {away(relative(x) - relative(real))} away")
+        """Signed means (biases) x / y / z, and the mean x-y distance (bias and scatter: two probe
+        readings of frames that show the same state differ by its noise, about 13 mm in x-y)."""
+        relative = lambda y: y[:, cube] - y[:, :3]  # where the cube is, seen from the gripper
+        both = lambda a, b: (f"{'/'.join(mm(a[:, i] - b[:, i]) for i in range(3))} "
+                             f"(x-y {away(a[:, :2] - b[:, :2])} apart)")
+        return (f"end effector x/y/z {both(x, real)}; cube {both(x[:, cube], real[:, cube])}; "
+                f"cube seen from the gripper {both(relative(x), relative(real))}")
 
     return (f"at the grasp, probe readings minus its reading of physics' frames after the same actions: imagined "
             f"frames: {minus_physics(imagined)}; physics' frames blurred to the imagined sharpness (the probe's blur "

@@ -223,9 +223,9 @@ def test_grasp_frames_reads_differences_from_physics_frames_in_mm():
            "eef_imagined": torch.full((2, 3), 0.84), "eef_physics": torch.full((2, 3), 0.85),
            "object": torch.full((2, 3), 0.83)}
     text = grasp_frames(run, torch.tensor([True, True]))
-    assert ("imagined frames: end effector z +10.0, x-y 3.5 away; cube z +0.0, x-y 0.0 away; "
-            "cube seen from the gripper x-y 3.5 away") in text
-    assert "blur bias): end effector z +0.0, x-y 0.0 away" in text
+    assert ("imagined frames: end effector x/y/z +3.5/+0.0/+10.0 (x-y 3.5 apart); cube +0.0/+0.0/+0.0 (x-y 0.0 apart); "
+            "cube seen from the gripper -3.5/+0.0/-10.0 (x-y 3.5 apart)") in text
+    assert "blur bias): end effector x/y/z +0.0/+0.0/+0.0 (x-y 0.0 apart)" in text
     assert "Gripper above the cube: imagined frames +40.0, blurred physics' frames +30.0" in text
     assert "the state head's z minus physics' -10.0" in text
 
