@@ -87,6 +87,12 @@ class FidelityResult:
     # mean of both fingers): whether its state head tells fingers closing on the cube from fingers
     # closing on air, which the next chunk's frames are conditioned on.
     finger_error: list[float] | None = None
+    # Per horizon step, signed (m): the end effector's height in the imagined frames minus in the real
+    # ones, both read by the probe (positive: the frames show the arm higher; its blur bias included,
+    # benchmarks.imagined_replay measures that), and the state head's height minus the true one. The
+    # frames lagging a descent that the state head follows is what a policy acting on both meets.
+    eef_z_frames: list[float] | None = None
+    eef_z_state: list[float] | None = None
 
     def to_markdown(self, every: int = 4) -> str:
         probe = self.eef_error is not None
@@ -100,7 +106,7 @@ class FidelityResult:
                             f"{self.ssim_copy_last[i]:.3f} |{eef} {self.count[i]} |")
         if self.sharpness:
             at = [h for h in (1, 8, 32) if h <= len(self.horizon)] or [len(self.horizon)]
-            ratio = lambda v, h: f"{self.sharpness[v][h - 1]:.2f} [{self.sharpness_copy_last[v][h - 1]:.2f}]"  # noqa: E731
+            ratio = lambda v, h: f"{self.sharpness[v][h - 1]:.2f} [{self.sharpness_copy_last[v][h - 1]:.2f}]"
             views = "; ".join(f"{v} " + " / ".join(ratio(v, h) for h in at) for v in self.sharpness)
             rows += ["", (f"Sharpness (high-frequency energy, imagined over real; copy-last in brackets) at horizon "
                           f"{' / '.join(map(str, at))}: {views}")]
@@ -108,16 +114,22 @@ class FidelityResult:
             at = [h for h in (1, 8, 32) if h <= len(self.horizon)] or [len(self.horizon)]
             rows += ["", f"Predicted finger position error (state head, mm) at horizon {' / '.join(map(str, at))}: "
                          + " / ".join(f"{1000 * self.finger_error[h - 1]:.2f}" for h in at)]
+        if self.eef_z_state:
+            at = [h for h in (1, 8, 16, 32) if h <= len(self.horizon)] or [len(self.horizon)]
+            mm = lambda v: " / ".join(f"{1000 * v[h - 1]:+.1f}" for h in at)
+            rows += ["", f"End-effector height, imagined minus real (mm) at horizon {' / '.join(map(str, at))}: "
+                         + (f"frames (probe) {mm(self.eef_z_frames)}, " if self.eef_z_frames else "")
+                         + f"state head {mm(self.eef_z_state)}"]
         if self.object_rise:
             o = self.object_rise
-            rows += ["", f"Object rise over the horizon in the {o['rollouts']} rollouts where it is lifted (mm): "
+            rows += ["", (f"Object rise over the horizon in the {o['rollouts']} rollouts where it is lifted (mm): "
                          f"true {1000 * o['true']:.0f}, probe on real frames {1000 * o['probe_real']:.0f}, "
-                         f"probe on imagined frames {1000 * o['probe_imagined']:.0f}"]
+                         f"probe on imagined frames {1000 * o['probe_imagined']:.0f}")]
         if self.sensitivity is not None:
-            axes = lambda c: " / ".join(f"{x:.2f}" for x in c)  # noqa: E731
-            rows += ["", f"Action sensitivity (correlation of commanded and probed end-effector displacement "
+            axes = lambda c: " / ".join(f"{x:.2f}" for x in c)
+            rows += ["", (f"Action sensitivity (correlation of commanded and probed end-effector displacement "
                          f"x / y / z after {self.sensitivity_frames} frames): imagined {axes(self.sensitivity)}, "
-                         f"real {axes(self.sensitivity_real)}"]
+                         f"real {axes(self.sensitivity_real)}")]
         return "\n".join(rows)
 
 
@@ -170,7 +182,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     gen = torch.Generator().manual_seed(cfg.seed)
     T = chunks * spec.future
     sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real",
-                                        "finger_error")}
+                                        "finger_error", "eef_z_frames", "eef_z_state")}
     fingers = [keys.STATE_NAMES.index(n) for n in ("finger_l", "finger_r")]
     count = torch.zeros(T)
     energy = {k: torch.zeros(spec.views, T) for k in ("imagined", "copy_last", "real")}  # masked sums, (V, T)
@@ -194,6 +206,10 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
         state_error = (clips.normalizer.unnormalize(keys.STATE, pred.state)
                        - clips.normalizer.unnormalize(keys.STATE, batch["future_state"]))[..., fingers].abs().mean(-1)
         sums["finger_error"] += torch.where(mask, state_error, 0.0).sum(0)
+        z = keys.STATE_NAMES.index("eef_z")
+        height = (clips.normalizer.unnormalize(keys.STATE, pred.state) - clips.normalizer.unnormalize(
+            keys.STATE, batch["future_state"]))[..., z]
+        sums["eef_z_state"] += torch.where(mask, height, 0.0).sum(0)
         for name, frames in (("imagined", imagined), ("copy_last", copy_last), ("real", real)):
             energy[name] += torch.where(mask[:, None], high_frequency_energy(frames), 0.0).sum(0)
         if probe is not None:
@@ -202,6 +218,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
             for name, values in (("eef_error", probed["imagined"]), ("eef_error_real", probed["real"])):
                 err = (values - truth)[..., :3].abs().mean(-1)  # (B, T) metres
                 sums[name] += torch.where(mask, err, 0.0).sum(0)
+            sums["eef_z_frames"] += torch.where(mask, probed["imagined"][..., z] - probed["real"][..., z], 0.0).sum(0)
             moves.append(displacements(probe, clips, sampler, batch, probed, gen, sens_chunks))
             z = batch["future_state"].shape[-1] + 2  # the first object's height in the probe's output
             true_z = batch["future_env_state"][..., 2]
@@ -213,7 +230,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
             examples = {"real": real[:4], "imagined": imagined[:4]}
     mean = {k: (v / count.clamp_min(1)).tolist() for k, v in sums.items()}
     if probe is None:
-        mean["eef_error"] = mean["eef_error_real"] = None
+        mean["eef_error"] = mean["eef_error_real"] = mean["eef_z_frames"] = None
     result = FidelityResult(horizon=list(range(1, T + 1)), count=count.int().tolist(), **mean)
     real_energy = energy["real"].clamp_min(1e-12)
     result.sharpness, result.sharpness_copy_last = (

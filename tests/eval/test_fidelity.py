@@ -66,11 +66,19 @@ def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, 
     cfg, spec = config(untrained, tiny_dataset, tmp_path), WorldModel.from_pretrained(untrained).spec
     clips = cfg.dataset.clips(cfg.dataset.split()[1], context=spec.context, horizon=3 * spec.horizon,
                               stride=spec.horizon // spec.future)
-    real = lambda x: clips.normalizer.unnormalize(keys.STATE, x)[..., 6:8]  # noqa: E731  finger_l, finger_r
+    real = lambda x: clips.normalizer.unnormalize(keys.STATE, x)[..., 6:8]  # finger_l, finger_r
     moved = torch.stack([(real(clips[i]["future_state"]) - real(clips[i]["context_state"][-1:])).abs().mean(-1)
                          for i in rollout_starts(clips, 6)]).mean(0)
     torch.testing.assert_close(torch.tensor(result.finger_error), moved, atol=1e-6, rtol=1e-4)
     assert "Predicted finger position error" in result.to_markdown()
+    # and its predicted height is the last context height: signed, minus the real arm's height
+    z = lambda x: clips.normalizer.unnormalize(keys.STATE, x)[..., 2]  # eef_z
+    lag = torch.stack([z(clips[i]["context_state"][-1:]) - z(clips[i]["future_state"])
+                       for i in rollout_starts(clips, 6)]).mean(0)
+    torch.testing.assert_close(torch.tensor(result.eef_z_state), lag, atol=1e-6, rtol=1e-4)
+    assert lag.abs().max() > 1e-3 and result.eef_z_frames is None  # the arm moves; no probe, no frames' reading
+    assert (f"End-effector height, imagined minus real (mm) at horizon 1: state head {1000 * lag[0]:+.1f}"
+            in result.to_markdown())
 
 
 def test_high_frequency_energy_falls_with_blur_and_is_zero_on_flat_frames():
@@ -96,10 +104,14 @@ def test_probe_reads_imagined_and_real_frames(untrained, tiny_dataset, tmp_path)
     assert result.sensitivity == [0.0, 0.0, 0.0] and result.sensitivity_frames == 4  # 2 chunks of 2 frames
     assert all(-1 <= r <= 1 for r in result.sensitivity_real) and any(r != 0 for r in result.sensitivity_real)
     assert "Action sensitivity" in result.to_markdown()
+    # the frames' height: the probe on the held frame minus on the real ones (signed, metres)
+    assert len(result.eef_z_frames) == 6 and all(abs(v) < 1 for v in result.eef_z_frames)
+    assert any(v != 0 for v in result.eef_z_frames) and "frames (probe)" in result.to_markdown()
     # Scores do not depend on how the starts are batched.
     rebatched, _ = evaluate(config(untrained, tiny_dataset, tmp_path / "b2", probe=tmp_path / "probe", batch_size=2))
     torch.testing.assert_close(torch.tensor(rebatched.sensitivity_real), torch.tensor(result.sensitivity_real))
     torch.testing.assert_close(torch.tensor(rebatched.eef_error_real), torch.tensor(result.eef_error_real))
+    torch.testing.assert_close(torch.tensor(rebatched.eef_z_frames), torch.tensor(result.eef_z_frames))
 
 
 def test_correlation_matches_hand_computed_values():
@@ -119,6 +131,6 @@ def test_a_horizon_longer_than_every_episode_is_named(untrained, tiny_dataset, t
 def test_console_script_writes_the_report(untrained, tiny_dataset, tmp_path):
     cmd = [sys.executable, "-m", "eval.cli", "world_model", "--model", str(untrained), "--dataset.root", str(tiny_dataset),
            "--horizon_frames", "4", "--starts", "3", "--probe_steps", "0", "--output_dir", str(tmp_path / "r")]
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| horizon (frames) | PSNR model |" in run.stdout and (tmp_path / "r" / "fidelity.md").exists()
