@@ -184,6 +184,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real",
                                         "finger_error", "eef_z_frames", "eef_z_state")}
     fingers = [keys.STATE_NAMES.index(n) for n in ("finger_l", "finger_r")]
+    eef_z = keys.STATE_NAMES.index("eef_z")
     count = torch.zeros(T)
     energy = {k: torch.zeros(spec.views, T) for k in ("imagined", "copy_last", "real")}  # masked sums, (V, T)
     examples, moves, rises = None, [], {}
@@ -206,9 +207,8 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
         state_error = (clips.normalizer.unnormalize(keys.STATE, pred.state)
                        - clips.normalizer.unnormalize(keys.STATE, batch["future_state"]))[..., fingers].abs().mean(-1)
         sums["finger_error"] += torch.where(mask, state_error, 0.0).sum(0)
-        z = keys.STATE_NAMES.index("eef_z")
         height = (clips.normalizer.unnormalize(keys.STATE, pred.state) - clips.normalizer.unnormalize(
-            keys.STATE, batch["future_state"]))[..., z]
+            keys.STATE, batch["future_state"]))[..., eef_z]
         sums["eef_z_state"] += torch.where(mask, height, 0.0).sum(0)
         for name, frames in (("imagined", imagined), ("copy_last", copy_last), ("real", real)):
             energy[name] += torch.where(mask[:, None], high_frequency_energy(frames), 0.0).sum(0)
@@ -218,7 +218,8 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
             for name, values in (("eef_error", probed["imagined"]), ("eef_error_real", probed["real"])):
                 err = (values - truth)[..., :3].abs().mean(-1)  # (B, T) metres
                 sums[name] += torch.where(mask, err, 0.0).sum(0)
-            sums["eef_z_frames"] += torch.where(mask, probed["imagined"][..., z] - probed["real"][..., z], 0.0).sum(0)
+            lag = probed["imagined"][..., eef_z] - probed["real"][..., eef_z]  # the probe reads the state first
+            sums["eef_z_frames"] += torch.where(mask, lag, 0.0).sum(0)
             moves.append(displacements(probe, clips, sampler, batch, probed, gen, sens_chunks))
             z = batch["future_state"].shape[-1] + 2  # the first object's height in the probe's output
             true_z = batch["future_env_state"][..., 2]
