@@ -204,12 +204,10 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
             sums["psnr" + name] += torch.where(mask, psnr.mean(1), 0.0).sum(0)
             sums["ssim" + name] += torch.where(mask, ssim.mean(1), 0.0).sum(0)
         count += mask.float().sum(0)
-        state_error = (clips.normalizer.unnormalize(keys.STATE, pred.state)
-                       - clips.normalizer.unnormalize(keys.STATE, batch["future_state"]))[..., fingers].abs().mean(-1)
-        sums["finger_error"] += torch.where(mask, state_error, 0.0).sum(0)
-        height = (clips.normalizer.unnormalize(keys.STATE, pred.state) - clips.normalizer.unnormalize(
-            keys.STATE, batch["future_state"]))[..., eef_z]
-        sums["eef_z_state"] += torch.where(mask, height, 0.0).sum(0)
+        state_gap = (clips.normalizer.unnormalize(keys.STATE, pred.state)
+                     - clips.normalizer.unnormalize(keys.STATE, batch["future_state"]))  # (B, T, S) predicted - real
+        sums["finger_error"] += torch.where(mask, state_gap[..., fingers].abs().mean(-1), 0.0).sum(0)
+        sums["eef_z_state"] += torch.where(mask, state_gap[..., eef_z], 0.0).sum(0)
         for name, frames in (("imagined", imagined), ("copy_last", copy_last), ("real", real)):
             energy[name] += torch.where(mask[:, None], high_frequency_energy(frames), 0.0).sum(0)
         if probe is not None:
