@@ -16,7 +16,10 @@ Failure modes are injected per episode, drawn from a mix, so a dataset has label
   centimetre or two apart, which a world model must tell apart to score a policy that misses
   narrowly; the episode's label is the physics outcome. Not in the default mix;
 - ``stall``: freezes (zero motion) from a random point before the lift, for good;
-- on top of any mode, ``action_noise`` adds Gaussian noise to the translation actions.
+- on top of any mode, ``action_noise`` adds Gaussian noise to the translation actions, in the share
+  ``noisy_share`` of episodes (drawn by seed, independently of the failure mode). An expert's
+  actions are a function of its state, so a dataset of them alone cannot teach a world model what
+  other actions do: a policy's own actions then part from them (research log, session 16).
 
 Actions are robosuite OSC_POSE deltas, A = 7: (dx, dy, dz, droll, dpitch, dyaw) in [-1, 1]
 (1 = 5 cm / 0.5 rad per step) and the gripper (-1 open, +1 closed). The experts never rotate.
@@ -53,7 +56,8 @@ class Phase(IntEnum):
 class ExpertConfig:
     """How the scripted expert behaves. Every field is per-episode randomness-free except noted."""
 
-    action_noise: float = 0.0  # std of Gaussian noise on translation actions, every step
+    action_noise: float = 0.0  # std of Gaussian noise on translation actions, every step of a noisy episode
+    noisy_share: float = 1.0  # share of episodes with action noise, drawn by seed
     failure_mix: dict[str, float] = field(default_factory=dict)  # mode -> probability per episode
     gain: float = 12.0  # proportional gain from position error (m) to action units
     approach_height: float = 0.08  # m above the grasp point before descending
@@ -62,6 +66,8 @@ class ExpertConfig:
     def __post_init__(self):
         if self.action_noise < 0:
             raise ValueError(f"action_noise must be >= 0, got {self.action_noise=}")
+        if not 0.0 <= self.noisy_share <= 1.0:
+            raise ValueError(f"noisy_share must be in [0, 1], got {self.noisy_share=}")
         unknown = set(self.failure_mix) - set(FAILURE_MODES[1:])
         if unknown:
             raise ValueError(f"unknown failure modes {sorted(unknown)}; known: {list(FAILURE_MODES[1:])}")
@@ -81,7 +87,14 @@ class ExpertConfig:
         return list(self.failure_mix)[hit] if hit < len(edges) else "none"
 
 
+    def is_noisy(self, seed: int) -> bool:
+        """Whether the episode with this seed gets action noise: a low-discrepancy draw as for the
+        failure mode, over another irrational, so that noise and failure modes are independent."""
+        return self.action_noise > 0 and (seed * _SILVER + 0.5) % 1.0 < self.noisy_share
+
+
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
+_SILVER = np.sqrt(2.0) - 1.0
 
 
 class ScriptedExpert:
@@ -90,12 +103,13 @@ class ScriptedExpert:
     def __init__(self, spec: TaskSpec, config: ExpertConfig | None = None):
         self.spec = spec
         self.config = config or ExpertConfig()
-        self.mode = "none"
+        self.mode, self.noisy = "none", False
 
     def reset(self, object_state: np.ndarray, env, seed: int) -> str:
         """Plans the episode from the start object state; returns the failure mode drawn."""
         self.rng = np.random.default_rng(seed)
         self.mode = self.config.sample_mode(seed)
+        self.noisy = self.config.is_noisy(seed)
         plan = self.spec.plan(np.asarray(object_state, dtype=np.float64), env)
         if self.mode in GRASP_OFFSETS:
             angle = self.rng.uniform(0, 2 * np.pi)
@@ -123,7 +137,7 @@ class ScriptedExpert:
             delta = self.config.gain * (target - eef)
             norm = np.linalg.norm(delta)
             action[:3] = delta / max(norm, 1.0)
-        if self.config.action_noise > 0:
+        if self.noisy:
             action[:3] += self.rng.normal(0.0, self.config.action_noise, 3)
         action[:3] = np.clip(action[:3], -1.0, 1.0)
         action[6] = self.gripper

@@ -1,11 +1,10 @@
 """Scripted experts solve every task at zero noise; each injected failure mode makes Lift fail,
 except near_miss, whose grasps straddle the edge of what holds."""
 
+import numpy as np
 import pytest
 
 from data.collect import run_episode
-import numpy as np
-
 from simulator.physics import FAILURE_MODES, ExpertConfig, PhysicsEnv, PhysicsEnvConfig, ScriptedExpert
 from simulator.physics.experts import GRASP_OFFSETS
 
@@ -65,3 +64,31 @@ def test_failure_modes_of_consecutive_seeds_follow_the_mix(start):
 def test_bad_expert_config_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ExpertConfig(**kwargs)
+
+
+def test_noisy_share_picks_whole_episodes_and_leaves_the_others_untouched():
+    cfg = ExpertConfig(action_noise=0.3, noisy_share=0.25, failure_mix={"stall": 0.2})
+    for n in (20, 400):  # consecutive seeds hold the share, independently of the failure modes
+        noisy = [cfg.is_noisy(s) for s in range(100, 100 + n)]
+        assert abs(sum(noisy) / n - 0.25) <= 2.5 / n
+    both = [cfg.is_noisy(s) and cfg.sample_mode(s) == "stall" for s in range(400)]
+    assert 0.02 <= sum(both) / 400 <= 0.08  # about 0.25 x 0.2 of them
+    assert not any(ExpertConfig(noisy_share=1.0).is_noisy(s) for s in range(50))  # no noise to add
+
+    quiet, noisy_seed = next(s for s in range(50) if not cfg.is_noisy(s)), next(s for s in range(50) if cfg.is_noisy(s))
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", views=(), terminate_on_success=False))
+    plain = ExpertConfig(failure_mix=cfg.failure_mix)
+    actions = {}
+    for name, config in (("share", cfg), ("plain", plain)):
+        for seed in (quiet, noisy_seed):
+            frames, _ = run_episode(env, ScriptedExpert(env.spec, config), seed, hold_steps=2)
+            actions[name, seed] = np.stack([np.asarray(f["action"]) for f in frames])
+    env.close()
+    np.testing.assert_array_equal(actions["share", quiet], actions["plain", quiet])
+    n = min(len(actions["share", noisy_seed]), len(actions["plain", noisy_seed]))
+    assert np.abs(actions["share", noisy_seed][:n, :3] - actions["plain", noisy_seed][:n, :3]).mean() > 0.1
+
+
+def test_bad_noisy_share_is_named():
+    with pytest.raises(ValueError, match="noisy_share"):
+        ExpertConfig(action_noise=0.3, noisy_share=1.5)
