@@ -24,6 +24,13 @@ same start, until the step where the imagined episode ended. Reported per mode:
   The probe also reads physics' frames blurred, view by view, to the imagined frames' sharpness
   (the Gaussian whose high-frequency energy matches theirs): what blur alone does to its reading,
   which the difference above would otherwise count as a difference of content.
+
+And the other direction, which leaves the policy's reading of imagined frames out: the policy runs
+closed loop in physics (past success, to the step limit), and its recorded actions are imagined
+open loop from the same starts. Reported: physics success against the imagined success of the same
+actions (phi), and, after 8 / 16 / 32 / 48 actions, the state head's end effector minus physics'
+and the PSNR of the imagined frames against physics' per view. A world model trained on an
+expert's actions alone can score those well and still not know what the policy's actions do.
 """
 
 import argparse
@@ -104,6 +111,59 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
             for key, seen in at.items():
                 out[key].append(torch.where(none, torch.nan, probe(seen))[:n])
     return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+@torch.no_grad()
+def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
+                          horizons: tuple[int, ...] = (8, 16, 32, 48)) -> dict[str, torch.Tensor]:
+    """Per episode: ``physics`` success of the policy run closed loop in ``physics`` (an env that does
+    not end episodes at success), ``imagined`` success of the same actions imagined open loop from the
+    same start for as long as physics ran, and after each of ``horizons`` actions ``state_error`` (K, 3)
+    (the state head's end effector minus physics', m) and ``psnr`` (K, V) (imagined frames against
+    physics', dB); nan where the imagined episode had ended (solved) before."""
+    B, stride, views = imagined.num_envs, imagined.frame_stride, imagined.views
+    out = {k: [] for k in ("physics", "imagined", "state_error", "psnr")}
+    for first in range(0, episodes, B):
+        run = Rollout(physics, seed=seed + first)
+        policy.reset(run.obs, run.info, seeds=list(range(first, first + B)))
+        chunks, real, solved = [], [], torch.zeros(B, dtype=torch.bool)
+        for step in run.run(policy.select_action_chunk):
+            chunks.append(step.actions.cpu().float())
+            real.append((step.info["states"][..., :3].float(), torch.stack([step.info["frames"][v] for v in views], 2)))
+            solved |= torch.as_tensor(step.info["success"]).bool() & step.alive
+        dream = Rollout(imagined, seed=first)
+        seen = []
+        for _, step in zip(chunks, dream.run(lambda _, recorded=iter(chunks): next(recorded))):
+            frames = torch.stack([step.info["frames"][v] for v in views], 2).repeat_interleave(stride, 1)
+            seen.append((step.info["states"][..., :3].float().repeat_interleave(stride, 1), frames, step.alive))
+        errors, psnrs = [], []
+        for t in horizons:  # after action t: index t - 1 of the chunk (t - 1) // H
+            c, i = divmod(t - 1, chunks[0].shape[1])
+            if c >= len(seen):
+                errors.append(torch.full((B, 3), torch.nan)); psnrs.append(torch.full((B, len(views)), torch.nan))
+                continue
+            state, frames, alive = seen[c]
+            mse = (frames[:, i].float() - real[c][1][:, i].float()).div(255).square().mean((-3, -2, -1))  # (B, V)
+            errors.append(torch.where(alive[:, None], state[:, i] - real[c][0][:, i], torch.nan))
+            psnrs.append(torch.where(alive[:, None], -10 * mse.clamp_min(1e-10).log10(), torch.nan))
+        n = min(B, episodes - first)
+        for key, value in (("physics", solved), ("imagined", dream.solved), ("state_error", torch.stack(errors, 1)),
+                           ("psnr", torch.stack(psnrs, 1))):
+            out[key].append(value[:n])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def open_loop_summary(run: dict[str, torch.Tensor], horizons: tuple[int, ...], views: tuple[str, ...]) -> str:
+    a = agreement(run["physics"].tolist(), run["imagined"].tolist())
+    mm = run["state_error"] * 1000
+    per = lambda x: " / ".join(f"{v:.1f}" if v == v else "-" for v in x.tolist())
+    xy, z = mm[..., :2].norm(dim=-1).nanmean(0), mm[..., 2].nanmean(0)
+    psnr = "; ".join(f"{v} {per(run['psnr'][..., j].nanmean(0))}" for j, v in enumerate(views))
+    return (f"the policy's physics actions imagined open loop ({len(run['physics'])} episodes): physics "
+            f"{run['physics'].float().mean():.2f}, imagined {run['imagined'].float().mean():.2f}, phi {a['phi']:+.2f} "
+            f"[{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]; after {' / '.join(map(str, horizons))} actions the state "
+            f"head's end effector minus physics' x-y {per(xy)} mm, z {' / '.join(f'{v:+.1f}' for v in z.tolist())} mm; "
+            f"PSNR of the imagined frames against physics' (dB) {psnr}")
 
 
 def blurred_to(frames: torch.Tensor, like: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,6 +290,13 @@ def main() -> None:
         if probe is not None:
             errors.append(f"{mode}: {grasp_frames(run, grasped)}")
     physics.close()
+    policy.stochastic = False  # as in evaluation
+    through = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=args.num_envs, views=views, height=size, width=size,
+                                          terminate_on_success=False))
+    horizons = (8, 16, 32, 48)
+    errors.append(open_loop_summary(physics_then_imagined(policy, imagined, through, args.episodes, args.seed, horizons),
+                                    horizons, views))
+    through.close()
     table = "\n".join(lines)
     print(table, *errors, sep="\n")
     if args.no_write:
@@ -238,7 +305,8 @@ def main() -> None:
         (f"Policy `{args.policy}`; world model `{args.world_model}`, progress model `{args.progress}`. {args.episodes} "
          f"imagined episodes per mode from matched physics starts (seeds {args.seed} on); each one's actions replayed "
          f"open loop in physics from the same start. Grasp check: the last grasp's predicted end effector within the "
-         f"tolerance (x-y) of the cube's start and at most {100 * args.grasp_height:g} cm above it. "
+         f"tolerance (x-y) of the cube's start and at most {100 * args.grasp_height:g} cm above it. The other "
+         f"direction: the policy (deterministic) run in physics to the step limit, its actions imagined open loop. "
          f"{(time.perf_counter() - t0) / 60:.0f} min in all."),
         table, "\n".join(f"- {e}" for e in errors)]))
 

@@ -208,6 +208,41 @@ def test_imagined_replay_reads_the_imagined_frame_after_the_grasp(physics, start
     assert run["probed_blurred"][1].isnan().all() and run["probed_blurred"][0].isfinite().all()
 
 
+def test_physics_then_imagined_imagines_the_actions_physics_ran(physics, starts, one_thread):
+    """The other direction: the imagined env receives the actions the policy took in physics. The
+    test policy ignores what it sees, so running it in imagination directly gives the same imagined
+    states: the reported error is those minus physics' after the same actions. An imagined episode
+    that ended (a progress model sure of success) reports nothing past its end."""
+    from benchmarks.imagined_replay import open_loop_summary, physics_then_imagined
+    from simulator.env import ImaginedEnv, ImaginedEnvConfig
+    from simulator.normalization import Normalizer
+    from simulator.rollout import Rollout
+    from tests.conftest import moving_world_model
+    from tests.test_lerobot_eval import UNIT, VIEWS, sure_progress
+
+    def imagined_env(success: bool) -> ImaginedEnv:
+        return ImaginedEnv(moving_world_model(32, horizon=8), sure_progress(success), starts, Normalizer(UNIT), VIEWS,
+                           ImaginedEnvConfig(num_envs=2, max_steps=16))
+
+    def states(env, seed):
+        rollout = Rollout(env, seed=seed)
+        policy.reset(rollout.obs, rollout.info)
+        return torch.cat([step.info["states"][..., :3].float() for step in rollout.run(policy.select_action_chunk)], 1)
+
+    policy, horizons = CloseAt([3, None]), (8, 12, 16)
+    run = physics_then_imagined(policy, imagined_env(False), physics, episodes=2, seed=1000, horizons=horizons)
+    assert run["physics"].tolist() == [False, False] and run["imagined"].tolist() == [False, False]
+    expected = (states(imagined_env(False), 0) - states(physics, 1000))[:, [t - 1 for t in horizons]]
+    assert expected.abs().amax() > 1e-4  # the moving world model's arm parts from physics'
+    torch.testing.assert_close(run["state_error"], expected)
+    assert run["psnr"].shape == (2, 3, 2) and run["psnr"].isfinite().all()
+
+    run = physics_then_imagined(policy, imagined_env(True), physics, episodes=2, seed=1000, horizons=horizons)
+    assert run["imagined"].all() and run["state_error"][:, 0].isfinite().all()
+    assert run["state_error"][:, 1:].isnan().all() and run["psnr"][:, 1:].isnan().all()
+    assert "physics 0.00, imagined 1.00" in open_loop_summary(run, horizons, VIEWS)
+
+
 def test_grasp_frames_reads_differences_from_physics_frames_in_mm():
     """The grasp summary subtracts the probe's reading of physics' frames: an imagined reading 10 mm
     higher and 3-4 mm off in x-y shows as such, a blurred reading equal to the sharp one as zero."""
