@@ -131,9 +131,8 @@ def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
             chunks.append(step.actions.cpu().float())
             real.append((step.info["states"][..., :3].float(), torch.stack([step.info["frames"][v] for v in views], 2)))
             solved |= torch.as_tensor(step.info["success"]).bool() & step.alive
-        dream = Rollout(imagined, seed=first)
-        seen = []
-        for _, step in zip(chunks, dream.run(lambda _, recorded=iter(chunks): next(recorded))):
+        dream, recorded, seen = Rollout(imagined, seed=first), iter(chunks), []
+        for _, step in zip(chunks, dream.run(lambda _, recorded=recorded: next(recorded))):
             frames = torch.stack([step.info["frames"][v] for v in views], 2).repeat_interleave(stride, 1)
             seen.append((step.info["states"][..., :3].float().repeat_interleave(stride, 1), frames, step.alive))
         errors, psnrs = [], []
@@ -156,7 +155,7 @@ def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
 def open_loop_summary(run: dict[str, torch.Tensor], horizons: tuple[int, ...], views: tuple[str, ...]) -> str:
     a = agreement(run["physics"].tolist(), run["imagined"].tolist())
     mm = run["state_error"] * 1000
-    per = lambda x: " / ".join(f"{v:.1f}" if v == v else "-" for v in x.tolist())
+    per = lambda x: " / ".join(f"{v:.1f}" for v in x.tolist())
     xy, z = mm[..., :2].norm(dim=-1).nanmean(0), mm[..., 2].nanmean(0)
     psnr = "; ".join(f"{v} {per(run['psnr'][..., j].nanmean(0))}" for j, v in enumerate(views))
     return (f"the policy's physics actions imagined open loop ({len(run['physics'])} episodes): physics "
