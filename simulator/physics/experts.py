@@ -86,7 +86,6 @@ class ExpertConfig:
         hit = int(np.searchsorted(edges, u, side="right"))
         return list(self.failure_mix)[hit] if hit < len(edges) else "none"
 
-
     def is_noisy(self, seed: int) -> bool:
         """Whether the episode with this seed gets action noise: a low-discrepancy draw as for the
         failure mode, over another irrational, so that noise and failure modes are independent."""
