@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._report import command, write_section
+from eval.fidelity import per_frame_scores
 from eval.success import agreement
 from simulator import keys
 from simulator.rollout import Rollout
@@ -113,9 +114,12 @@ def imagine_and_replay(policy, imagined, physics, episodes: int, seed: int, prob
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
+OPEN_LOOP_HORIZONS = (8, 16, 32, 48)  # actions after which the other direction compares the two simulators
+
+
 @torch.no_grad()
 def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
-                          horizons: tuple[int, ...] = (8, 16, 32, 48)) -> dict[str, torch.Tensor]:
+                          horizons: tuple[int, ...] = OPEN_LOOP_HORIZONS) -> dict[str, torch.Tensor]:
     """Per episode: ``physics`` success of the policy run closed loop in ``physics`` (an env that does
     not end episodes at success), ``imagined`` success of the same actions imagined open loop from the
     same start for as long as physics ran, and after each of ``horizons`` actions ``state_error`` (K, 3)
@@ -142,9 +146,9 @@ def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
                 errors.append(torch.full((B, 3), torch.nan)); psnrs.append(torch.full((B, len(views)), torch.nan))
                 continue
             state, frames, alive = seen[c]
-            mse = (frames[:, i].float() - real[c][1][:, i].float()).div(255).square().mean((-3, -2, -1))  # (B, V)
+            psnr, _ = per_frame_scores(frames[:, i].float() / 255, real[c][1][:, i].float() / 255)  # (B, V)
             errors.append(torch.where(alive[:, None], state[:, i] - real[c][0][:, i], torch.nan))
-            psnrs.append(torch.where(alive[:, None], -10 * mse.clamp_min(1e-10).log10(), torch.nan))
+            psnrs.append(torch.where(alive[:, None], psnr, torch.nan))
         n = min(B, episodes - first)
         for key, value in (("physics", solved), ("imagined", dream.solved), ("state_error", torch.stack(errors, 1)),
                            ("psnr", torch.stack(psnrs, 1))):
@@ -292,9 +296,8 @@ def main() -> None:
     policy.stochastic = False  # as in evaluation
     through = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=args.num_envs, views=views, height=size, width=size,
                                           terminate_on_success=False))
-    horizons = (8, 16, 32, 48)
-    errors.append(open_loop_summary(physics_then_imagined(policy, imagined, through, args.episodes, args.seed, horizons),
-                                    horizons, views))
+    errors.append(open_loop_summary(physics_then_imagined(policy, imagined, through, args.episodes, args.seed),
+                                    OPEN_LOOP_HORIZONS, views))
     through.close()
     table = "\n".join(lines)
     print(table, *errors, sep="\n")

@@ -81,7 +81,7 @@ class ExpertConfig:
         run of n consecutive seeds holds each mode within about 1/n of its share (i.i.d. draws are
         off by ~6 points at n = 50), so a dataset's failure fraction follows the configured mix.
         """
-        u = (seed * _GOLDEN + 0.5) % 1.0
+        u = _low_discrepancy(seed, _GOLDEN)
         edges = np.cumsum(list(self.failure_mix.values()))
         hit = int(np.searchsorted(edges, u, side="right"))
         return list(self.failure_mix)[hit] if hit < len(edges) else "none"
@@ -89,11 +89,16 @@ class ExpertConfig:
     def is_noisy(self, seed: int) -> bool:
         """Whether the episode with this seed gets action noise: a low-discrepancy draw as for the
         failure mode, over another irrational, so that noise and failure modes are independent."""
-        return self.action_noise > 0 and (seed * _SILVER + 0.5) % 1.0 < self.noisy_share
+        return self.action_noise > 0 and _low_discrepancy(seed, _SILVER) < self.noisy_share
 
 
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 _SILVER = np.sqrt(2.0) - 1.0
+
+
+def _low_discrepancy(seed: int, irrational: float) -> float:
+    """The seed's point in [0, 1) of the additive recurrence over ``irrational``."""
+    return (seed * irrational + 0.5) % 1.0
 
 
 class ScriptedExpert:
