@@ -54,6 +54,10 @@ class TrainWorldModelConfig(loop.LoopConfig):
     # Start from a saved world model's weights instead of random ones: fine-tuning, e.g. on a dataset
     # that adds a policy's own rollouts (reverie-collect --policy) so that its failures look like failures.
     init_from: Path | None = None
+    # Feed the U-Net the wrist view warped to the predicted poses (simulator.world_model.wrist_warp;
+    # robosuite's Panda wrist camera). A model trained without it can be the --init_from: the warp's
+    # input channels start at zero weight.
+    wrist_warp: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -88,6 +92,14 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
         if given not in (unset[name], value):
             how = "--frame_stride" if name == "future" else "the dataset"
             raise ValueError(f"--model.{name} {given} is decided by {how} ({value} here): drop the flag")
+    if cfg.wrist_warp:
+        from simulator.world_model.wrist_warp import PANDA_WRIST
+
+        if "wrist" not in data.views:
+            raise ValueError(f"--wrist_warp needs a wrist view; the dataset's views are {data.views}")
+        norm = data.normalizer
+        decided["wrist_warp"] = {"view": data.views.index("wrist"), "camera": PANDA_WRIST.as_dict(),
+                                 "pose_mean": norm.mean[keys.STATE][:6].tolist(), "pose_std": norm.std[keys.STATE][:6].tolist()}
     return WorldModelConfig(**{**asdict(cfg.model), **decided})
 
 
@@ -152,9 +164,15 @@ def train_cycle(cfg: TrainWorldModelConfig) -> Path:
 
 
 def load_weights(model: WorldModel, folder: Path) -> None:
-    """``model`` takes the weights of the world model saved in ``folder``, which must have its shapes."""
+    """``model`` takes the weights of the world model saved in ``folder``, which must have its shapes;
+    a U-Net with more input channels (the wrist warp's, last) keeps them at zero weight."""
     saved = WorldModel.from_pretrained(folder).state_dict()
     mine = model.state_dict()
+    key = "unet.conv_in.weight"
+    if key in saved and key in mine and saved[key].shape[1] < mine[key].shape[1] and saved[key].shape[2:] == mine[key].shape[2:]:
+        grown = torch.zeros_like(mine[key])
+        grown[:, :saved[key].shape[1]] = saved[key]
+        saved[key] = grown
     wrong = sorted(k for k in set(saved) | set(mine) if k not in saved or k not in mine or saved[k].shape != mine[k].shape)
     if wrong:
         raise ValueError(f"--init_from {folder}: that world model has other shapes than this one ({', '.join(wrong[:3])}"

@@ -53,6 +53,12 @@ class WorldModelConfig:
     # frames), so that an object nothing has touched can stay where physics put it however long the
     # rollout. False for models saved before it existed.
     memory: bool = False
+    # Wrist warp (U-Net only): the wrist view's last context frame, warped to each future frame's pose
+    # as the state head predicts it, is fed beside the frames (simulator.world_model.wrist_warp).
+    # {"view": index of the wrist view, "camera": WristCamera.as_dict(), "pose_mean"/"pose_std": the
+    # statistics of the state's first 6 values (position, axis-angle)}; reverie-train fills it in
+    # with --wrist_warp true. None: no warp.
+    wrist_warp: dict | None = None
 
     def __post_init__(self):
         if self.future is None:
@@ -65,10 +71,23 @@ class WorldModelConfig:
         if self.horizon % self.future:
             raise ValueError(f"future frames must divide the horizon, got {self.horizon=} {self.future=}")
         self.block_out_channels = tuple(self.block_out_channels)
+        if self.wrist_warp is not None:
+            self._check_wrist_warp()
         if self.backbone == "unet":
             self._check_unet()
         else:
             self._check_latent_transformer()
+
+    def _check_wrist_warp(self) -> None:
+        ww = self.wrist_warp
+        if self.backbone != "unet":
+            raise ValueError("wrist_warp is built for the unet backbone only")
+        missing = {"view", "camera", "pose_mean", "pose_std"} - set(ww)
+        if missing:
+            raise ValueError(f"wrist_warp needs {sorted(missing)}, got keys {sorted(ww)}")
+        if not 0 <= ww["view"] < self.views or self.state_dim < 6:
+            raise ValueError(f"wrist_warp's view must index one of {self.views} views and the state must start with a "
+                             f"6-value pose, got view {ww['view']} and state_dim {self.state_dim}")
 
     def _check_unet(self) -> None:
         if any(c % self.norm_num_groups for c in self.block_out_channels):

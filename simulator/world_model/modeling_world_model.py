@@ -21,7 +21,8 @@ context latent. The diffusion runs in latent space: ``encode``, ``decode`` and `
 say what that space is, and the objective and sampler go through them.
 
 Both backbones share the state head: a small MLP that predicts the future proprioceptive states
-from the context state and the actions.
+from the context state and the actions. With ``wrist_warp`` the U-Net also sees the wrist view's
+last context frame warped to each future state the head predicts (``wrist_warp.py``).
 """
 
 import logging
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from simulator.world_model import autoencoder as ae
 from simulator.world_model.configuration_world_model import WorldModelConfig
 from simulator.world_model.transformer import SpatioTemporalTransformer
+from simulator.world_model.wrist_warp import WristCamera, warp
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class WorldModel(ModelMixin, ConfigMixin):
                  norm_num_groups: int = 32, cond_dim: int = 256, autoencoder: str | None = None,
                  latent_channels: int = 4, latent_downsample: int = 4, autoencoder_width: int = 64,
                  patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512, scale_noisy_input: bool = False,
-                 memory: bool = False, autoencoder_config: dict | None = None):
+                 memory: bool = False, wrist_warp: dict | None = None, autoencoder_config: dict | None = None):
         """Arguments as in WorldModelConfig, and ``autoencoder_config``: the architecture of the
         latent backbone's autoencoder, which the model records in its own config.json when built,
         so that ``from_pretrained`` rebuilds it without the folder it was first loaded from."""
@@ -80,7 +82,7 @@ class WorldModel(ModelMixin, ConfigMixin):
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, cond_dim=cond_dim,
             autoencoder=autoencoder, latent_channels=latent_channels, latent_downsample=latent_downsample,
             autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width,
-            scale_noisy_input=scale_noisy_input, memory=memory)
+            scale_noisy_input=scale_noisy_input, memory=memory, wrist_warp=wrist_warp)
         self.spec = cfg
         if cfg.backbone == "unet":
             self._build_unet(cfg)
@@ -100,7 +102,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         time_dim = cfg.block_out_channels[0] * 4
         self.unet = UNet2DModel(
             sample_size=cfg.image_size,
-            in_channels=3 * cfg.views * (cfg.context + cfg.future + cfg.memory),
+            in_channels=3 * cfg.views * (cfg.context + cfg.future + cfg.memory) + 3 * cfg.future * bool(cfg.wrist_warp),
             out_channels=3 * cfg.views * cfg.future,
             block_out_channels=cfg.block_out_channels,
             layers_per_block=cfg.layers_per_block,
@@ -174,7 +176,7 @@ class WorldModel(ModelMixin, ConfigMixin):
         B = noisy.shape[0]
         if t.shape != (B,):
             raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
-        actions_in = actions
+        future_state = self._future_state(state, actions)  # the real actions: dropout is for the frames' guidance
         if drop_actions is not None:
             actions = torch.where(drop_actions[:, None, None], self.null_actions.expand_as(actions), actions)
         if context_noise is None:
@@ -187,11 +189,22 @@ class WorldModel(ModelMixin, ConfigMixin):
             cond = self.cond(torch.cat([actions.flatten(1), state.flatten(1), _sinusoid(context_noise, cfg.cond_dim)], -1))
             h = w = cfg.image_size
             seen = [context, noisy] if memory is None else [memory, context, noisy]
+            if cfg.wrist_warp:  # last in the input channels: a model trained without them grows zero weights
+                seen.append(self.warped_wrist(context, state, future_state.detach()))
             x = torch.cat([part.reshape(B, -1, h, w) for part in seen], dim=1)
             delta = self.unet(x, t * 1000.0, class_labels=cond).sample.reshape(noisy.shape)
         frames = context[:, :, -1:].expand_as(noisy) + delta
-        # The state head sees the real actions: action dropout is for the frames' guidance only.
-        return Prediction(frames=frames, state=self._future_state(state, actions_in))
+        return Prediction(frames=frames, state=future_state)
+
+    def warped_wrist(self, context: Tensor, state: Tensor, future_state: Tensor) -> Tensor:
+        """The wrist view's last context frame (B, 3, h, w) warped from the last context state's pose to
+        each of ``future_state``'s (B, F, S) normalised): (B, F, 3, h, w)."""
+        ww = self.spec.wrist_warp
+        mean = torch.tensor(ww["pose_mean"], dtype=state.dtype, device=state.device)
+        std = torch.tensor(ww["pose_std"], dtype=state.dtype, device=state.device)
+        cam = WristCamera(**{k: tuple(map(tuple, v)) if k == "mount_rot" else tuple(v) if isinstance(v, list) else v
+                             for k, v in ww["camera"].items()})
+        return warp(context[:, ww["view"], -1], state[:, -1, :6] * std + mean, future_state[..., :6] * std + mean, cam)
 
     # The sample space the diffusion runs in: pixels for the U-Net, scaled autoencoder latents
     # for the latent backbone. The objective and the sampler go through these three.
