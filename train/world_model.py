@@ -58,6 +58,9 @@ class TrainWorldModelConfig(loop.LoopConfig):
     # robosuite's Panda wrist camera). A model trained without it can be the --init_from: the warp's
     # input channels start at zero weight.
     wrist_warp: bool = False
+    # Feed the U-Net blobs where the gripper projects in the front view (simulator.world_model.pose_map;
+    # Lift's front camera), for the last context state and each predicted one. Experiment.
+    front_map: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -100,6 +103,16 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
         norm = data.normalizer
         decided["wrist_warp"] = {"view": data.views.index("wrist"), "camera": PANDA_WRIST.as_dict(),
                                  "pose_mean": norm.mean[keys.STATE][:6].tolist(), "pose_std": norm.std[keys.STATE][:6].tolist()}
+    if cfg.front_map:
+        from simulator.physics.tasks import TASKS
+        from simulator.world_model.pose_map import FixedCamera
+
+        spec = TASKS["lift"].cameras["front"]
+        if data.views[0] != "front":
+            raise ValueError(f"--front_map needs the front view first; the dataset's views are {data.views}")
+        norm = data.normalizer
+        decided["front_map"] = {"camera": FixedCamera(spec.pos, spec.lookat, spec.fovy).as_dict(),
+                                "state_mean": norm.mean[keys.STATE].tolist(), "state_std": norm.std[keys.STATE].tolist()}
     return WorldModelConfig(**{**asdict(cfg.model), **decided})
 
 

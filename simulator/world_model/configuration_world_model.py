@@ -59,6 +59,11 @@ class WorldModelConfig:
     # statistics of the state's first 6 values (position, axis-angle)}; reverie-train fills it in
     # with --wrist_warp true. None: no warp.
     wrist_warp: dict | None = None
+    # Front map (U-Net only): blobs where the gripper and fingertips project in a fixed camera, for
+    # the last context state and each predicted future state, fed beside the frames
+    # (simulator.world_model.pose_map). {"camera": FixedCamera.as_dict(), "state_mean"/"state_std":
+    # the statistics of the 8-value state}; reverie-train fills it in with --front_map true.
+    front_map: dict | None = None
 
     def __post_init__(self):
         if self.future is None:
@@ -73,6 +78,12 @@ class WorldModelConfig:
         self.block_out_channels = tuple(self.block_out_channels)
         if self.wrist_warp is not None:
             self._check_wrist_warp()
+        if self.front_map is not None:
+            if self.backbone != "unet" or self.state_dim != 8:
+                raise ValueError("front_map is built for the unet backbone and an 8-value state (pose, two fingers)")
+            missing = {"camera", "state_mean", "state_std"} - set(self.front_map)
+            if missing:
+                raise ValueError(f"front_map needs {sorted(missing)}, got keys {sorted(self.front_map)}")
         if self.backbone == "unet":
             self._check_unet()
         else:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from simulator.world_model import autoencoder as ae
 from simulator.world_model.configuration_world_model import WorldModelConfig
+from simulator.world_model.pose_map import FixedCamera, pose_maps
 from simulator.world_model.transformer import SpatioTemporalTransformer
 from simulator.world_model.wrist_warp import WristCamera, warp
 
@@ -71,7 +72,7 @@ class WorldModel(ModelMixin, ConfigMixin):
                  norm_num_groups: int = 32, cond_dim: int = 256, autoencoder: str | None = None,
                  latent_channels: int = 4, latent_downsample: int = 4, autoencoder_width: int = 64,
                  patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512, scale_noisy_input: bool = False,
-                 memory: bool = False, wrist_warp: dict | None = None, autoencoder_config: dict | None = None):
+                 memory: bool = False, wrist_warp: dict | None = None, front_map: dict | None = None, autoencoder_config: dict | None = None):
         """Arguments as in WorldModelConfig, and ``autoencoder_config``: the architecture of the
         latent backbone's autoencoder, which the model records in its own config.json when built,
         so that ``from_pretrained`` rebuilds it without the folder it was first loaded from."""
@@ -82,7 +83,8 @@ class WorldModel(ModelMixin, ConfigMixin):
             layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, cond_dim=cond_dim,
             autoencoder=autoencoder, latent_channels=latent_channels, latent_downsample=latent_downsample,
             autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width,
-            scale_noisy_input=scale_noisy_input, memory=memory, wrist_warp=wrist_warp)
+            scale_noisy_input=scale_noisy_input, memory=memory, wrist_warp=wrist_warp,
+            front_map=front_map)
         self.spec = cfg
         if cfg.backbone == "unet":
             self._build_unet(cfg)
@@ -102,7 +104,8 @@ class WorldModel(ModelMixin, ConfigMixin):
         time_dim = cfg.block_out_channels[0] * 4
         self.unet = UNet2DModel(
             sample_size=cfg.image_size,
-            in_channels=3 * cfg.views * (cfg.context + cfg.future + cfg.memory) + 3 * cfg.future * bool(cfg.wrist_warp),
+            in_channels=3 * cfg.views * (cfg.context + cfg.future + cfg.memory) + 3 * cfg.future * bool(cfg.wrist_warp)
+            + 2 * (cfg.future + 1) * bool(cfg.front_map),
             out_channels=3 * cfg.views * cfg.future,
             block_out_channels=cfg.block_out_channels,
             layers_per_block=cfg.layers_per_block,
@@ -191,6 +194,8 @@ class WorldModel(ModelMixin, ConfigMixin):
             seen = [context, noisy] if memory is None else [memory, context, noisy]
             if cfg.wrist_warp:  # last in the input channels: a model trained without them grows zero weights
                 seen.append(self.warped_wrist(context, state, future_state.detach()))
+            if cfg.front_map:  # after the warp's, for the same reason
+                seen.append(self.front_maps(torch.cat([state[:, -1:], future_state.detach()], 1)))
             x = torch.cat([part.reshape(B, -1, h, w) for part in seen], dim=1)
             delta = self.unet(x, t * 1000.0, class_labels=cond).sample.reshape(noisy.shape)
         frames = context[:, :, -1:].expand_as(noisy) + delta
@@ -205,6 +210,14 @@ class WorldModel(ModelMixin, ConfigMixin):
         cam = WristCamera(**{k: tuple(map(tuple, v)) if k == "mount_rot" else tuple(v) if isinstance(v, list) else v
                              for k, v in ww["camera"].items()})
         return warp(context[:, ww["view"], -1], state[:, -1, :6] * std + mean, future_state[..., :6] * std + mean, cam)
+
+    def front_maps(self, states: Tensor) -> Tensor:
+        """Normalised states (B, N, S) -> the gripper's blobs in the front camera (B, N, 2, h, w)."""
+        fm = self.spec.front_map
+        mean = torch.tensor(fm["state_mean"], dtype=states.dtype, device=states.device)
+        std = torch.tensor(fm["state_std"], dtype=states.dtype, device=states.device)
+        return pose_maps(states * std + mean, FixedCamera(**{k: tuple(v) if isinstance(v, list) else v
+                                                             for k, v in fm["camera"].items()}), self.spec.image_size)
 
     # The sample space the diffusion runs in: pixels for the U-Net, scaled autoencoder latents
     # for the latent backbone. The objective and the sampler go through these three.
