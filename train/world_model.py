@@ -59,7 +59,7 @@ class TrainWorldModelConfig(loop.LoopConfig):
     # input channels start at zero weight.
     wrist_warp: bool = False
     # Feed the U-Net blobs where the gripper projects in the front view (simulator.world_model.pose_map;
-    # Lift's front camera), for the last context state and each predicted one. Experiment.
+    # the front camera of the dataset's task), for the last context state and each predicted one.
     front_map: bool = False
 
     def __post_init__(self):
@@ -104,16 +104,26 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
         decided["wrist_warp"] = {"view": data.views.index("wrist"), "camera": PANDA_WRIST.as_dict(),
                                  "pose_mean": norm.mean[keys.STATE][:6].tolist(), "pose_std": norm.std[keys.STATE][:6].tolist()}
     if cfg.front_map:
-        from simulator.physics.tasks import TASKS
-        from simulator.world_model.pose_map import FixedCamera
-
-        spec = TASKS["lift"].cameras["front"]
-        if data.views[0] != "front":
-            raise ValueError(f"--front_map needs the front view first; the dataset's views are {data.views}")
-        norm = data.normalizer
-        decided["front_map"] = {"camera": FixedCamera(spec.pos, spec.lookat, spec.fovy).as_dict(),
-                                "state_mean": norm.mean[keys.STATE].tolist(), "state_std": norm.std[keys.STATE].tolist()}
+        decided["front_map"] = _front_map(data)
     return WorldModelConfig(**{**asdict(cfg.model), **decided})
+
+
+def _front_map(data: ClipDataset) -> dict:
+    """The front map's settings: the front camera of the task whose instruction the dataset records
+    (its calibration is the task's camera spec), the state statistics to undo the normalisation."""
+    from simulator.physics.tasks import TASKS
+    from simulator.world_model.pose_map import FixedCamera
+
+    if "front" not in data.views:
+        raise ValueError(f"--front_map needs a front view; the dataset's views are {data.views}")
+    texts = set(data.tasks.values())
+    found = [t for t in TASKS.values() if t.instruction in texts and t.cameras["front"].pos is not None]
+    if len(found) != 1:
+        raise ValueError(f"--front_map needs the front camera's calibration: the dataset's tasks {sorted(texts)} "
+                         f"match {len(found)} of ours ({', '.join(t.instruction for t in TASKS.values())})")
+    cam, norm = found[0].cameras["front"], data.normalizer
+    return {"camera": FixedCamera(cam.pos, cam.lookat, cam.fovy).as_dict(),
+            "state_mean": norm.mean[keys.STATE].tolist(), "state_std": norm.std[keys.STATE].tolist()}
 
 
 def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, world: int = 1):

@@ -92,3 +92,18 @@ def test_bad_map_configs_are_named():
         WorldModel(**TINY, front_map={k: v for k, v in MAP.items() if k != "state_std"})
     with pytest.raises(ValueError, match="8-value state"):
         WorldModel(**{**TINY, "state_dim": 6}, front_map=MAP)
+
+
+def test_training_fills_in_the_map_from_the_datasets_task(tiny_dataset):
+    from data.clips import DatasetConfig
+    from train.world_model import TrainWorldModelConfig, make_train_set, model_config_for
+
+    cfg = TrainWorldModelConfig(dataset=DatasetConfig(root=tiny_dataset, val_episodes=1), front_map=True)
+    data, _ = make_train_set(cfg)
+    fm = model_config_for(cfg, data).front_map
+    assert fm["camera"] == CAM.as_dict()  # Lift's front camera, found by the dataset's instruction
+    torch.testing.assert_close(torch.tensor(fm["state_std"]), data.normalizer.std["observation.state"].float())
+    wrist_only = TrainWorldModelConfig(dataset=DatasetConfig(root=tiny_dataset, val_episodes=1, views=("wrist",)),
+                                       front_map=True)
+    with pytest.raises(ValueError, match="needs a front view"):
+        model_config_for(wrist_only, make_train_set(wrist_only)[0])
