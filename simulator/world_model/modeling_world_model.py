@@ -23,6 +23,8 @@ say what that space is, and the objective and sampler go through them.
 Both backbones share the state head: a small MLP that predicts the future proprioceptive states
 from the context state and the actions. With ``wrist_warp`` the U-Net also sees the wrist view's
 last context frame warped to each future state the head predicts (``wrist_warp.py``).
+With ``front_map`` it sees blobs where the gripper and its fingertips project in the front
+camera, for the last context state and each predicted one (``pose_map.py``).
 """
 
 import logging
