@@ -100,17 +100,18 @@ def model_config_for(cfg: TrainWorldModelConfig, data: ClipDataset) -> WorldMode
 
         if "wrist" not in data.views:
             raise ValueError(f"--wrist_warp needs a wrist view; the dataset's views are {data.views}")
-        norm = data.normalizer
-        decided["wrist_warp"] = {"view": data.views.index("wrist"), "camera": PANDA_WRIST.as_dict(),
-                                 "pose_mean": norm.mean[keys.STATE][:6].tolist(), "pose_std": norm.std[keys.STATE][:6].tolist()}
+        decided["wrist_warp"] = {"view": data.views.index("wrist"), "camera": PANDA_WRIST.as_dict()}
     if cfg.front_map:
-        decided["front_map"] = _front_map(data)
+        decided["front_map"] = {"camera": _front_camera(data).as_dict()}
+    if cfg.wrist_warp or cfg.front_map:
+        decided["state_mean"] = data.normalizer.mean[keys.STATE].tolist()
+        decided["state_std"] = data.normalizer.std[keys.STATE].tolist()
     return WorldModelConfig(**{**asdict(cfg.model), **decided})
 
 
-def _front_map(data: ClipDataset) -> dict:
-    """The front map's settings: the front camera of the task whose instruction the dataset records
-    (its calibration is the task's camera spec), the state statistics to undo the normalisation."""
+def _front_camera(data: ClipDataset):
+    """The front camera of the task whose instruction the dataset records (its calibration is the
+    task's camera spec)."""
     from simulator.physics.tasks import TASKS
     from simulator.world_model.pose_map import FixedCamera
 
@@ -121,9 +122,8 @@ def _front_map(data: ClipDataset) -> dict:
     if len(found) != 1:
         raise ValueError(f"--front_map needs the front camera's calibration: the dataset's tasks {sorted(texts)} "
                          f"match {len(found)} of ours ({', '.join(t.instruction for t in TASKS.values())})")
-    cam, norm = found[0].cameras["front"], data.normalizer
-    return {"camera": FixedCamera(cam.pos, cam.lookat, cam.fovy).as_dict(),
-            "state_mean": norm.mean[keys.STATE].tolist(), "state_std": norm.std[keys.STATE].tolist()}
+    cam = found[0].cameras["front"]
+    return FixedCamera(cam.pos, cam.lookat, cam.fovy)
 
 
 def batches_from(dataset, cfg: TrainWorldModelConfig, step: int, rank: int = 0, world: int = 1):

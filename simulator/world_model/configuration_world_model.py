@@ -53,17 +53,21 @@ class WorldModelConfig:
     # frames), so that an object nothing has touched can stay where physics put it however long the
     # rollout. False for models saved before it existed.
     memory: bool = False
-    # Wrist warp (U-Net only): the wrist view's last context frame, warped to each future frame's pose
-    # as the state head predicts it, is fed beside the frames (simulator.world_model.wrist_warp).
-    # {"view": index of the wrist view, "camera": WristCamera.as_dict(), "pose_mean"/"pose_std": the
-    # statistics of the state's first 6 values (position, axis-angle)}; reverie-train fills it in
-    # with --wrist_warp true. None: no warp.
+    # ---- pose inputs (U-Net only): the arm's pose as the state head predicts it, drawn into the
+    # cameras from their calibrations (what every robot with calibrated cameras has; no object state).
+    # reverie-train fills these in with --wrist_warp true / --front_map true. ----
+    # Wrist warp: the wrist view's last context frame, warped to each future frame's pose, fed beside
+    # the frames (simulator.world_model.wrist_warp): {"view": index of the wrist view, "camera":
+    # WristCamera.as_dict()}. None: no warp.
     wrist_warp: dict | None = None
-    # Front map (U-Net only): blobs where the gripper and fingertips project in a fixed camera, for
-    # the last context state and each predicted future state, fed beside the frames
-    # (simulator.world_model.pose_map). {"camera": FixedCamera.as_dict(), "state_mean"/"state_std":
-    # the statistics of the 8-value state}; reverie-train fills it in with --front_map true.
+    # Front map: blobs where the gripper and fingertips project in a fixed camera, for the last
+    # context state and each predicted one (simulator.world_model.pose_map): {"camera":
+    # FixedCamera.as_dict()}. None: no map.
     front_map: dict | None = None
+    # The statistics of the state the model is trained on (8 values: pose, two fingers), to undo its
+    # normalisation where the pose is drawn; needed with either pose input.
+    state_mean: list[float] | None = None
+    state_std: list[float] | None = None
 
     def __post_init__(self):
         if self.future is None:
@@ -76,29 +80,25 @@ class WorldModelConfig:
         if self.horizon % self.future:
             raise ValueError(f"future frames must divide the horizon, got {self.horizon=} {self.future=}")
         self.block_out_channels = tuple(self.block_out_channels)
-        if self.wrist_warp is not None:
-            self._check_wrist_warp()
-        if self.front_map is not None:
-            if self.backbone != "unet" or self.state_dim != 8:
-                raise ValueError("front_map is built for the unet backbone and an 8-value state (pose, two fingers)")
-            missing = {"camera", "state_mean", "state_std"} - set(self.front_map)
-            if missing:
-                raise ValueError(f"front_map needs {sorted(missing)}, got keys {sorted(self.front_map)}")
+        if self.wrist_warp is not None or self.front_map is not None:
+            self._check_pose_inputs()
         if self.backbone == "unet":
             self._check_unet()
         else:
             self._check_latent_transformer()
 
-    def _check_wrist_warp(self) -> None:
-        ww = self.wrist_warp
-        if self.backbone != "unet":
-            raise ValueError("wrist_warp is built for the unet backbone only")
-        missing = {"view", "camera", "pose_mean", "pose_std"} - set(ww)
-        if missing:
-            raise ValueError(f"wrist_warp needs {sorted(missing)}, got keys {sorted(ww)}")
-        if not 0 <= ww["view"] < self.views or self.state_dim < 6:
-            raise ValueError(f"wrist_warp's view must index one of {self.views} views and the state must start with a "
-                             f"6-value pose, got view {ww['view']} and state_dim {self.state_dim}")
+    def _check_pose_inputs(self) -> None:
+        if self.backbone != "unet" or self.state_dim != 8:
+            raise ValueError(f"wrist_warp and front_map are built for the unet backbone and an 8-value state (pose, two "
+                             f"fingers), got backbone {self.backbone!r} and state_dim {self.state_dim}")
+        if self.state_mean is None or self.state_std is None or len(self.state_mean) != 8 or len(self.state_std) != 8:
+            raise ValueError("wrist_warp and front_map need state_mean and state_std (8 values each) to draw the pose")
+        for name, keys in (("wrist_warp", {"view", "camera"}), ("front_map", {"camera"})):
+            given = getattr(self, name)
+            if given is not None and set(given) != keys:
+                raise ValueError(f"{name} takes the keys {sorted(keys)}, got {sorted(given)}")
+        if self.wrist_warp is not None and not 0 <= self.wrist_warp["view"] < self.views:
+            raise ValueError(f"wrist_warp's view must index one of {self.views} views, got {self.wrist_warp['view']}")
 
     def _check_unet(self) -> None:
         if any(c % self.norm_num_groups for c in self.block_out_channels):

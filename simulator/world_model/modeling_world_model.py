@@ -74,7 +74,9 @@ class WorldModel(ModelMixin, ConfigMixin):
                  norm_num_groups: int = 32, cond_dim: int = 256, autoencoder: str | None = None,
                  latent_channels: int = 4, latent_downsample: int = 4, autoencoder_width: int = 64,
                  patch_size: int = 2, depth: int = 12, heads: int = 8, width: int = 512, scale_noisy_input: bool = False,
-                 memory: bool = False, wrist_warp: dict | None = None, front_map: dict | None = None, autoencoder_config: dict | None = None):
+                 memory: bool = False, wrist_warp: dict | None = None, front_map: dict | None = None,
+                 state_mean: list[float] | None = None, state_std: list[float] | None = None,
+                 autoencoder_config: dict | None = None):
         """Arguments as in WorldModelConfig, and ``autoencoder_config``: the architecture of the
         latent backbone's autoencoder, which the model records in its own config.json when built,
         so that ``from_pretrained`` rebuilds it without the folder it was first loaded from."""
@@ -86,8 +88,12 @@ class WorldModel(ModelMixin, ConfigMixin):
             autoencoder=autoencoder, latent_channels=latent_channels, latent_downsample=latent_downsample,
             autoencoder_width=autoencoder_width, patch_size=patch_size, depth=depth, heads=heads, width=width,
             scale_noisy_input=scale_noisy_input, memory=memory, wrist_warp=wrist_warp,
-            front_map=front_map)
+            front_map=front_map, state_mean=state_mean, state_std=state_std)
         self.spec = cfg
+        if cfg.wrist_warp is not None or cfg.front_map is not None:  # the pose inputs' constants, parsed once
+            self._state_mean, self._state_std = torch.tensor(cfg.state_mean), torch.tensor(cfg.state_std)
+            self.wrist_camera = WristCamera.from_dict(cfg.wrist_warp["camera"]) if cfg.wrist_warp else None
+            self.front_camera = FixedCamera.from_dict(cfg.front_map["camera"]) if cfg.front_map else None
         if cfg.backbone == "unet":
             self._build_unet(cfg)
         else:
@@ -205,21 +211,17 @@ class WorldModel(ModelMixin, ConfigMixin):
 
     def warped_wrist(self, context: Tensor, state: Tensor, future_state: Tensor) -> Tensor:
         """The wrist view's last context frame (B, 3, h, w) warped from the last context state's pose to
-        each of ``future_state``'s (B, F, S) normalised): (B, F, 3, h, w)."""
-        ww = self.spec.wrist_warp
-        mean = torch.tensor(ww["pose_mean"], dtype=state.dtype, device=state.device)
-        std = torch.tensor(ww["pose_std"], dtype=state.dtype, device=state.device)
-        cam = WristCamera(**{k: tuple(map(tuple, v)) if k == "mount_rot" else tuple(v) if isinstance(v, list) else v
-                             for k, v in ww["camera"].items()})
-        return warp(context[:, ww["view"], -1], state[:, -1, :6] * std + mean, future_state[..., :6] * std + mean, cam)
+        each of ``future_state``'s (B, F, S, normalised): (B, F, 3, h, w)."""
+        view = self.spec.wrist_warp["view"]
+        return warp(context[:, view, -1], self._unnormalise(state[:, -1])[:, :6],
+                    self._unnormalise(future_state)[..., :6], self.wrist_camera)
 
     def front_maps(self, states: Tensor) -> Tensor:
         """Normalised states (B, N, S) -> the gripper's blobs in the front camera (B, N, 2, h, w)."""
-        fm = self.spec.front_map
-        mean = torch.tensor(fm["state_mean"], dtype=states.dtype, device=states.device)
-        std = torch.tensor(fm["state_std"], dtype=states.dtype, device=states.device)
-        return pose_maps(states * std + mean, FixedCamera(**{k: tuple(v) if isinstance(v, list) else v
-                                                             for k, v in fm["camera"].items()}), self.spec.image_size)
+        return pose_maps(self._unnormalise(states), self.front_camera, self.spec.image_size)
+
+    def _unnormalise(self, state: Tensor) -> Tensor:
+        return state * self._state_std.to(state) + self._state_mean.to(state)
 
     # The sample space the diffusion runs in: pixels for the U-Net, scaled autoencoder latents
     # for the latent backbone. The objective and the sampler go through these three.

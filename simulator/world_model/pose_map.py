@@ -34,6 +34,10 @@ class FixedCamera:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "FixedCamera":
+        return cls(pos=tuple(d["pos"]), lookat=tuple(d["lookat"]), fovy=d["fovy"])
+
 
 def project(points: Tensor, cam: FixedCamera, size: int) -> Tensor:
     """World points (..., 3) -> pixel coordinates (..., 2: column, row) of a size x size image."""

@@ -37,6 +37,11 @@ class WristCamera:
         return {k: [list(r) for r in v] if k == "mount_rot" else list(v) if isinstance(v, tuple) else v
                 for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "WristCamera":
+        return cls(mount_rot=tuple(map(tuple, d["mount_rot"])), mount_pos=tuple(d["mount_pos"]), fovy=d["fovy"],
+                   plane_z=d["plane_z"])
+
 
 # robosuite's Panda eye-in-hand camera (robot0_eye_in_hand) in the end-effector frame of the state's
 # pose (robot0_eef_pos, robot0_eef_quat): tests/world_model/test_wrist_warp.py checks it against the

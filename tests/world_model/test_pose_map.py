@@ -16,7 +16,7 @@ TINY = {"views": 2, "image_size": 32, "context": 2, "future": 2, "horizon": 4, "
         "block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8, "cond_dim": 32}
 FRONT = TASKS["lift"].cameras["front"]
 CAM = FixedCamera(FRONT.pos, FRONT.lookat, FRONT.fovy)
-MAP = {"camera": CAM.as_dict(), "state_mean": [0.0] * 8, "state_std": [1.0] * 8}
+MAP = {"front_map": {"camera": CAM.as_dict()}, "state_mean": [0.0] * 8, "state_std": [1.0] * 8}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_a_model_grown_to_see_the_map_starts_as_the_one_it_grew_from(tmp_path):
     for p in plain.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     plain.save_pretrained(tmp_path / "plain")
-    grown = WorldModel(**TINY, front_map=MAP)
+    grown = WorldModel(**TINY, **MAP)
     assert grown.unet.conv_in.in_channels == plain.unet.conv_in.in_channels + 2 * (TINY["future"] + 1)
     load_weights(grown, tmp_path / "plain")
     context, noisy = torch.rand(3, 2, 2, 3, 32, 32) * 2 - 1, torch.randn(3, 2, 2, 3, 32, 32)
@@ -88,10 +88,12 @@ def test_a_model_grown_to_see_the_map_starts_as_the_one_it_grew_from(tmp_path):
 
 
 def test_bad_map_configs_are_named():
-    with pytest.raises(ValueError, match="state_std"):
-        WorldModel(**TINY, front_map={k: v for k, v in MAP.items() if k != "state_std"})
+    with pytest.raises(ValueError, match="need state_mean and state_std"):
+        WorldModel(**TINY, front_map=MAP["front_map"], state_mean=MAP["state_mean"])
     with pytest.raises(ValueError, match="8-value state"):
-        WorldModel(**{**TINY, "state_dim": 6}, front_map=MAP)
+        WorldModel(**{**TINY, "state_dim": 6}, **MAP)
+    with pytest.raises(ValueError, match=r"front_map takes the keys \['camera'\]"):  # a config of the old layout
+        WorldModel(**{**TINY, **MAP, "front_map": {**MAP["front_map"], "state_mean": [0.0] * 8}})
 
 
 def test_training_fills_in_the_map_from_the_datasets_task(tiny_dataset):
@@ -100,10 +102,29 @@ def test_training_fills_in_the_map_from_the_datasets_task(tiny_dataset):
 
     cfg = TrainWorldModelConfig(dataset=DatasetConfig(root=tiny_dataset, val_episodes=1), front_map=True)
     data, _ = make_train_set(cfg)
-    fm = model_config_for(cfg, data).front_map
-    assert fm["camera"] == CAM.as_dict()  # Lift's front camera, found by the dataset's instruction
-    torch.testing.assert_close(torch.tensor(fm["state_std"]), data.normalizer.std["observation.state"].float())
+    model_cfg = model_config_for(cfg, data)
+    assert model_cfg.front_map == {"camera": CAM.as_dict()}  # Lift's front camera, found by the dataset's instruction
+    torch.testing.assert_close(torch.tensor(model_cfg.state_std), data.normalizer.std["observation.state"].float())
+    assert model_cfg.wrist_warp is None
     wrist_only = TrainWorldModelConfig(dataset=DatasetConfig(root=tiny_dataset, val_episodes=1, views=("wrist",)),
                                        front_map=True)
     with pytest.raises(ValueError, match="needs a front view"):
         model_config_for(wrist_only, make_train_set(wrist_only)[0])
+
+
+def test_a_saved_model_with_both_pose_inputs_loads_as_it_was(tmp_path):
+    from simulator.world_model.wrist_warp import PANDA_WRIST
+
+    torch.manual_seed(0)
+    stats = {"state_mean": [-0.05, 0.0, 0.9, 3.0, 0.0, 0.1, 0.02, -0.02], "state_std": [0.1] * 6 + [0.01] * 2}
+    model = WorldModel(**TINY, **stats, front_map={"camera": CAM.as_dict()},
+                       wrist_warp={"view": 1, "camera": PANDA_WRIST.as_dict()})
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "m")
+    loaded = WorldModel.from_pretrained(tmp_path / "m")
+    assert loaded.front_camera == CAM and loaded.wrist_camera == PANDA_WRIST
+    context, noisy = torch.rand(2, 2, 2, 3, 32, 32) * 2 - 1, torch.randn(2, 2, 2, 3, 32, 32)
+    actions, state, t = torch.randn(2, 4, 7), torch.randn(2, 2, 8), torch.rand(2)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(noisy, t, context, actions, state).frames, model(noisy, t, context, actions, state).frames)

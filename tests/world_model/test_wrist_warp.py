@@ -12,7 +12,7 @@ from train.world_model import load_weights
 
 TINY = {"views": 2, "image_size": 32, "context": 2, "future": 2, "horizon": 4, "action_dim": 7, "state_dim": 8,
         "block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8, "cond_dim": 32}
-WARP = {"view": 1, "camera": PANDA_WRIST.as_dict(), "pose_mean": [0.0] * 6, "pose_std": [1.0] * 6}
+WARP = {"wrist_warp": {"view": 1, "camera": PANDA_WRIST.as_dict()}, "state_mean": [0.0] * 8, "state_std": [1.0] * 8}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_a_model_grown_to_see_the_warp_starts_as_the_one_it_grew_from(tmp_path):
     for p in plain.parameters():  # off the zero init, so that the warp channels would change the output
         p.data.add_(0.05 * torch.randn_like(p))
     plain.save_pretrained(tmp_path / "plain")
-    grown = WorldModel(**TINY, wrist_warp=WARP)
+    grown = WorldModel(**TINY, **WARP)
     assert grown.unet.conv_in.in_channels == plain.unet.conv_in.in_channels + 3 * TINY["future"]
     load_weights(grown, tmp_path / "plain")
     context, noisy = torch.rand(3, 2, 2, 3, 32, 32) * 2 - 1, torch.randn(3, 2, 2, 3, 32, 32)
@@ -82,10 +82,10 @@ def test_a_model_grown_to_see_the_warp_starts_as_the_one_it_grew_from(tmp_path):
 
 
 def test_bad_warp_configs_are_named():
-    with pytest.raises(ValueError, match="pose_std"):
-        WorldModel(**TINY, wrist_warp={k: v for k, v in WARP.items() if k != "pose_std"})
+    with pytest.raises(ValueError, match="need state_mean and state_std"):
+        WorldModel(**TINY, wrist_warp=WARP["wrist_warp"], state_mean=[0.0] * 6, state_std=[1.0] * 6)
     with pytest.raises(ValueError, match="view must index"):
-        WorldModel(**TINY, wrist_warp={**WARP, "view": 2})
-    with pytest.raises(ValueError, match="unet backbone only"):
+        WorldModel(**{**TINY, **WARP, "wrist_warp": {**WARP["wrist_warp"], "view": 2}})
+    with pytest.raises(ValueError, match="built for the unet backbone"):
         WorldModel(**{**TINY, "block_out_channels": (16,)}, backbone="latent_transformer", latent_downsample=2,
-                   autoencoder_width=8, patch_size=2, depth=1, heads=2, width=16, wrist_warp=WARP)
+                   autoencoder_width=8, patch_size=2, depth=1, heads=2, width=16, **WARP)
