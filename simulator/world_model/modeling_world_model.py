@@ -171,7 +171,7 @@ class WorldModel(ModelMixin, ConfigMixin):
 
     def forward(self, noisy: Tensor, t: Tensor, context: Tensor, actions: Tensor, state: Tensor,
                 context_noise: Tensor | None = None, drop_actions: Tensor | None = None,
-                memory: Tensor | None = None) -> Prediction:
+                memory: Tensor | None = None, pose: Tensor | None = None) -> Prediction:
         """Predicts the clean future frames (B, V, F, c, h', w') from noisy ones at noise level t (B,),
         and the future states (B, F, S) (one call, so that DDP sees every parameter used).
 
@@ -179,7 +179,9 @@ class WorldModel(ModelMixin, ConfigMixin):
         for the U-Net, latents for the latent backbone); actions (B, H, A); state (B, C, S);
         context_noise (B,): the noise level added to the context (default 0); drop_actions (B,)
         bool: replace the actions by a learned null chunk (classifier-free-style dropout); memory
-        (B, V, c, h', w'): the episode's first real frames, for a model with ``memory`` (None otherwise).
+        (B, V, c, h', w'): the episode's first real frames, for a model with ``memory`` (None otherwise);
+        pose: ``pose_inputs(context, actions, state)``, when the caller computed them once for several
+        noise levels (None: computed here).
         """
         self._check(noisy=noisy, context=context, actions=actions, state=state)
         self._check_memory(memory, noisy.shape[0])
@@ -200,14 +202,29 @@ class WorldModel(ModelMixin, ConfigMixin):
             cond = self.cond(torch.cat([actions.flatten(1), state.flatten(1), _sinusoid(context_noise, cfg.cond_dim)], -1))
             h = w = cfg.image_size
             seen = [context, noisy] if memory is None else [memory, context, noisy]
-            if cfg.wrist_warp:  # last in the input channels: a model trained without them grows zero weights
-                seen.append(self.warped_wrist(context, state, future_state.detach()))
-            if cfg.front_map:  # after the warp's, for the same reason
-                seen.append(self.front_maps(torch.cat([state[:, -1:], future_state.detach()], 1)))
+            if cfg.wrist_warp or cfg.front_map:  # last in the input channels: a model trained without them grows zero weights
+                seen.append(pose if pose is not None else self._pose_inputs(context, state, future_state.detach()))
             x = torch.cat([part.reshape(B, -1, h, w) for part in seen], dim=1)
             delta = self.unet(x, t * 1000.0, class_labels=cond).sample.reshape(noisy.shape)
         frames = context[:, :, -1:].expand_as(noisy) + delta
         return Prediction(frames=frames, state=future_state)
+
+    def pose_inputs(self, context: Tensor, actions: Tensor, state: Tensor) -> Tensor | None:
+        """The U-Net's pose input channels (B, P, h, w) for a model with ``wrist_warp`` or ``front_map``
+        (None without): they depend on the context, the actions and the state, not on the noise, so a
+        sampler computes them once per chunk however many steps it takes."""
+        if not (self.spec.wrist_warp or self.spec.front_map):
+            return None
+        return self._pose_inputs(context, state, self._future_state(state, actions))
+
+    def _pose_inputs(self, context: Tensor, state: Tensor, future_state: Tensor) -> Tensor:
+        cfg, B = self.spec, context.shape[0]
+        parts = []
+        if cfg.wrist_warp:
+            parts.append(self.warped_wrist(context, state, future_state))
+        if cfg.front_map:  # after the warp's: grown channels go last
+            parts.append(self.front_maps(torch.cat([state[:, -1:], future_state], 1)))
+        return torch.cat([p.reshape(B, -1, cfg.image_size, cfg.image_size) for p in parts], 1)
 
     def warped_wrist(self, context: Tensor, state: Tensor, future_state: Tensor) -> Tensor:
         """The wrist view's last context frame (B, 3, h, w) warped from the last context state's pose to

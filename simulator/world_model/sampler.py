@@ -94,23 +94,25 @@ class WorldModelSampler:
         shape = (B, spec.views, spec.future, *model.sample_shape)
         x = torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
         self.scheduler.set_timesteps(self.num_steps, device=context.device)
+        pose = model.pose_inputs(context, actions, state) if self.num_steps > 1 else None  # once for every step
         for t in self.scheduler.timesteps:
             sigma = (t / 1000.0).to(context.dtype)
-            pred = self._denoise(x, sigma.expand(B), context, actions, state, memory)
+            pred = self._denoise(x, sigma.expand(B), context, actions, state, memory, pose)
             velocity = (x - pred.frames) / sigma  # d x_t / d t for x_t = (1 - t) x0 + t eps
             x = self.scheduler.step(velocity, t, x).prev_sample
         return Prediction(frames=x, state=pred.state)
 
     def _denoise(self, x: Tensor, t: Tensor, context: Tensor, actions: Tensor, state: Tensor,
-                 memory: Tensor | None) -> Prediction:
+                 memory: Tensor | None, pose: Tensor | None = None) -> Prediction:
         """The model's clean prediction, guided on the actions when ``action_guidance`` != 1
         (conditional and null-action rows in one batch); the states are the conditional ones."""
         w = self.action_guidance
         if w == 1.0:
-            return self.model(x, t, context, actions, state, memory=memory)
+            return self.model(x, t, context, actions, state, memory=memory, pose=pose)
         two = lambda v: None if v is None else torch.cat([v, v])
         drop = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]
-        both = self.model(two(x), two(t), two(context), two(actions), two(state), drop_actions=drop, memory=two(memory))
+        both = self.model(two(x), two(t), two(context), two(actions), two(state), drop_actions=drop, memory=two(memory),
+                          pose=two(pose))
         cond, null = both.frames.chunk(2)
         return Prediction(frames=null + w * (cond - null), state=both.state[:x.shape[0]])
 

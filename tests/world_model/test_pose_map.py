@@ -128,3 +128,8 @@ def test_a_saved_model_with_both_pose_inputs_loads_as_it_was(tmp_path):
     actions, state, t = torch.randn(2, 4, 7), torch.randn(2, 2, 8), torch.rand(2)
     model.eval(), loaded.eval()
     torch.testing.assert_close(loaded(noisy, t, context, actions, state).frames, model(noisy, t, context, actions, state).frames)
+    # the pose inputs a sampler computes once per chunk are the ones the model computes itself
+    once = model.pose_inputs(context, actions, state)
+    assert once.shape == (2, 3 * TINY["future"] + 2 * (TINY["future"] + 1), 32, 32)
+    torch.testing.assert_close(model(noisy, t, context, actions, state, pose=once).frames,
+                               model(noisy, t, context, actions, state).frames)
