@@ -66,8 +66,8 @@ class WorldModelConfig:
     front_map: dict | None = None
     # The statistics of the state the model is trained on (8 values: pose, two fingers), to undo its
     # normalisation where the pose is drawn; needed with either pose input.
-    state_mean: list[float] | None = None
-    state_std: list[float] | None = None
+    state_mean: list[float] | None = None  # the state's mean (reverie-train: the dataset's)
+    state_std: list[float] | None = None  # the state's standard deviation (reverie-train: the dataset's)
 
     def __post_init__(self):
         if self.future is None:
