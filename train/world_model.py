@@ -188,7 +188,7 @@ def train_cycle(cfg: TrainWorldModelConfig) -> Path:
 
 def load_weights(model: WorldModel, folder: Path) -> None:
     """``model`` takes the weights of the world model saved in ``folder``, which must have its shapes;
-    a U-Net with more input channels (the wrist warp's, last) keeps them at zero weight."""
+    a U-Net with more input channels (the pose inputs', last) keeps them at zero weight."""
     saved = WorldModel.from_pretrained(folder).state_dict()
     mine = model.state_dict()
     key = "unet.conv_in.weight"
