@@ -94,7 +94,7 @@ class WorldModelSampler:
         shape = (B, spec.views, spec.future, *model.sample_shape)
         x = torch.randn(shape, generator=generator, device=context.device, dtype=context.dtype)
         self.scheduler.set_timesteps(self.num_steps, device=context.device)
-        pose = model.pose_inputs(context, actions, state) if self.num_steps > 1 else None  # once for every step
+        pose = model.pose_inputs(context, actions, state)  # once for every step and both guidance rows
         for t in self.scheduler.timesteps:
             sigma = (t / 1000.0).to(context.dtype)
             pred = self._denoise(x, sigma.expand(B), context, actions, state, memory, pose)
