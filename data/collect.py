@@ -58,9 +58,13 @@ class CollectConfig:
     height: int = 64  # of each view, in pixels
     width: int = 64  # of each view, in pixels
     render_quality: str = "fast"  # "fast" (arm drawn with collision meshes) or "full"
-    # The collection's expert: 10% of episodes in each of three failure modes.
+    # The collection's expert: 10% of episodes in each of three failure modes and 20% near misses
+    # (successes and failures a centimetre apart), with action noise on a third of the episodes so
+    # that the world model's state head sees actions other than the expert's (docs/research_log.md,
+    # sessions 16-18).
     expert: ExpertConfig = field(default_factory=lambda: ExpertConfig(
-        failure_mix={"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1}))
+        failure_mix={"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1, "near_miss": 0.2},
+        action_noise=0.3, noisy_share=0.33))
     policy: Path | None = None  # a saved policy (reverie-train policy) to collect with instead of the expert
     hold_steps: int = 10  # steps recorded after the first success
     max_steps: int | None = None  # episode horizon; None = the task's default

@@ -2,7 +2,7 @@
 
     lerobot-eval --policy.path=outputs/policy/model --env.type=reverie \
         --env.world_model=outputs/demo/world_model/model --env.progress=outputs/demo/progress/model \
-        --env.dataset=outputs/demo/dataset --env.val_episodes=20 --eval.n_episodes=20 --eval.batch_size=10
+        --env.dataset=outputs/demo/dataset --env.val_episodes=30 --eval.n_episodes=20 --eval.batch_size=10
 
 (any lerobot policy folder: ``reverie-train policy --policy_type diffusion``'s ``<output_dir>/model``
 or lerobot-train's ``checkpoints/last/pretrained_model``; without ``--env.dataset`` the episodes

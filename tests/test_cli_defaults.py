@@ -11,7 +11,9 @@ import pytest
 
 from data import cli
 from data.collect import CollectConfig
+from data.episodes import held_out_count
 from train.autoencoder import TrainAutoencoderConfig
+from train.demo import PRESETS
 from train.policy import TrainPolicyConfig
 from train.rl.loop import RLConfig
 from train.world_model import TrainWorldModelConfig
@@ -39,14 +41,15 @@ def test_autoencoder_caches_frames_unless_told_not_to():
 
 @pytest.mark.parametrize("cls", [TrainPolicyConfig, RLConfig])
 def test_policy_and_rl_hold_out_the_demo_split(cls):
-    assert parse(cls, "--dataset.root", "x").dataset.val_episodes == 20
+    demo_split = held_out_count(PRESETS["full"]["episodes"])
+    assert parse(cls, "--dataset.root", "x").dataset.val_episodes == demo_split
     assert parse(cls, "--dataset.root", "x", "--dataset.val_episodes", "5").dataset.val_episodes == 5
 
 
-def test_collection_keeps_its_failure_mix_when_noise_is_added():
-    cfg = parse(CollectConfig, "--expert.action_noise", "0.3")
-    assert cfg.expert.action_noise == 0.3
-    assert cfg.expert.failure_mix == {"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1}
+def test_collection_keeps_its_failure_mix_and_noisy_share_when_the_noise_is_changed():
+    cfg = parse(CollectConfig, "--expert.action_noise", "0.1")
+    assert cfg.expert.action_noise == 0.1 and cfg.expert.noisy_share == 0.33
+    assert cfg.expert.failure_mix == {"early_release": 0.1, "wrong_target": 0.1, "stall": 0.1, "near_miss": 0.2}
     assert parse(CollectConfig, "--expert.failure_mix", '{"near_miss": 0.2}').expert.failure_mix == {"near_miss": 0.2}
 
 

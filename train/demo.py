@@ -36,7 +36,7 @@ PRESETS = {
               "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100,
               "progress_steps": 30, "policies": ("expert", "fail-50%+noise", "stall"), "policy_episodes": 2,
               "bc_steps": 20, "rl_iterations": 1, "rl_envs": 4, "rl_group": 2, "rl_max_steps": 16, "rl_eval_episodes": 2},
-    "full": {"episodes": 200, "wm_steps": 3600, "wm_second_cycle": 600, "wm_batch": 16,
+    "full": {"episodes": 300, "wm_steps": 3600, "wm_second_cycle": 600, "wm_batch": 16,
              "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000,
              "progress_steps": 1500, "policies": None, "policy_episodes": 20,
              "bc_steps": 2000, "rl_iterations": 40, "rl_envs": 32, "rl_group": 8, "rl_max_steps": 80,
@@ -84,7 +84,8 @@ def stage_world_model(cfg: DemoConfig) -> Path:
         print(f"world model already trained for {steps} + {second} steps: {out / 'model'}")
     else:
         train(TrainWorldModelConfig(dataset=dataset_config(cfg), steps=steps, second_cycle=second,
-                                    batch_size=preset["wm_batch"], output_dir=out, seed=cfg.seed))
+                                    batch_size=preset["wm_batch"], wrist_warp=True, front_map=True,
+                                    output_dir=out, seed=cfg.seed))
     report = cfg.output_dir / "world_model_eval"
     if not (report / "fidelity.json").exists():
         held_out = replace(dataset_config(cfg), cache_frames=False)  # a few rollouts: decode on demand

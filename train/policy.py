@@ -63,8 +63,8 @@ DIFFUSION_FIXED = ("input_features", "output_features", "n_obs_steps", "n_action
 
 @dataclass
 class TrainPolicyConfig(loop.LoopConfig):
-    # the demo's split (a tenth of 200 episodes held out): policy cloning and RL starts
-    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=20))
+    # the demo's split (a tenth of 300 episodes held out): policy cloning and RL starts
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=30))
     policy_type: str = "flow"  # flow (policy.flow) | diffusion (lerobot's Diffusion Policy)
     # The flow policy; views, image size and action/state dims are filled in from the dataset.
     # The diffusion policy takes only chunk_size from here.

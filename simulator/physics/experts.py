@@ -14,7 +14,7 @@ Failure modes are injected per episode, drawn from a mix, so a dataset has label
   these grasps still hold the cube (over 12 seeds per offset: 9/12 succeed at 1.5 cm, 6/12 at
   2 cm, 5/12 at 2.5 cm, 0/12 at 3 cm). A dataset with this mode shows successes and failures a
   centimetre or two apart, which a world model must tell apart to score a policy that misses
-  narrowly; the episode's label is the physics outcome. Not in the default mix;
+  narrowly; the episode's label is the physics outcome. reverie-collect's default mix has 20%;
 - ``stall``: freezes (zero motion) from a random point before the lift, for good;
 - on top of any mode, ``action_noise`` adds Gaussian noise to the translation actions, in the share
   ``noisy_share`` of episodes (drawn by seed, independently of the failure mode). An expert's
