@@ -122,11 +122,12 @@ def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
                           horizons: tuple[int, ...] = OPEN_LOOP_HORIZONS) -> dict[str, torch.Tensor]:
     """Per episode: ``physics`` success of the policy run closed loop in ``physics`` (an env that does
     not end episodes at success), ``imagined`` success of the same actions imagined open loop from the
-    same start for as long as physics ran, and after each of ``horizons`` actions ``state_error`` (K, 3)
+    same start for as long as physics ran, ``physics_step`` and ``imagined_step``, the env step of each
+    one's first success (0: none), and after each of ``horizons`` actions ``state_error`` (K, 3)
     (the state head's end effector minus physics', m) and ``psnr`` (K, V) (imagined frames against
     physics', dB); nan where the imagined episode had ended (solved) before."""
     B, stride, views = imagined.num_envs, imagined.frame_stride, imagined.views
-    out = {k: [] for k in ("physics", "imagined", "state_error", "psnr")}
+    out = {k: [] for k in ("physics", "imagined", "physics_step", "imagined_step", "state_error", "psnr")}
     for first in range(0, episodes, B):
         run = Rollout(physics, seed=seed + first)
         policy.reset(run.obs, run.info, seeds=list(range(first, first + B)))
@@ -150,7 +151,8 @@ def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
             errors.append(torch.where(alive[:, None], state[:, i] - real[c][0][:, i], torch.nan))
             psnrs.append(torch.where(alive[:, None], psnr, torch.nan))
         n = min(B, episodes - first)
-        for key, value in (("physics", solved), ("imagined", dream.solved), ("state_error", torch.stack(errors, 1)),
+        for key, value in (("physics", solved), ("imagined", dream.solved), ("physics_step", run.info["success_step"]),
+                           ("imagined_step", dream.info["success_step"]), ("state_error", torch.stack(errors, 1)),
                            ("psnr", torch.stack(psnrs, 1))):
             out[key].append(value[:n])
     return {k: torch.cat(v) for k, v in out.items()}
@@ -162,9 +164,13 @@ def open_loop_summary(run: dict[str, torch.Tensor], horizons: tuple[int, ...], v
     per = lambda x: " / ".join(f"{v:.1f}" for v in x.tolist())
     xy, z = mm[..., :2].norm(dim=-1).nanmean(0), mm[..., 2].nanmean(0)
     psnr = "; ".join(f"{v} {per(run['psnr'][..., j].nanmean(0))}" for j, v in enumerate(views))
+    both = run["physics"] & run["imagined"]
+    lag = (run["imagined_step"] - run["physics_step"])[both].float()
+    timing = (f"success step on the same actions, imagined - physics {lag.mean():+.1f} (mean abs "
+              f"{lag.abs().mean():.1f}, n={len(lag)})" if len(lag) else "no start succeeds in both")
     return (f"the policy's physics actions imagined open loop ({len(run['physics'])} episodes): physics "
             f"{run['physics'].float().mean():.2f}, imagined {run['imagined'].float().mean():.2f}, phi {a['phi']:+.2f} "
-            f"[{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]; after {' / '.join(map(str, horizons))} actions the state "
+            f"[{a['phi_ci95'][0]:+.2f}, {a['phi_ci95'][1]:+.2f}]; {timing}; after {' / '.join(map(str, horizons))} actions the state "
             f"head's end effector minus physics' x-y {per(xy)} mm, z {' / '.join(f'{v:+.1f}' for v in z.tolist())} mm; "
             f"PSNR of the imagined frames against physics' (dB) {psnr}")
 

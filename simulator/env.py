@@ -37,7 +37,8 @@ dim, S state dim, D object-state dim, V views, L frames kept per env, h x w imag
 - ``obs`` and ``info`` have the physics env's keys (``keys.image_key(view)`` (B, 3, h, w) float in
   [0, 1], ``observation.state`` (B, S), ``task``; info ``success``, ``success_prob``, ``progress``,
   ``frames`` {view: (B, H, 3, h, w) uint8}, ``frames_valid`` (B, H), ``states`` (B, H, S),
-  ``steps``, ``seeds``; reset info also ``object_state`` (B, D), the start frame's object state,
+  ``steps``, ``success_step`` (the step of the first success, 0 before it; it matters where
+  episodes go on past success), ``seeds``; reset info also ``object_state`` (B, D), the start frame's object state,
   which scripted experts plan from). Finished envs stay frozen until a partial reset
   (``options={"reset_mask": mask}``).
 - ``obs`` also has each image and the state one env step before under ``keys.previous_key(key)``,
@@ -124,6 +125,7 @@ class ImaginedEnv:
         self._steps = torch.zeros(B, dtype=torch.long)
         self._done = torch.ones(B, dtype=torch.bool)
         self._success = torch.zeros(B, dtype=torch.bool)
+        self._success_step = torch.zeros(B, dtype=torch.long)  # env steps at the first success (0: none)
         self._outside = torch.zeros(B, dtype=torch.bool)
         self._state_bounds = state_bounds(normalizer)
         self._progress = torch.zeros(B)
@@ -194,10 +196,12 @@ class ImaginedEnv:
             states.append(torch.where(run.view(B, 1, 1), new_states, self._states[:, -1:]))
             first = self._score(torch.nonzero(run).flatten(), frames=spec.future)  # (B,) first solved frame, -1 none
             solved = (first >= 0) & run
+            at = self._steps - spec.horizon + (first + 1) * self.frame_stride  # the env step of the solved frame
+            self._success_step = torch.where(solved & ~self._success, at, self._success_step)
             self._success |= solved
             ends = solved & cfg.terminate_on_success
             # the episode ends at its first solved frame, not at the chunk's end, as physics ends at its step
-            self._steps = torch.where(ends, self._steps - spec.horizon + (first + 1) * self.frame_stride, self._steps)
+            self._steps = torch.where(ends, at, self._steps)
             past = torch.arange(spec.future) > first[:, None]  # (B, F) frames after the solved one
             valid.append(run[:, None] & ~(ends[:, None] & past))
             finished = (solved & cfg.terminate_on_success) | (self._steps >= self.max_steps)
@@ -291,6 +295,7 @@ class ImaginedEnv:
         self._frames[b], self._states[b] = frames[:, idx], states[idx].float()
         self._first[b], self._object_state[b], self._task[b] = s.first_frames[n], s.object_state[n], s.task[n]
         self._steps[b], self._done[b], self._success[b], self._outside[b] = 0, False, False, False
+        self._success_step[b] = 0
 
     def _check_actions(self, actions) -> Tensor:
         actions = torch.as_tensor(actions)
@@ -352,6 +357,7 @@ class ImaginedEnv:
             "frames_valid": valid,
             "states": states,
             "steps": self._steps.clone(),
+            "success_step": self._success_step.clone(),  # the step of the first success (0: none yet)
         }
 
 

@@ -241,6 +241,11 @@ def test_physics_then_imagined_imagines_the_actions_physics_ran(physics, starts,
     assert run["imagined"].all() and run["state_error"][:, 0].isfinite().all()
     assert run["state_error"][:, 1:].isnan().all() and run["psnr"][:, 1:].isnan().all()
     assert "physics 0.00, imagined 1.00" in open_loop_summary(run, horizons, VIEWS)
+    # the step of each one's first success: the sure progress model solves the first imagined frame
+    assert run["imagined_step"].tolist() == [1, 1] and run["physics_step"].tolist() == [0, 0]
+    assert "no start succeeds in both" in open_loop_summary(run, horizons, VIEWS)
+    run["physics"][:], run["physics_step"][:] = True, torch.tensor([4, 1])  # as if physics had succeeded
+    assert "imagined - physics -1.5 (mean abs 1.5, n=2)" in open_loop_summary(run, horizons, VIEWS)
 
 
 def test_grasp_frames_reads_differences_from_physics_frames_in_mm():

@@ -18,7 +18,7 @@ from simulator.starts import StartFrames
 from simulator.world_model import WorldModel
 
 VIEWS, SIZE, B, H = ("front", "wrist"), 32, 2, 8
-SHARED_INFO = ("success", "success_prob", "progress", "frames_valid", "states", "steps")
+SHARED_INFO = ("success", "success_prob", "progress", "frames_valid", "states", "steps", "success_step")
 
 
 def tiny_models(seed: int = 0):
@@ -142,6 +142,7 @@ def test_reward_is_the_progress_gain_and_success_terminates(starts):
     assert torch.allclose(reward, 0.9 * after["progress"] - info["progress"] + 2.0)
     # the episode ends at its first solved frame, as physics ends at the step of its success
     assert after["steps"].tolist() == [1, 1] and after["frames_valid"].tolist() == [[True] + [False] * (H - 1)] * B
+    assert after["success_step"].tolist() == [1, 1]
     # finished envs stay finished: no reward, no new frames
     obs_before = env._observation()
     _, reward, terminated, truncated, info = env.step(torch.ones(B, H, 7))
@@ -173,6 +174,20 @@ def test_the_outcome_does_not_read_the_physics_object_state(starts):
             assert all(torch.equal(x, y) for x, y in zip(*(
                 [v] if torch.is_tensor(v) else list(v.values()) for v in (step_info_a[key], step_info_b[key])))), key
         assert all(torch.equal(obs_a[k], obs_b[k]) for k in obs_a if torch.is_tensor(obs_a[k]))
+
+
+def test_success_step_stays_at_the_first_success_when_episodes_go_on(starts):
+    """Without termination at success the episode runs on to the horizon; ``success_step`` keeps the
+    step of its first solved frame (1: the first frame), and is 0 while nothing is solved."""
+    env = sure(imagined_env(starts, terminate_on_success=False), success=False)
+    env.reset(seed=0)
+    *_, info = env.step(torch.zeros(B, H, 7))
+    assert info["success_step"].tolist() == [0, 0]
+    sure(env, success=True)
+    *_, info = env.step(torch.zeros(B, H, 7))
+    assert info["success"].all() and info["success_step"].tolist() == [H + 1, H + 1] and info["steps"].tolist() == [2 * H] * B
+    _, info = env.reset(seed=0)  # a new episode starts with none
+    assert info["success_step"].tolist() == [0, 0]
 
 
 def test_truncation_at_the_horizon(starts):

@@ -168,6 +168,7 @@ class PhysicsEnv:
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._done = np.ones(self.num_envs, dtype=bool)  # nothing is running before reset
         self._success = np.zeros(self.num_envs, dtype=bool)
+        self._success_step = np.zeros(self.num_envs, dtype=np.int64)  # env steps at the first success (0: none)
         self._last = [None] * self.num_envs  # latest (images, state, object state) per env
         self._prev = [None] * self.num_envs  # the same one env step before (after a reset: the latest)
         self._next_seed = 0
@@ -229,6 +230,8 @@ class PhysicsEnv:
                 states[b, t] = self._last[b][1]
                 valid[b, t] = True
                 if solved:
+                    if not self._success[b]:
+                        self._success_step[b] = self._steps[b]
                     self._success[b] = True
                     reward[b] = 1.0
                 if (solved and self.config.terminate_on_success) or self._steps[b] >= self.max_steps:
@@ -241,10 +244,10 @@ class PhysicsEnv:
         obs = self._observation()
         if self.config.autoreset and self._done.any():
             info["final_observation"] = obs
-            info["final_info"] = {k: info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps")}
+            info["final_info"] = {k: info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps", "success_step")}
             obs, reset_info = self.reset(options={"reset_mask": self._done.copy()})
             # info describes the envs as they are now; the finished episodes are in final_info
-            info |= {k: reset_info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps", "seeds")}
+            info |= {k: reset_info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps", "success_step", "seeds")}
         return obs, torch.from_numpy(reward), terminated, truncated, info
 
     def task_env(self, b: int = 0):
@@ -264,6 +267,7 @@ class PhysicsEnv:
         self._steps[b] = 0
         self._done[b] = False
         self._success[b] = False
+        self._success_step[b] = 0
 
     def _check_actions(self, actions) -> torch.Tensor:
         actions = torch.as_tensor(actions)
@@ -307,6 +311,8 @@ class PhysicsEnv:
             "object_state": torch.from_numpy(np.stack([latest[2] for latest in self._last])),  # read at each step
             "stage": stage,
             "steps": torch.from_numpy(self._steps.copy()),
+            # the step of the first success (0: none yet), also where episodes go on past it
+            "success_step": torch.from_numpy(self._success_step.copy()),
             "frames": frames,
             "frames_valid": valid,
         }

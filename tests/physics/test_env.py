@@ -122,3 +122,26 @@ def test_step_before_reset_is_an_error():
     with pytest.raises(RuntimeError, match="reset"):
         env.step(torch.zeros(1, 1, A))
     env.close()
+
+
+def test_success_step_is_where_a_terminating_env_ends():
+    """An env that goes on past success reports, in ``success_step``, the step at which the same
+    episode ends in an env that terminates at success (the expert's actions, recorded once)."""
+    from simulator.physics import ExpertConfig, ScriptedExpert
+
+    ends = PhysicsEnv(PhysicsEnvConfig(task="lift", views=()))
+    goes_on = PhysicsEnv(PhysicsEnvConfig(task="lift", views=(), terminate_on_success=False))
+    obs, info = ends.reset(seed=4)
+    expert = ScriptedExpert(ends.spec, ExpertConfig())
+    expert.reset(info["object_state"][0].numpy(), ends.task_env(0), 4)
+    actions, terminated = [], torch.zeros(1, dtype=torch.bool)
+    while not terminated.any():
+        actions.append(torch.as_tensor(expert.act(obs[keys.STATE][0].numpy()), dtype=torch.float32)[None, None])
+        obs, _, terminated, truncated, info = ends.step(actions[-1])
+        assert not truncated.any()
+    _, start = goes_on.reset(seed=4)
+    assert start["success_step"].tolist() == [0]
+    *_, after = goes_on.step(torch.cat([*actions, torch.zeros(1, 10, A)], 1))  # 10 steps more after the success
+    assert after["success_step"].tolist() == info["steps"].tolist() == [len(actions)]
+    assert after["steps"].tolist() == [len(actions) + 10]
+    ends.close(), goes_on.close()
