@@ -2,7 +2,7 @@
 VLAW): the recipe of the README's alignment paragraph as one command.
 
     reverie-align --policy outputs/policy/model --world_model outputs/world_model/model \\
-        --dataset.root outputs/demo/dataset --dataset.val_episodes 20 --output_dir outputs/align
+        --dataset.root outputs/demo/dataset --dataset.val_episodes 30 --output_dir outputs/align
 
 1. ``rollouts/``: the policy's own episodes in physics (``reverie-collect --policy``, its
    deterministic chunks; successes and failures labelled by physics), collected with the dataset's
