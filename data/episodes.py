@@ -32,6 +32,10 @@ def held_out_count(episodes: int) -> int:
     return max(1, episodes // 10)
 
 
+DEMO_EPISODES = 300  # the full demo's collection (train.demo's preset "full")
+DEMO_HELD_OUT = held_out_count(DEMO_EPISODES)  # its held-out split: what policy cloning and RL default to
+
+
 @dataclass
 class Episode:
     """One episode in memory, with its labels."""

@@ -124,8 +124,8 @@ class ImaginedEnv:
         self._task = [""] * B
         self._steps = torch.zeros(B, dtype=torch.long)
         self._done = torch.ones(B, dtype=torch.bool)
-        self._success = torch.zeros(B, dtype=torch.bool)
-        self._success_step = torch.zeros(B, dtype=torch.long)  # env steps at the first success (0: none)
+        # env steps at each episode's first success (0: none yet); an episode succeeded where it is > 0
+        self._success_step = torch.zeros(B, dtype=torch.long)
         self._outside = torch.zeros(B, dtype=torch.bool)
         self._state_bounds = state_bounds(normalizer)
         self._progress = torch.zeros(B)
@@ -198,7 +198,6 @@ class ImaginedEnv:
             solved = (first >= 0) & run
             at = self._steps - spec.horizon + (first + 1) * self.frame_stride  # the env step of the solved frame
             self._success_step = torch.where(solved & ~self._success, at, self._success_step)
-            self._success |= solved
             ends = solved & cfg.terminate_on_success
             # the episode ends at its first solved frame, not at the chunk's end, as physics ends at its step
             self._steps = torch.where(ends, at, self._steps)
@@ -294,8 +293,12 @@ class ImaginedEnv:
         idx = (torch.arange(L) - L + frames.shape[1]).clamp_min(0)  # too short: repeat the oldest frame
         self._frames[b], self._states[b] = frames[:, idx], states[idx].float()
         self._first[b], self._object_state[b], self._task[b] = s.first_frames[n], s.object_state[n], s.task[n]
-        self._steps[b], self._done[b], self._success[b], self._outside[b] = 0, False, False, False
-        self._success_step[b] = 0
+        self._steps[b], self._done[b], self._success_step[b], self._outside[b] = 0, False, 0, False
+
+    @property
+    def _success(self) -> Tensor:
+        """(B,) bool: whether each episode has succeeded (its first success step is set)."""
+        return self._success_step > 0
 
     def _check_actions(self, actions) -> Tensor:
         actions = torch.as_tensor(actions)

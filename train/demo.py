@@ -21,7 +21,7 @@ from pathlib import Path
 
 from data.clips import DatasetConfig
 from data.collect import CollectConfig, collect, quiet_writers
-from data.episodes import held_out_count
+from data.episodes import DEMO_EPISODES, held_out_count
 from data.summary import summarize
 from train.checkpoint import finished
 
@@ -36,7 +36,7 @@ PRESETS = {
               "eval_starts": 8, "eval_horizon": 16, "probe_steps": 100,
               "progress_steps": 30, "policies": ("expert", "fail-50%+noise", "stall"), "policy_episodes": 2,
               "bc_steps": 20, "rl_iterations": 1, "rl_envs": 4, "rl_group": 2, "rl_max_steps": 16, "rl_eval_episodes": 2},
-    "full": {"episodes": 300, "wm_steps": 3600, "wm_second_cycle": 600, "wm_batch": 16,
+    "full": {"episodes": DEMO_EPISODES, "wm_steps": 3600, "wm_second_cycle": 600, "wm_batch": 16,
              "eval_starts": 64, "eval_horizon": 32, "probe_steps": 1000,
              "progress_steps": 1500, "policies": None, "policy_episodes": 20,
              "bc_steps": 2000, "rl_iterations": 40, "rl_envs": 32, "rl_group": 8, "rl_max_steps": 80,

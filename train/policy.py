@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from data.clips import DatasetConfig
-from data.episodes import FrameTable
+from data.episodes import DEMO_HELD_OUT, FrameTable
 from policy.flow import FlowPolicy, FlowPolicyConfig
 from simulator import keys
 from train import loop
@@ -63,8 +63,8 @@ DIFFUSION_FIXED = ("input_features", "output_features", "n_obs_steps", "n_action
 
 @dataclass
 class TrainPolicyConfig(loop.LoopConfig):
-    # the demo's split (a tenth of 300 episodes held out): policy cloning and RL starts
-    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=30))
+    # the demo's split (a tenth of its episodes held out): policy cloning and RL starts
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(val_episodes=DEMO_HELD_OUT))
     policy_type: str = "flow"  # flow (policy.flow) | diffusion (lerobot's Diffusion Policy)
     # The flow policy; views, image size and action/state dims are filled in from the dataset.
     # The diffusion policy takes only chunk_size from here.

@@ -167,8 +167,8 @@ class PhysicsEnv:
         self.envs = [TaskInstance(self.spec, config) for _ in range(self.num_envs)]
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._done = np.ones(self.num_envs, dtype=bool)  # nothing is running before reset
-        self._success = np.zeros(self.num_envs, dtype=bool)
-        self._success_step = np.zeros(self.num_envs, dtype=np.int64)  # env steps at the first success (0: none)
+        # env steps at each episode's first success (0: none yet); an episode succeeded where it is > 0
+        self._success_step = np.zeros(self.num_envs, dtype=np.int64)
         self._last = [None] * self.num_envs  # latest (images, state, object state) per env
         self._prev = [None] * self.num_envs  # the same one env step before (after a reset: the latest)
         self._next_seed = 0
@@ -230,9 +230,8 @@ class PhysicsEnv:
                 states[b, t] = self._last[b][1]
                 valid[b, t] = True
                 if solved:
-                    if not self._success[b]:
+                    if not self._success_step[b]:
                         self._success_step[b] = self._steps[b]
-                    self._success[b] = True
                     reward[b] = 1.0
                 if (solved and self.config.terminate_on_success) or self._steps[b] >= self.max_steps:
                     self._done[b] = True
@@ -250,6 +249,11 @@ class PhysicsEnv:
             info |= {k: reset_info[k] for k in ("success", "success_prob", "progress", "object_state", "stage", "steps", "success_step", "seeds")}
         return obs, torch.from_numpy(reward), terminated, truncated, info
 
+    @property
+    def _success(self) -> np.ndarray:
+        """(B,) bool: whether each episode has succeeded (its first success step is set)."""
+        return self._success_step > 0
+
     def task_env(self, b: int = 0):
         """Env b's robosuite env, for a scripted expert planning from the start (the policy's
         privilege, never the simulator's: no imagined outcome reads it)."""
@@ -266,7 +270,6 @@ class PhysicsEnv:
         self._last[b] = self._prev[b] = (env.render(), env.state(), env.object_state())
         self._steps[b] = 0
         self._done[b] = False
-        self._success[b] = False
         self._success_step[b] = 0
 
     def _check_actions(self, actions) -> torch.Tensor:

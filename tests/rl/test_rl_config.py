@@ -9,6 +9,7 @@ import yaml
 
 from data import cli
 from data.clips import DatasetConfig
+from data.episodes import DEMO_HELD_OUT
 from train.rl.base import AlgorithmConfig
 from train.rl.filtered_imitation import FilteredImitationConfig
 from train.rl.grpo import GRPOConfig
@@ -88,7 +89,7 @@ def test_the_lift_recipe_file_is_the_defaults_plus_its_settings():
     recipe = RECIPES / "rl_lift.yaml"
     settings = yaml.safe_load(recipe.read_text())
     loaded = cli.parse(RLConfig, ["--config_path", str(recipe), "--dataset.root", "data"])
-    expected = draccus.encode(RLConfig(dataset=DatasetConfig(root="data", val_episodes=30)))
+    expected = draccus.encode(RLConfig(dataset=DatasetConfig(root="data", val_episodes=DEMO_HELD_OUT)))
     for group, value in settings.items():  # the defaults with the file's settings over them
         expected[group] = expected[group] | value if isinstance(value, dict) else value
     assert draccus.encode(loaded) == expected
