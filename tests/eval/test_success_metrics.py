@@ -145,10 +145,15 @@ def test_closed_loop_pairs_episodes_and_compares_success_steps():
     assert (bc["agreement"]["both"], bc["agreement"]["imagined_only"], bc["agreement"]["neither"]) == (2, 1, 2)
     assert bc["agreement"]["phi"] == pytest.approx(pearson([1, 0, 0, 1, 0], [1, 1, 0, 1, 0]))
     assert bc["ceiling"]["phi"] == pytest.approx(pearson([1, 0, 0, 1, 0], [1, 0, 1, 1, 0]))
-    assert bc["step_lag"] == {"n": 2, "mean": pytest.approx(1.5), "mean_abs": pytest.approx(3.5)}  # -2 and +5
+    assert bc["step_lag"] | {"mean_ci95": None} == {"n": 2, "mean": pytest.approx(1.5), "mean_abs": pytest.approx(3.5),
+                                                    "mean_ci95": None}  # -2 and +5
+    assert bc["step_lag"]["mean_ci95"][0] == pytest.approx(-2.0) and bc["step_lag"]["mean_ci95"][1] == pytest.approx(5.0)
+    assert (bc["ceiling_step_lag"]["n"], bc["ceiling_step_lag"]["mean"]) == (2, pytest.approx(1.0))  # +2 and 0
     assert bc["outside_data"] == {"n": 5, "outside": 2, "succeeded": 1}
     assert rows["blind"]["ceiling"] is None and rows["blind"]["step_lag"]["n"] == 0
+    assert rows["blind"]["ceiling_step_lag"] is None
     assert rows["blind"]["outside_data"] is None  # not recorded
     table = closed_loop_markdown(rows)
-    assert "| bc | +0.20 |" in table and "+1.5 (mean abs 3.5, n=2) | 2 / 5 (1) |" in table
-    assert "| blind | +1.00 | n/a (one side constant) | not run | n/a (n=0) | n/a |" in table
+    assert "| bc | +0.20 |" in table and "+1.5 [-2.0, +5.0] (mean abs 3.5, n=2) | +1.0 [+0.0, +2.0] (mean abs 1.0, n=2) " \
+        "| 2 / 5 (1) |" in table
+    assert "| blind | +1.00 | n/a (one side constant) | not run | n/a (n=0) | not run | n/a |" in table

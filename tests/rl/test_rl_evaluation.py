@@ -81,19 +81,23 @@ def test_the_family_physics_ceiling_scores_the_reseeded_physics_run_as_if_it_wer
     from eval.policy import EpisodeResults
     from eval.success import PolicyComparison
 
-    def results(success):
-        return EpisodeResults(success=success, steps=[10] * len(success), seconds=1.0)
+    def results(success, step=10):
+        return EpisodeResults(success=success, steps=[step] * len(success), seconds=1.0)
 
     first = {"a": [True, True, True, False], "b": [True, False, False, False], "c": [False] * 4}
     again = {"a": [True, True, False, False], "b": [True, True, False, True], "c": [False, False, False, True]}
-    runs = {n: {"imagined": results([True] * 4), "physics": results(first[n]), "physics_reseeded": results(again[n])}
-            for n in first}
+    runs = {n: {"imagined": results([True] * 4, step=12), "physics": results(first[n]),
+                "physics_reseeded": results(again[n])} for n in first}
     ceiling = physics_against_itself(runs)
     assert ceiling.physics == [0.75, 0.25, 0.0] and ceiling.imagined == [0.5, 0.75, 0.25]
     assert ceiling.summary()["mean_abs_gap"] == pytest.approx((0.25 + 0.5 + 0.25) / 3)
     comparison = PolicyComparison(names=list(first), imagined_successes=[4] * 3, imagined_n=[4] * 3,
                                   physics_successes=[3, 1, 0], physics_n=[4] * 3)
     assert "mean |reseeded - physics| 0.33" in family_markdown(comparison, runs)
+    # success steps pooled over the family's starts that succeed in both: 3 + 1 imagined two steps late,
+    # 2 + 1 reseeded ones on time
+    assert "imagined - physics: +2.0 [+2.0, +2.0] (mean abs 2.0, n=4); reseeded physics - physics: +0.0 " \
+        "[+0.0, +0.0] (mean abs 0.0, n=3)" in family_markdown(comparison, runs)
     del runs["c"]["physics_reseeded"]  # not run for every policy: no ceiling, and no line for it
     assert physics_against_itself(runs) is None and "reseeded - physics" not in family_markdown(comparison, runs)
 
