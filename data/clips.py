@@ -213,24 +213,14 @@ class ClipDataset(torch.utils.data.Dataset):
         return self.decode(ep, list(range(end - first)))
 
     def __getitem__(self, idx: int) -> dict:
-        cfg = self.config
-        C, H, s = cfg.context, cfg.horizon, cfg.stride
+        C = self.config.context
         ep = int(self.episode_of[idx])
         first, end = self._rows[ep]
-        length = end - first
-        t = int(self.frame_of[idx])
-        ctx_t = torch.arange(t - (C - 1) * s, t + 1, s)
-        fut_t = torch.arange(t + s, t + H + 1, s)
-        act_t = torch.arange(t, t + H)
-        ctx_mask, fut_mask, act_mask = ctx_t >= 0, fut_t < length, act_t < length
-        ctx_c, fut_c, act_c = ctx_t.clamp(0, length - 1), fut_t.clamp(0, length - 1), act_t.clamp(0, length - 1)
-
+        (ctx_c, fut_c, act_c), (ctx_mask, fut_mask, act_mask) = self._clip_index(
+            torch.tensor([int(self.frame_of[idx])]), torch.tensor([end - first]))
+        ctx_c, fut_c, act_c, ctx_mask, fut_mask, act_mask = (x[0] for x in (ctx_c, fut_c, act_c, ctx_mask, fut_mask, act_mask))
         frames = self._frames(ep, torch.cat([ctx_c, fut_c]))  # (V, C+F, 3, h, w)
-        action = self.columns[keys.ACTION][first + act_c] * act_mask[:, None]
-        state = self.columns[keys.STATE][first + torch.cat([ctx_c, fut_c])]
-        if cfg.normalize:
-            action = self.normalizer.normalize(keys.ACTION, action) * act_mask[:, None]
-            state = self.normalizer.normalize(keys.STATE, state)
+        action, state = self._action_state(first + act_c, act_mask, first + torch.cat([ctx_c, fut_c]))
         item = {
             "context": frames[:, :C],
             "future": frames[:, C:],
@@ -243,13 +233,44 @@ class ClipDataset(torch.utils.data.Dataset):
             "future_state": state[C:],
             "task": self.tasks[int(self.task_of[idx])],
             "episode_index": ep,
-            "frame_index": t,
+            "frame_index": int(self.frame_of[idx]),
         }
         if keys.ENV_STATE in self.columns:
             item["future_env_state"] = self.columns[keys.ENV_STATE][first + fut_c]
         if keys.PROGRESS in self.columns:
             item["future_progress"] = self.columns[keys.PROGRESS][first + fut_c].squeeze(-1)
         return item
+
+    def state_windows(self, rows: torch.Tensor) -> dict:
+        """What the clips at ``rows`` (N,) hold besides their frames, read in one go from the columns:
+        ``action`` (N, H, A), ``context_state`` (N, C, S), ``future_state`` (N, F, S), ``future_mask``
+        (N, F), as ``__getitem__`` gives them (for training the parts of a model that see no frames)."""
+        C = self.config.context
+        first = torch.tensor([self._rows[int(ep)][0] for ep in self.episode_of[rows]])
+        length = torch.tensor([self._rows[int(ep)][1] for ep in self.episode_of[rows]]) - first
+        (ctx_c, fut_c, act_c), (_, fut_mask, act_mask) = self._clip_index(self.frame_of[rows], length)
+        action, state = self._action_state(first[:, None] + act_c, act_mask, first[:, None] + torch.cat([ctx_c, fut_c], 1))
+        return {"action": action, "context_state": state[:, :C], "future_state": state[:, C:], "future_mask": fut_mask}
+
+    def _clip_index(self, t: torch.Tensor, length: torch.Tensor):
+        """Frames within their episodes of the clips at frames ``t`` (N,) of episodes of ``length``
+        (N,): the context frames (N, C), future frames (N, F) and actions (N, H), clamped into the
+        episode, and the masks of those that lie inside it."""
+        C, H, s = self.config.context, self.config.horizon, self.config.stride
+        t, last = t.long()[:, None], length.long()[:, None] - 1
+        index = (t + torch.arange(-(C - 1) * s, 1, s), t + torch.arange(s, H + 1, s), t + torch.arange(H))
+        clamped = tuple(torch.minimum(i.clamp_min(0), last) for i in index)
+        return clamped, (index[0] >= 0, index[1] <= last, index[2] <= last)
+
+    def _action_state(self, action_rows: torch.Tensor, action_mask: torch.Tensor, state_rows: torch.Tensor):
+        """Actions (zero past an episode's end) and states at those rows of the columns, normalised
+        with ``config.normalize``."""
+        action = self.columns[keys.ACTION][action_rows] * action_mask[..., None]
+        state = self.columns[keys.STATE][state_rows]
+        if self.config.normalize:
+            action = self.normalizer.normalize(keys.ACTION, action) * action_mask[..., None]
+            state = self.normalizer.normalize(keys.STATE, state)
+        return action, state
 
     def _first_frame(self, ep: int) -> torch.Tensor:
         """(V, 3, h, w) float frame 0 of episode ``ep``, decoded once per episode: asked for with the

@@ -87,6 +87,9 @@ class FidelityResult:
     # mean of both fingers): whether its state head tells fingers closing on the cube from fingers
     # closing on air, which the next chunk's frames are conditioned on.
     finger_error: list[float] | None = None
+    # Per horizon step: the distance (m) of the state head's end effector from the real one: where the
+    # pose inputs draw the arm, and the proprioception a policy reads in imagination.
+    eef_error_state: list[float] | None = None
     # Per horizon step, signed (m): the end effector's height in the imagined frames minus in the real
     # ones, both read by the probe (positive: the frames show the arm higher; its blur bias included,
     # benchmarks.imagined_replay measures that), and the state head's height minus the true one. The
@@ -112,8 +115,9 @@ class FidelityResult:
                           f"{' / '.join(map(str, at))}: {views}")]
         if self.finger_error:
             at = [h for h in (1, 8, 32) if h <= len(self.horizon)] or [len(self.horizon)]
-            rows += ["", f"Predicted finger position error (state head, mm) at horizon {' / '.join(map(str, at))}: "
-                         + " / ".join(f"{1000 * self.finger_error[h - 1]:.2f}" for h in at)]
+            mm = lambda v: " / ".join(f"{1000 * v[h - 1]:.2f}" for h in at)
+            rows += ["", f"State head error (mm) at horizon {' / '.join(map(str, at))}: fingers {mm(self.finger_error)}"
+                         + (f", end-effector distance {mm(self.eef_error_state)}" if self.eef_error_state else "")]
         if self.eef_z_state:
             at = [h for h in (1, 8, 16, 32) if h <= len(self.horizon)] or [len(self.horizon)]
             mm = lambda v: " / ".join(f"{1000 * v[h - 1]:+.1f}" for h in at)
@@ -182,9 +186,10 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     gen = torch.Generator().manual_seed(cfg.seed)
     T = chunks * spec.future
     sums = {k: torch.zeros(T) for k in ("psnr", "psnr_copy_last", "ssim", "ssim_copy_last", "eef_error", "eef_error_real",
-                                        "finger_error", "eef_z_frames", "eef_z_state")}
+                                        "finger_error", "eef_error_state", "eef_z_frames", "eef_z_state")}
     fingers = [keys.STATE_NAMES.index(n) for n in ("finger_l", "finger_r")]
     eef_z = keys.STATE_NAMES.index("eef_z")
+    eef = [keys.STATE_NAMES.index(n) for n in ("eef_x", "eef_y", "eef_z")]
     count = torch.zeros(T)
     energy = {k: torch.zeros(spec.views, T) for k in ("imagined", "copy_last", "real")}  # masked sums, (V, T)
     examples, moves, rises = None, [], {}
@@ -208,6 +213,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
                      - clips.normalizer.unnormalize(keys.STATE, batch["future_state"]))  # (B, T, S) predicted - real
         sums["finger_error"] += torch.where(mask, state_gap[..., fingers].abs().mean(-1), 0.0).sum(0)
         sums["eef_z_state"] += torch.where(mask, state_gap[..., eef_z], 0.0).sum(0)
+        sums["eef_error_state"] += torch.where(mask, state_gap[..., eef].norm(dim=-1), 0.0).sum(0)
         for name, frames in (("imagined", imagined), ("copy_last", copy_last), ("real", real)):
             energy[name] += torch.where(mask[:, None], high_frequency_energy(frames), 0.0).sum(0)
         if probe is not None:

@@ -43,7 +43,7 @@ def test_fine_tuning_starts_from_the_saved_weights(tiny_dataset, tmp_path):
     train(replace(config(tiny_dataset, tmp_path / "base", steps=3), lr=1e-2))
     saved = WorldModel.from_pretrained(tmp_path / "base" / "model").state_dict()
     distance = lambda folder: max((WorldModel.from_pretrained(folder / "model").state_dict()[k] - saved[k]).abs().max().item()
-                                  for k in saved)
+                                  for k in saved if not k.startswith("state_head."))  # the head is fitted again on the data
     train(replace(config(tiny_dataset, tmp_path / "tuned", steps=1), init_from=tmp_path / "base" / "model"))
     train(config(tiny_dataset, tmp_path / "scratch", steps=1))
     # one Adam step at lr 1e-3 moves each weight by about 1e-3 from where it started
@@ -69,6 +69,34 @@ def test_the_second_cycle_is_a_fine_tune_of_the_first_cycles_model(tiny_dataset,
     assert train(replace(config(tiny_dataset, tmp_path / "both", steps=2), second_cycle=2)) == both  # done: nothing to do
     with pytest.raises(ValueError, match="do not follow a first cycle of 3 steps"):
         train(replace(config(tiny_dataset, tmp_path / "both", steps=3), second_cycle=2))
+
+
+def test_the_state_head_is_fitted_alone_first_then_frozen(tiny_dataset, tmp_path):
+    """Before the frames train, the state head fits the training clips' states and actions alone (many
+    clips a step, no frames) and predicts them better than when it trains beside the frames; the frames'
+    steps then leave it as it is."""
+    from dataclasses import replace
+
+    from train.world_model import make_train_set
+
+    fitted = train(config(tiny_dataset, tmp_path / "fitted", steps=1))
+    longer = train(config(tiny_dataset, tmp_path / "longer", steps=3))
+    beside = train(replace(config(tiny_dataset, tmp_path / "beside", steps=3), state_head_epochs=0))
+    data, _ = make_train_set(config(tiny_dataset, tmp_path / "unused", steps=1))
+    w = data.state_windows(torch.arange(len(data)))
+
+    def state_error(folder):
+        model = WorldModel.from_pretrained(folder)
+        F = model.spec.future
+        with torch.no_grad():
+            err = (model.predict_state(w["context_state"], w["action"]) - w["future_state"][:, :F]).square().mean(-1)
+        return (err * w["future_mask"][:, :F]).sum().item() / w["future_mask"][:, :F].sum().item()
+
+    assert state_error(fitted) < 0.5 * state_error(beside)
+    head = lambda folder: {k: v for k, v in WorldModel.from_pretrained(folder).state_dict().items() if k.startswith("state_head.")}
+    a, b = head(fitted), head(longer)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # frozen through the frames' steps (and their EMA)
+    assert not all(torch.equal(a[k], head(beside)[k]) for k in a)
 
 
 def test_console_script_trains_logs_and_saves(tiny_dataset, tmp_path):

@@ -61,9 +61,17 @@ class TrainWorldModelConfig(loop.LoopConfig):
     # Feed the U-Net blobs where the gripper projects in the front view (simulator.world_model.pose_map;
     # the front camera of the dataset's task), for the last context state and each predicted one.
     front_map: bool = False
+    # Passes over the training clips' states and actions that fit the state head alone, 256 clips a
+    # step, before the frames train (no frames: about 2 min on 2 cores for the demo's 270 training
+    # episodes); it then stays frozen and the frames' pose inputs come from it. Trained beside the
+    # frames instead (0), it sees 16 clips a step and predicts the arm 2-3x further off
+    # (docs/benchmarks.md, "The state head fitted alone").
+    state_head_epochs: int = 150
 
     def __post_init__(self):
         super().__post_init__()
+        if self.state_head_epochs < 0:
+            raise ValueError(f"state_head_epochs must be >= 0, got {self.state_head_epochs=}")
         self.dataset.require()
         self.output_dir = Path(self.output_dir)
         self.init_from = Path(self.init_from) if self.init_from is not None else None
@@ -172,6 +180,10 @@ def train_cycle(cfg: TrainWorldModelConfig) -> Path:
     model = WorldModel(**asdict(model_config_for(cfg, train_set)))
     if cfg.init_from is not None:
         load_weights(model, cfg.init_from)  # a resumed run then replaces them with its checkpoint's
+    if cfg.state_head_epochs:
+        if not any((out / "checkpoints").glob("step_*")):  # else the checkpoint holds the fitted head
+            fit_state_head(model, train_set, -(-cfg.state_head_epochs * len(train_set) // HEAD_BATCH), cfg.seed)
+        model.state_head.requires_grad_(False)
     model, ema, opt, sched, step = loop.prepare(accelerator, cfg, model, asdict(cfg), "world_model")
     log.info("world model: %.2fM parameters, %d train clips, %d held-out episodes, from step %d",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), held_out, step)
@@ -184,6 +196,35 @@ def train_cycle(cfg: TrainWorldModelConfig) -> Path:
     # The action/state statistics travel with the model: ImaginedEnv normalises a policy's actions with them.
     stats = {NORMALIZATION_FILE: json.dumps(train_set.stats, indent=1)}
     return loop.run(accelerator, model, ema, opt, sched, cfg, out, step, train_step, "train world model", stats)
+
+
+HEAD_BATCH = 256  # clips per step of fit_state_head
+
+
+def fit_state_head(model: WorldModel, data: ClipDataset, steps: int, seed: int, batch_size: int = HEAD_BATCH,
+                   lr: float = 1e-3) -> float:
+    """Fits ``model``'s state head alone (AdamW, cosine schedule) on the context states, actions and
+    future states of ``data``'s clips (its first chunk where clips hold several): the loss of
+    ``flow_matching_loss`` without the frames. Returns the last step's loss."""
+    from tqdm import tqdm
+
+    spec, head = model.spec, model.state_head
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    bar = tqdm(range(steps), desc="fit the state head", leave=False)
+    for _ in bar:
+        w = data.state_windows(torch.randint(len(data), (batch_size,), generator=gen))
+        mask = w["future_mask"][:, :spec.future].float()
+        pred = model.predict_state(w["context_state"], w["action"][:, :spec.horizon])
+        loss = ((pred - w["future_state"][:, :spec.future]).square().mean(-1) * mask).sum() / mask.sum().clamp_min(1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.2e}", refresh=False)
+    log.info("state head fitted alone for %d steps: loss %.3g", steps, loss.item())
+    return loss.item()
 
 
 def load_weights(model: WorldModel, folder: Path) -> None:

@@ -60,6 +60,17 @@ def test_episode_end_pads_future_and_actions(clips):
     assert near["future_mask"].tolist() == [True, False] and near["action_mask"].tolist() == [True, True, True, False]
 
 
+def test_state_windows_are_the_clips_without_their_frames(clips):
+    """Read in one go for many rows (the state head's fit), across episode starts and ends."""
+    first, end = clips.episode_range(0)
+    rows = torch.tensor([first, first + 1, end - 3, end - 1, len(clips) - 1])
+    windows = clips.state_windows(rows)
+    for i, row in enumerate(rows.tolist()):
+        item = clips[row]
+        for key, value in windows.items():
+            assert torch.equal(value[i], item[key]), (key, row)
+
+
 def test_clips_agree_with_lerobot_loader(tiny_dataset, clips):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 

@@ -70,7 +70,13 @@ def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, 
     moved = torch.stack([(real(clips[i]["future_state"]) - real(clips[i]["context_state"][-1:])).abs().mean(-1)
                          for i in rollout_starts(clips, 6)]).mean(0)
     torch.testing.assert_close(torch.tensor(result.finger_error), moved, atol=1e-6, rtol=1e-4)
-    assert "Predicted finger position error" in result.to_markdown()
+    assert "State head error (mm) at horizon 1: fingers" in result.to_markdown()
+    # the end effector's distance from where it was at the last context frame, likewise
+    eef = lambda x: clips.normalizer.unnormalize(keys.STATE, x)[..., :3]
+    away = torch.stack([(eef(clips[i]["future_state"]) - eef(clips[i]["context_state"][-1:])).norm(dim=-1)
+                        for i in rollout_starts(clips, 6)]).mean(0)
+    torch.testing.assert_close(torch.tensor(result.eef_error_state), away, atol=1e-6, rtol=1e-4)
+    assert away.max() > 1e-3 and f"end-effector distance {1000 * away[0]:.2f}" in result.to_markdown()
     # and its predicted height is the last context height: signed, minus the real arm's height
     z = lambda x: clips.normalizer.unnormalize(keys.STATE, x)[..., 2]  # eef_z
     lag = torch.stack([z(clips[i]["context_state"][-1:]) - z(clips[i]["future_state"])
