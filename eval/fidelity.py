@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from data.clips import ClipDataset, DatasetConfig
 from simulator import keys
+from simulator.env import load_normalizer
 from simulator.world_model import STILL_THRESHOLD, WorldModel, WorldModelSampler
 from simulator.world_model.objective import to_model_range
 
@@ -179,6 +180,9 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     chunks = -(-cfg.horizon_frames // spec.future)
     train_episodes, held_out = cfg.dataset.split()
     clips = cfg.dataset.clips(held_out, context=spec.context, horizon=chunks * spec.horizon, stride=stride)
+    # The model's inputs normalised as in its training (the statistics saved beside it), not with
+    # this dataset's: another dataset's action spread would move the imagined arm by other distances.
+    clips.normalizer = load_normalizer(cfg.model, cfg.dataset.root)
     if len(clips.views) != spec.views:
         raise ValueError(f"the model was trained on {spec.views} views, the dataset gives {len(clips.views)}: {clips.views}")
     probe = get_probe(cfg, train_episodes)

@@ -87,6 +87,30 @@ def test_untrained_model_scores_exactly_like_copy_last(untrained, tiny_dataset, 
             in result.to_markdown())
 
 
+def test_the_model_is_fed_and_read_with_the_statistics_it_was_trained_with(untrained, tiny_dataset, tmp_path):
+    """On a dataset whose statistics differ from the ones saved beside the model, its states are
+    normalised and read back with its own: a state head that raises the arm by one standard deviation
+    raises it by one of the model's, not of the dataset's."""
+    from simulator.env import NORMALIZATION_FILE
+    from simulator.normalization import stats_path
+
+    model = WorldModel.from_pretrained(untrained)
+    with torch.no_grad():
+        model.state_head[-1].bias.view(model.spec.future, -1)[:, 2] = 1.0  # eef_z, every predicted frame
+    model.save_pretrained(tmp_path / "plain")  # no statistics beside it: the dataset's are used
+    model.save_pretrained(tmp_path / "own")
+    plain, _ = evaluate(config(tmp_path / "plain", tiny_dataset, tmp_path / "a"))  # (and the dataset's statistics cached)
+    stats = json.loads(stats_path(tiny_dataset).read_text())
+    features = stats.get("features", stats)
+    features["observation.state"]["std"] = [3 * v for v in features["observation.state"]["std"]]
+    (tmp_path / "own" / NORMALIZATION_FILE).write_text(json.dumps(features))
+    own, _ = evaluate(config(tmp_path / "own", tiny_dataset, tmp_path / "b"))
+    z_std = features["observation.state"]["std"][2] / 3
+    chunk = torch.tensor([1.0, 1, 2, 2, 3, 3])  # each chunk of 2 frames raises it once more
+    torch.testing.assert_close(torch.tensor(own.eef_z_state) - torch.tensor(plain.eef_z_state),
+                               chunk * 2 * z_std, atol=1e-6, rtol=1e-4)
+
+
 def test_high_frequency_energy_falls_with_blur_and_is_zero_on_flat_frames():
     frames = torch.rand(2, 4, 3, 16, 16)
     blurred = torch.nn.functional.avg_pool2d(frames.flatten(0, 1), 3, stride=1, padding=1,
