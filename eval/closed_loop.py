@@ -5,8 +5,9 @@ Per policy, episode by episode over the paired starts (``closed_loop``): the ima
 success, the phi agreement of the two outcomes with its interval, the physics ceiling's phi (two
 physics runs), and where a start succeeds in both the imagined success step minus the physics one,
 beside the same lag between two physics runs (a stochastic policy's success step varies from run to
-run: that spread is the floor under the imagined lag's interval). Over the family (``physics_against_itself``): the reseeded physics run scored as if it were
-imagination, the floor under the family's Pearson, Spearman, MMRV and mean |gap|.
+run: that spread is the floor under the imagined lag's interval). Over the family
+(``physics_against_itself``): the reseeded physics run scored as if it were imagination, the floor
+under the family's Pearson, Spearman, MMRV and mean |gap|.
 """
 
 from __future__ import annotations
