@@ -54,6 +54,21 @@ def test_fine_tuning_starts_from_the_saved_weights(tiny_dataset, tmp_path):
         train(other)
 
 
+def test_a_fine_tune_keeps_the_statistics_its_model_was_trained_with(tiny_dataset, tmp_path):
+    """reverie-align fine-tunes on a merged dataset, whose statistics differ from the ones the model
+    learned to read: the fine-tune normalises with the model's own and saves them again."""
+    from dataclasses import replace
+
+    from simulator.env import NORMALIZATION_FILE
+
+    base = train(config(tiny_dataset, tmp_path / "base", steps=1))
+    stats = json.loads((base / NORMALIZATION_FILE).read_text())
+    stats["action"]["std"] = [2 * v for v in stats["action"]["std"]]  # as if trained on wider actions
+    (base / NORMALIZATION_FILE).write_text(json.dumps(stats))
+    tuned = train(replace(config(tiny_dataset, tmp_path / "tuned", steps=1), init_from=base))
+    assert json.loads((tuned / NORMALIZATION_FILE).read_text()) == stats
+
+
 def test_the_second_cycle_is_a_fine_tune_of_the_first_cycles_model(tiny_dataset, tmp_path):
     """One command gives what the two commands of the measured recipe gave (docs/benchmarks.md, "A second
     cosine cycle"): the first cycle, then a fresh cycle from its EMA weights; a changed first cycle is refused."""

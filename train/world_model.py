@@ -21,7 +21,7 @@ import torch
 from data.clips import ClipDataset, DatasetConfig
 from data.sampling import batches_per_epoch, epoch_batches
 from simulator import keys
-from simulator.env import NORMALIZATION_FILE
+from simulator.env import NORMALIZATION_FILE, load_normalizer
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
 from train import loop
 from train.checkpoint import finished
@@ -177,6 +177,11 @@ def train_cycle(cfg: TrainWorldModelConfig) -> Path:
     out = cfg.output_dir
     accelerator = loop.make_accelerator(cfg)
     train_set, held_out = make_train_set(cfg)
+    if cfg.init_from is not None and (cfg.init_from / NORMALIZATION_FILE).is_file():
+        # A fine-tune keeps the statistics its model was trained with (a merged dataset's would shift
+        # every input it learned to read); they are saved beside the result again.
+        train_set.normalizer = load_normalizer(cfg.init_from)
+        train_set.stats = train_set.normalizer.stats
     model = WorldModel(**asdict(model_config_for(cfg, train_set)))
     if cfg.init_from is not None:
         load_weights(model, cfg.init_from)  # a resumed run then replaces them with its checkpoint's
