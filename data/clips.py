@@ -182,13 +182,16 @@ class ClipDataset(torch.utils.data.Dataset):
             full = _open_lerobot(repo_id, root)
             return _read_columns(full, [k for k in STATS_KEYS if k in meta.features], record)[0]
 
-        self.stats = load_or_compute_stats(self.root, meta.total_frames, whole_dataset_columns, record)
-        self.normalizer = Normalizer(self.stats, source=stats_path(self.root))
+        self.normalize_with(Normalizer(load_or_compute_stats(self.root, meta.total_frames, whole_dataset_columns, record),
+                                       source=stats_path(self.root)))
         # Row range of each episode inside the loaded table (rows are grouped by episode).
         eps, counts = torch.unique_consecutive(self.episode_of, return_counts=True)
         ends = counts.cumsum(0)
         self.episodes = eps.tolist()
         self._rows = {ep: (int(end - n), int(end)) for ep, n, end in zip(self.episodes, counts, ends)}
+        # per row: its episode's first row and length (state_windows reads many rows at once)
+        self._row_first = torch.repeat_interleave(ends - counts, counts)
+        self._row_length = torch.repeat_interleave(counts, counts)
         self.tasks = {int(i): t for t, i in zip(meta.tasks.index, meta.tasks["task_index"])}
         self._cache: dict[int, torch.Tensor] = {}
         self._first: dict[int, torch.Tensor] = {}  # uint8 (V, 3, h, w) frame 0 per episode, as clips ask for it
@@ -197,6 +200,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
             for ep in tqdm(self.episodes, desc="decode frames into memory", leave=False):
                 self._cache[ep] = self.episode_frames(ep)
+
+    def normalize_with(self, normalizer: Normalizer) -> None:
+        """Normalise actions and states with ``normalizer``'s statistics (``stats``, what a model
+        trained on these clips saves beside it): the dataset's own by default, a model's own when
+        it is evaluated or fine-tuned on another dataset."""
+        self.normalizer, self.stats = normalizer, normalizer.stats
 
     def __len__(self) -> int:
         return len(self.episode_of)
@@ -246,9 +255,8 @@ class ClipDataset(torch.utils.data.Dataset):
         ``action`` (N, H, A), ``context_state`` (N, C, S), ``future_state`` (N, F, S), ``future_mask``
         (N, F), as ``__getitem__`` gives them (for training the parts of a model that see no frames)."""
         C = self.config.context
-        first = torch.tensor([self._rows[int(ep)][0] for ep in self.episode_of[rows]])
-        length = torch.tensor([self._rows[int(ep)][1] for ep in self.episode_of[rows]]) - first
-        (ctx_c, fut_c, act_c), (_, fut_mask, act_mask) = self._clip_index(self.frame_of[rows], length)
+        first = self._row_first[rows]
+        (ctx_c, fut_c, act_c), (_, fut_mask, act_mask) = self._clip_index(self.frame_of[rows], self._row_length[rows])
         action, state = self._action_state(first[:, None] + act_c, act_mask, first[:, None] + torch.cat([ctx_c, fut_c], 1))
         return {"action": action, "context_state": state[:, :C], "future_state": state[:, C:], "future_mask": fut_mask}
 

@@ -182,7 +182,7 @@ def evaluate(cfg: EvalWorldModelConfig) -> tuple[FidelityResult, dict]:
     clips = cfg.dataset.clips(held_out, context=spec.context, horizon=chunks * spec.horizon, stride=stride)
     # The model's inputs normalised as in its training (the statistics saved beside it), not with
     # this dataset's: another dataset's action spread would move the imagined arm by other distances.
-    clips.normalizer = load_normalizer(cfg.model, cfg.dataset.root)
+    clips.normalize_with(load_normalizer(cfg.model, cfg.dataset.root))
     if len(clips.views) != spec.views:
         raise ValueError(f"the model was trained on {spec.views} views, the dataset gives {len(clips.views)}: {clips.views}")
     probe = get_probe(cfg, train_episodes)

@@ -23,6 +23,7 @@ from data.sampling import batches_per_epoch, epoch_batches
 from simulator import keys
 from simulator.env import NORMALIZATION_FILE, load_normalizer
 from simulator.world_model import FlowMatchingConfig, WorldModel, WorldModelConfig, flow_matching_loss
+from simulator.world_model.objective import state_loss
 from train import loop
 from train.checkpoint import finished
 from train.loop import to_device
@@ -180,8 +181,7 @@ def train_cycle(cfg: TrainWorldModelConfig) -> Path:
     if cfg.init_from is not None and (cfg.init_from / NORMALIZATION_FILE).is_file():
         # A fine-tune keeps the statistics its model was trained with (a merged dataset's would shift
         # every input it learned to read); they are saved beside the result again.
-        train_set.normalizer = load_normalizer(cfg.init_from)
-        train_set.stats = train_set.normalizer.stats
+        train_set.normalize_with(load_normalizer(cfg.init_from))
     model = WorldModel(**asdict(model_config_for(cfg, train_set)))
     if cfg.init_from is not None:
         load_weights(model, cfg.init_from)  # a resumed run then replaces them with its checkpoint's
@@ -220,9 +220,8 @@ def fit_state_head(model: WorldModel, data: ClipDataset, steps: int, seed: int, 
     bar = tqdm(range(steps), desc="fit the state head", leave=False)
     for _ in bar:
         w = data.state_windows(torch.randint(len(data), (batch_size,), generator=gen))
-        mask = w["future_mask"][:, :spec.future].float()
         pred = model.predict_state(w["context_state"], w["action"][:, :spec.horizon])
-        loss = ((pred - w["future_state"][:, :spec.future]).square().mean(-1) * mask).sum() / mask.sum().clamp_min(1.0)
+        loss = state_loss(pred, w["future_state"][:, :spec.future], w["future_mask"][:, :spec.future])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

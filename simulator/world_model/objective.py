@@ -75,10 +75,16 @@ def flow_matching_loss(model: WorldModel, batch: dict, cfg: FlowMatchingConfig,
     frame_mask = future_mask.float().view(B, 1, -1, 1, 1, 1)  # (B, 1, F, 1, 1, 1)
     per_pixel = (pred.frames - x0).square() * frame_mask
     frame_loss = per_pixel.sum() / (frame_mask.expand_as(per_pixel).sum()).clamp_min(1.0)
-    state_err = (pred.state - future_state).square().mean(-1)
-    state_loss = (state_err * future_mask.float()).sum() / future_mask.float().sum().clamp_min(1.0)
-    loss = frame_loss + cfg.state_loss_weight * state_loss
-    return loss, {"loss": loss.detach(), "frame_mse": frame_loss.detach(), "state_mse": state_loss.detach()}
+    state_term = state_loss(pred.state, future_state, future_mask)
+    loss = frame_loss + cfg.state_loss_weight * state_term
+    return loss, {"loss": loss.detach(), "frame_mse": frame_loss.detach(), "state_mse": state_term.detach()}
+
+
+def state_loss(pred: Tensor, future_state: Tensor, future_mask: Tensor) -> Tensor:
+    """Mean squared error of predicted states (B, F, S) over the future frames inside their episode
+    (``future_mask`` (B, F))."""
+    mask = future_mask.float()
+    return ((pred - future_state).square().mean(-1) * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def memory_of(model: WorldModel, batch: dict) -> Tensor | None:
