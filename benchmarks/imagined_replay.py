@@ -119,15 +119,18 @@ OPEN_LOOP_HORIZONS = (8, 16, 32, 48)  # actions after which the other direction 
 
 @torch.no_grad()
 def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
-                          horizons: tuple[int, ...] = OPEN_LOOP_HORIZONS) -> dict[str, torch.Tensor]:
+                          horizons: tuple[int, ...] = OPEN_LOOP_HORIZONS, probe=None) -> dict[str, torch.Tensor]:
     """Per episode: ``physics`` success of the policy run closed loop in ``physics`` (an env that does
     not end episodes at success), ``imagined`` success of the same actions imagined open loop from the
     same start for as long as physics ran, ``physics_step`` and ``imagined_step``, the env step of each
     one's first success (0: none), and after each of ``horizons`` actions ``state_error`` (K, 3)
     (the state head's end effector minus physics', m) and ``psnr`` (K, V) (imagined frames against
-    physics', dB); nan where the imagined episode had ended (solved) before."""
+    physics', dB); nan where the imagined episode had ended (solved) before. With a ``probe``,
+    ``probed`` and ``probed_physics``: its reading of the imagined frame and of physics' frame after
+    the last grasp of physics' actions (nan: no grasp, or the imagined episode had ended)."""
     B, stride, views = imagined.num_envs, imagined.frame_stride, imagined.views
-    out = {k: [] for k in ("physics", "imagined", "physics_step", "imagined_step", "state_error", "psnr")}
+    out = {k: [] for k in ("physics", "imagined", "physics_step", "imagined_step", "state_error", "psnr", "probed",
+                           "probed_physics")}
     for first in range(0, episodes, B):
         run = Rollout(physics, seed=seed + first)
         policy.reset(run.obs, run.info, seeds=list(range(first, first + B)))
@@ -155,7 +158,16 @@ def physics_then_imagined(policy, imagined, physics, episodes: int, seed: int,
                            ("imagined_step", dream.info["success_step"]), ("state_error", torch.stack(errors, 1)),
                            ("psnr", torch.stack(psnrs, 1))):
             out[key].append(value[:n])
-    return {k: torch.cat(v) for k, v in out.items()}
+        if probe is not None:
+            grasp, rows = last_grasps(torch.cat(chunks, 1)), torch.arange(B)
+            dreamt = torch.cat([f for _, f, _ in seen], 1)  # (B, T, V, 3, h, w), T: until every imagined episode ended
+            alive = torch.cat([a[:, None].expand(-1, f.shape[1]) for _, f, a in seen], 1)
+            at = grasp.clamp(0, dreamt.shape[1] - 1)
+            shown = (grasp >= 0) & (grasp < dreamt.shape[1]) & alive[rows, at]
+            out["probed"].append(torch.where(shown[:, None], probe(dreamt[rows, at].float() / 255), torch.nan)[:n])
+            real_frames = torch.cat([f for _, f in real], 1)[rows, grasp.clamp(min=0)].float() / 255
+            out["probed_physics"].append(torch.where((grasp >= 0)[:, None], probe(real_frames), torch.nan)[:n])
+    return {k: torch.cat(v) for k, v in out.items() if v}
 
 
 def open_loop_summary(run: dict[str, torch.Tensor], horizons: tuple[int, ...], views: tuple[str, ...]) -> str:

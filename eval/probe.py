@@ -65,19 +65,23 @@ def load_frames(clips, episodes: list[int], every: int = 1) -> tuple[Tensor, Ten
     return torch.cat(frames), torch.cat(targets)
 
 
-def train_probe(frames: Tensor, targets: Tensor, cfg: ProbeConfig) -> StateProbe:
-    """Fits a probe on real frames (uint8 (N, V, 3, h, w)) and their targets (N, K)."""
+def train_probe(frames: Tensor, targets: Tensor, cfg: ProbeConfig, binary: bool = False) -> StateProbe:
+    """Fits a probe on real frames (uint8 (N, V, 3, h, w)) and their targets (N, K). With ``binary``
+    the targets are 0/1 labels and the probe outputs their logits (binary cross-entropy): a classifier
+    of what the frames show (benchmarks.grasp_outcome)."""
     torch.manual_seed(cfg.seed)
     probe = StateProbe(views=frames.shape[1], outputs=targets.shape[1])
-    probe.mean.copy_(targets.mean(0))
-    probe.std.copy_(targets.std(0).clamp_min(1e-3))
+    if not binary:
+        probe.mean.copy_(targets.mean(0))
+        probe.std.copy_(targets.std(0).clamp_min(1e-3))
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     for _ in tqdm(range(cfg.steps), desc="train state probe", leave=False):
         idx = torch.randint(len(frames), (cfg.batch_size,), generator=gen)
-        pred = probe(frames[idx].float() / 255)
-        loss = ((pred - targets[idx]) / probe.std).square().mean()
+        pred, target = probe(frames[idx].float() / 255), targets[idx].float()
+        loss = (nn.functional.binary_cross_entropy_with_logits(pred, target) if binary
+                else ((pred - target) / probe.std).square().mean())
         opt.zero_grad()
         loss.backward()
         opt.step()

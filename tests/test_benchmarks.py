@@ -291,3 +291,98 @@ def test_blurred_to_matches_the_sharpness_of_the_frames_it_is_given(physics):
     mixed = torch.stack([frames[:, 0], soft[:, 1]], 1)  # each view on its own
     assert near(blurred_to(frames, mixed, sigmas), mixed)
     assert (high_frequency_energy(soft) < 0.5 * high_frequency_energy(frames)).all()
+
+
+def test_physics_then_imagined_reads_both_frames_after_the_last_grasp(physics, starts, one_thread):
+    """With a probe, the other direction reads the imagined frame and physics' frame after the last
+    grasp of physics' actions (action 11 for env 0, the fourth of the second chunk; env 1 never closes):
+    the same frames the imagined env and physics show after that action when run on their own."""
+    from benchmarks.imagined_replay import physics_then_imagined
+    from eval.probe import StateProbe
+    from simulator.env import ImaginedEnv, ImaginedEnvConfig
+    from simulator.normalization import Normalizer
+    from simulator.rollout import Rollout
+    from tests.conftest import moving_world_model
+    from tests.test_lerobot_eval import UNIT, VIEWS, sure_progress
+
+    imagined = ImaginedEnv(moving_world_model(32, horizon=8), sure_progress(False), starts, Normalizer(UNIT), VIEWS,
+                           ImaginedEnvConfig(num_envs=2, max_steps=16))
+    torch.manual_seed(0)
+    probe, policy = StateProbe(views=2, outputs=1).eval(), CloseAt([11, None])
+    run = physics_then_imagined(policy, imagined, physics, episodes=2, seed=1000, horizons=(8,), probe=probe)
+    assert run["probed"].shape == run["probed_physics"].shape == (2, 1)
+    assert run["probed"][1].isnan().all() and run["probed_physics"][1].isnan().all()
+
+    def frame_after(env, seed, chunk, t):
+        rollout = Rollout(env, seed=seed)
+        policy.reset(rollout.obs, rollout.info)
+        chunks = [step.info["frames"] for step in rollout.run(policy.select_action_chunk)]
+        return torch.stack([chunks[chunk][v][0, t] for v in VIEWS])[None].float() / 255
+
+    with torch.no_grad():
+        torch.testing.assert_close(run["probed"][0], probe(frame_after(imagined, 0, 1, 3))[0])
+        torch.testing.assert_close(run["probed_physics"][0], probe(frame_after(physics, 1000, 1, 3))[0])
+        assert not torch.allclose(run["probed"][0], run["probed_physics"][0])  # imagination is not physics
+
+
+def test_grasp_outcome_labels_the_frame_after_the_last_close_by_the_fingers_later():
+    """The frame after the last close (and either side with spread), labelled by the finger gap
+    HELD_AFTER steps later (or at the episode's end); an episode that never closes is left out."""
+    from benchmarks.grasp_outcome import HELD_AFTER, closes
+    from data.episodes import Episode
+
+    def episode(index, close_at, gap_later, n=40):
+        frames = torch.arange(n, dtype=torch.uint8)[None, :, None, None, None].expand(2, n, 3, 4, 4).clone()
+        actions = torch.full((n, 7), -1.0)
+        states = torch.zeros(n, 8)
+        if close_at is not None:
+            actions[close_at - 5:close_at - 2, 6] = 1.0  # an earlier close, reopened: not the last one
+            actions[close_at:, 6] = 1.0
+            states[min(close_at + HELD_AFTER, n - 1):, 6:] = torch.tensor([gap_later / 2, -gap_later / 2])
+        return Episode(index=index, frames=frames, progress=torch.zeros(n), solved=torch.zeros(n, dtype=torch.bool),
+                       success=False, task="lift", actions=actions, states=states, regenerated=255 - frames)
+
+    episodes = [episode(0, 12, 0.04), episode(1, None, 0.0), episode(2, 30, 0.001)]
+    frames, labels = closes(episodes)
+    assert frames.shape == (2, 2, 3, 4, 4) and labels.tolist() == [True, False]
+    assert frames[:, 0, 0, 0, 0].tolist() == [13, 31]  # the frame after the closing action
+    frames, labels = closes(episodes, regenerated=True, spread=1)
+    assert frames[:, 1, 0, 0, 0].tolist() == [255 - t for t in (12, 13, 14, 30, 31, 32)]
+    assert labels.tolist() == [True] * 3 + [False] * 3
+    with pytest.raises(ValueError, match="no episode closes its gripper"):
+        closes([episodes[1]])
+
+
+def test_a_binary_probe_learns_what_the_frames_show():
+    """train_probe with binary=True fits a classifier's logits: on new frames it tells the two kinds
+    apart (a bright square in the wrist view's left or right half) where the untrained one cannot."""
+    from benchmarks.grasp_outcome import Readers, read
+    from eval.probe import ProbeConfig, StateProbe, train_probe
+    from eval.value import success_auroc
+
+    def frames(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, 60, (n, 2, 3, 16, 16), generator=g, dtype=torch.uint8)
+        right = torch.rand(n, generator=g) < 0.5
+        for i in range(n):
+            col = 9 if right[i] else 2
+            x[i, 1, :, 6:11, col:col + 5] = 250
+        return x, right
+
+    x, y = frames(256, 0)
+    classifier = train_probe(x, y[:, None], ProbeConfig(steps=150, batch_size=32), binary=True)
+    assert classifier.mean.eq(0).all() and classifier.std.eq(1).all()  # logits, not standardised targets
+    test_x, test_y = frames(64, 1)
+    torch.manual_seed(0)
+    scores = read(Readers(classifier, StateProbe(views=2, outputs=1)).eval(), test_x)
+    assert scores.shape == (64, 2)
+    assert success_auroc(scores[:, 0], test_y) > 0.95 > success_auroc(scores[:, 1], test_y)
+
+
+def test_grasp_outcome_benchmark_runs_on_a_dataset(tiny_dataset, tmp_path, capsys, monkeypatch):
+    run_main("benchmarks.grasp_outcome", ["--dataset", str(tiny_dataset), "--val-episodes", "2", "--steps", "5",
+                                          "--output-dir", str(tmp_path), "--no-write"], monkeypatch)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| held-out episodes: real |")]
+    assert len(rows) == 1
+    saved = json.loads((tmp_path / "grasp_outcome.json").read_text())
+    assert saved["rows"][0]["frames"] == "held-out episodes: real" and saved["rows"][0]["n"] >= 1
