@@ -116,23 +116,15 @@ def markdown(rows: list[dict], names: list[str]) -> str:
 def policy_rows(classifiers: Readers, args, views: tuple[str, ...]) -> tuple[list[dict], list[str]]:
     """Part 3: the policy closed loop in imagination (its actions replayed in physics) and closed loop
     in physics (its actions imagined open loop), both classifiers after its last grasp."""
-    from benchmarks.imagined_replay import imagine_and_replay, physics_then_imagined
-    from eval.policy import matched_starts
+    from benchmarks.imagined_replay import imagine_and_replay, paired_envs, physics_then_imagined
     from eval.success import agreement
-    from policy import camera_views, load_policy
-    from simulator.env import ImaginedEnv
-    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+    from simulator.physics.env import PhysicsEnv
 
-    policy = load_policy(args.policy, num_envs=args.num_envs)
+    policy, physics, imagined, physics_cfg = paired_envs(args.policy, args.world_model, args.progress, args.episodes,
+                                                         args.seed, args.num_envs)
     policy.stochastic = False
-    policy_views, size = camera_views(policy)
-    if tuple(policy_views) != tuple(views):
-        raise ValueError(f"the policy reads views {policy_views}, the classifiers were trained on {views}")
-    physics_cfg = PhysicsEnvConfig(task="lift", num_envs=args.num_envs, views=views, height=size, width=size)
-    physics = PhysicsEnv(physics_cfg)
-    starts = matched_starts("lift", views, size, args.episodes, args.seed, args.num_envs)
-    imagined = ImaginedEnv.from_pretrained(args.world_model, args.progress, starts, views, num_envs=args.num_envs,
-                                           max_steps=physics.max_steps)
+    if tuple(imagined.views) != tuple(views):
+        raise ValueError(f"the policy reads views {imagined.views}, the classifiers were trained on {views}")
     closed = imagine_and_replay(policy, imagined, physics, args.episodes, args.seed, classifiers)
     physics.close()
     through = PhysicsEnv(replace(physics_cfg, terminate_on_success=False))

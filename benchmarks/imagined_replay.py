@@ -253,6 +253,26 @@ def grasp_frames(run: dict[str, torch.Tensor], grasped: torch.Tensor) -> str:
             f"{mm(run['eef_imagined'][grasped, 2] - run['eef_physics'][grasped, 2])}")
 
 
+def paired_envs(policy_path: Path, world_model: Path, progress: Path, episodes: int, seed: int, num_envs: int,
+                stats_root: Path | None = None):
+    """A saved policy, a Lift physics env at its views and size, and the imagined env started from the
+    same physics starts (seeds ``seed`` on); and the physics config, for a second env that runs past
+    success (``terminate_on_success=False``, what ``physics_then_imagined`` needs)."""
+    from eval.policy import matched_starts
+    from policy import camera_views, load_policy
+    from simulator.env import ImaginedEnv
+    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+
+    policy = load_policy(policy_path, num_envs=num_envs)
+    views, size = camera_views(policy)
+    physics_cfg = PhysicsEnvConfig(task="lift", num_envs=num_envs, views=views, height=size, width=size)
+    physics = PhysicsEnv(physics_cfg)
+    starts = matched_starts("lift", views, size, episodes, seed, num_envs)
+    imagined = ImaginedEnv.from_pretrained(world_model, progress, starts, views, stats_root=stats_root,
+                                           num_envs=num_envs, max_steps=physics.max_steps)
+    return policy, physics, imagined, physics_cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True)
@@ -271,19 +291,15 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from eval.policy import matched_starts
+    from dataclasses import replace
+
     from eval.probe import StateProbe
-    from policy import camera_views, load_policy
-    from simulator.env import ImaginedEnv
-    from simulator.physics.env import PhysicsEnv, PhysicsEnvConfig
+    from simulator.physics.env import PhysicsEnv
 
     t0 = time.perf_counter()
-    policy = load_policy(args.policy, num_envs=args.num_envs)
-    views, size = camera_views(policy)
-    physics = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=args.num_envs, views=views, height=size, width=size))
-    starts = matched_starts("lift", views, size, args.episodes, args.seed, args.num_envs)
-    imagined = ImaginedEnv.from_pretrained(args.world_model, args.progress, starts, views, stats_root=args.stats_root,
-                                           num_envs=args.num_envs, max_steps=physics.max_steps)
+    policy, physics, imagined, physics_cfg = paired_envs(args.policy, args.world_model, args.progress, args.episodes,
+                                                         args.seed, args.num_envs, args.stats_root)
+    views = imagined.views
     probe = StateProbe.from_pretrained(args.probe).eval() if args.probe is not None else None
     args.output_dir.mkdir(parents=True, exist_ok=True)
     header = ("| policy acting | episodes | imagined success | replayed in physics | grasp check (x-y) | imagined success "
@@ -312,8 +328,7 @@ def main() -> None:
             errors.append(f"{mode}: {grasp_frames(run, grasped)}")
     physics.close()
     policy.stochastic = False  # as in evaluation
-    through = PhysicsEnv(PhysicsEnvConfig(task="lift", num_envs=args.num_envs, views=views, height=size, width=size,
-                                          terminate_on_success=False))
+    through = PhysicsEnv(replace(physics_cfg, terminate_on_success=False))
     errors.append(open_loop_summary(physics_then_imagined(policy, imagined, through, args.episodes, args.seed),
                                     OPEN_LOOP_HORIZONS, views))
     through.close()

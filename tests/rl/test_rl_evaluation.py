@@ -216,3 +216,23 @@ def test_the_policy_evaluation_benchmark_reports_the_closed_loop_beside_the_phys
     saved = json.loads((tmp_path / "policy_eval.json").read_text())
     assert set(saved["closed_loop"]) == {"stall", "expert", "bc"} and "mean_abs_gap" in saved["summary"]
     assert all(len(r["physics_reseeded"]["success"]) == 1 for r in saved["runs"].values())
+
+
+def test_paired_envs_start_the_imagined_env_where_physics_starts(tiny_models, one_thread):
+    """The benchmarks' policy, physics env and imagined env (benchmarks.imagined_replay.paired_envs):
+    the physics env renders at the policy's views and size, and imagined episode i starts from the
+    frames of physics seed ``seed + i``."""
+    from benchmarks.imagined_replay import paired_envs
+    from simulator.rollout import Rollout
+
+    _, physics, imagined, cfg = paired_envs(tiny_models / "policy", tiny_models / "world_model",
+                                            tiny_models / "progress", episodes=2, seed=100, num_envs=2)
+    try:
+        assert (cfg.height, cfg.num_envs, cfg.terminate_on_success) == (32, 2, True)
+        assert tuple(imagined.views) == tuple(cfg.views) and imagined.num_envs == 2
+        real, dreamt = Rollout(physics, seed=100).obs, Rollout(imagined, seed=0).obs
+        for view in cfg.views:
+            key = next(k for k in real if k.endswith(view))
+            torch.testing.assert_close(dreamt[key], real[key])
+    finally:
+        physics.close()
