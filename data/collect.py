@@ -123,13 +123,19 @@ class ExpertActor:
     returns the episode's failure mode, ``act(obs)`` the next action."""
 
     def __init__(self, expert: ScriptedExpert):
-        self.expert = expert
+        self.expert, self.queue = expert, []
 
     def reset(self, obs: dict, info: dict, env, seed: int) -> str:
+        self.queue = []
         return self.expert.reset(info["object_state"][0].numpy(), env.task_env(0), seed)
 
     def act(self, obs: dict) -> np.ndarray:
-        return self.expert.act(obs[keys.STATE][0].numpy())
+        state = obs[keys.STATE][0].numpy()
+        if not self.expert.chunked:
+            return self.expert.act(state)
+        if not self.queue:  # a chunked episode: plan the next chunk from this state, run it blind
+            self.queue = list(self.expert.plan_chunk(state))
+        return self.queue.pop(0)
 
 
 class PolicyActor:

@@ -23,10 +23,8 @@ import numpy as np
 import torch
 
 from simulator import keys
-from simulator.physics.experts import ACTION_DIM, ExpertConfig, ScriptedExpert
+from simulator.physics.experts import ACTION_DIM, STEP_GAIN, ExpertConfig, ScriptedExpert
 from simulator.physics.tasks import get_task
-
-STEP_GAIN = 0.0115  # m of end-effector motion per unit translation action per step (Lift data)
 
 
 class ScriptedPolicy:
@@ -89,10 +87,7 @@ class ScriptedPolicy:
         for b, expert in enumerate(self.experts):
             if expert is None:
                 raise RuntimeError("call reset(obs, info) before select_action_chunk")
-            s = state[b].copy()
-            for t in range(self.chunk_size):
-                chunk[b, t] = expert.act(s)
-                s[:3] += self.step_gain * chunk[b, t, :3]
+            chunk[b] = expert.plan_chunk(state[b], self.chunk_size, self.step_gain)
         return torch.from_numpy(chunk)
 
 

@@ -92,3 +92,33 @@ def test_noisy_share_picks_whole_episodes_and_leaves_the_others_untouched():
 def test_bad_noisy_share_is_named():
     with pytest.raises(ValueError, match="noisy_share"):
         ExpertConfig(action_noise=0.3, noisy_share=1.5)
+
+
+def test_chunked_episodes_plan_blind_chunks_and_still_lift():
+    cfg = ExpertConfig(chunked_share=0.5)
+    for n in (20, 400):  # consecutive seeds hold the share
+        assert abs(sum(cfg.is_chunked(s) for s in range(300, 300 + n)) / n - 0.5) <= 2.5 / n
+    assert not any(ExpertConfig().is_chunked(s) for s in range(50))
+    blind, fed = next(s for s in range(50) if cfg.is_chunked(s)), next(s for s in range(50) if not cfg.is_chunked(s))
+
+    env = PhysicsEnv(PhysicsEnvConfig(task="lift", views=(), terminate_on_success=False))
+    actions, labels = {}, {}
+    for name, config in (("share", cfg), ("plain", ExpertConfig())):
+        for seed in (blind, fed):
+            frames, labels[name, seed] = run_episode(env, ScriptedExpert(env.spec, config), seed, hold_steps=2)
+            actions[name, seed] = np.stack([np.asarray(f["action"]) for f in frames])
+            if (name, seed) == ("share", blind):  # its first chunk: planned from the first state alone
+                first = ScriptedExpert(env.spec, config)
+                first.reset(frames[0]["observation.environment_state"], env.task_env(0), seed)
+                planned = first.plan_chunk(np.asarray(frames[0]["observation.state"]))
+    env.close()
+    np.testing.assert_allclose(actions["share", blind][:len(planned)], planned, atol=1e-6)
+    np.testing.assert_array_equal(actions["share", fed], actions["plain", fed])  # the others untouched
+    n = min(len(actions["share", blind]), len(actions["plain", blind]))
+    assert np.abs(actions["share", blind][:n, :3] - actions["plain", blind][:n, :3]).max() > 0.05
+    assert labels["share", blind]["success"] and labels["plain", blind]["success"]
+
+
+def test_bad_chunked_share_is_named():
+    with pytest.raises(ValueError, match="chunked_share"):
+        ExpertConfig(chunked_share=-0.1)
