@@ -24,8 +24,9 @@ Failure modes are injected per episode, drawn from a mix, so a dataset has label
   actions are planned at once from the chunk's first state, the end effector dead-reckoned
   ``STEP_GAIN`` m per unit action per step, and run without feedback (``plan_chunk``). A cloned
   policy acts so, and its approach and grasps part from an expert that corrects every step: on the
-  same starts the chunked near miss holds in 0.46 of physics episodes, the per-step one in 0.78
-  (research log, session 23).
+  same 40 near-miss starts and offsets the chunked episodes hold in 0.68 of physics episodes, the
+  per-step ones in 0.78, and the demo's world model imagines them at 0.95 and 0.82 (research log,
+  session 23).
 
 Actions are robosuite OSC_POSE deltas, A = 7: (dx, dy, dz, droll, dpitch, dyaw) in [-1, 1]
 (1 = 5 cm / 0.5 rad per step) and the gripper (-1 open, +1 closed). The experts never rotate.
